@@ -1,0 +1,732 @@
+//! `X-Twilio-Signature` validation, behaving like twilio-python's `RequestValidator`.
+//!
+//! Signed string: the URL Twilio requested (query string byte for byte, fragment excluded),
+//! then for form POSTs every parameter, keys sorted by bytes, a repeated key's values sorted and
+//! de-duplicated, appended as `key + value`. JSON bodies are covered through the `bodySHA256`
+//! query parameter instead. The URL is tried as given and with its port removed / the scheme's
+//! default port added, because Twilio signs some callbacks with the port and some without.
+//!
+//! Two algorithms share this path: the account auth token with HMAC-SHA1 (the default), and a
+//! Webhooks SharedKey named by `X-Twilio-Webhooks-Signature-Settings: key=<id>,algorithm=...`
+//! with HMAC-SHA1 or HMAC-SHA256 (public beta; same signed string, other key and hash).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, KeyInit, Mac};
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+
+use crate::form::{FormError, FormParams};
+
+/// Header carrying the signature.
+pub const SIGNATURE_HEADER: &str = "X-Twilio-Signature";
+/// Header naming the SharedKey and algorithm when the Webhooks configuration API signs.
+pub const SIGNATURE_SETTINGS_HEADER: &str = "X-Twilio-Webhooks-Signature-Settings";
+/// Header Twilio sets so a receiver can tell retries of the same webhook apart.
+pub const IDEMPOTENCY_HEADER: &str = "I-Twilio-Idempotency-Token";
+
+/// A secret used as an HMAC key: an account auth token or a SharedKey secret.
+///
+/// `Debug` never prints it, so it cannot leak through logs or panics.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthToken(Box<str>);
+
+impl AuthToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into().into_boxed_str())
+    }
+
+    /// The raw secret; call only where the HMAC needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthToken(<redacted>)")
+    }
+}
+
+impl From<&str> for AuthToken {
+    fn from(s: &str) -> Self {
+        Self::new(s)
+    }
+}
+
+impl From<String> for AuthToken {
+    fn from(s: String) -> Self {
+        Self::new(s)
+    }
+}
+
+/// HMAC algorithm of a signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    HmacSha1,
+    HmacSha256,
+}
+
+impl Algorithm {
+    /// Parse the `algorithm=` value of the settings header (case-insensitive like twilio-python).
+    pub fn from_header_value(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "HMAC_SHA1" => Some(Self::HmacSha1),
+            "HMAC_SHA256" => Some(Self::HmacSha256),
+            _ => None,
+        }
+    }
+
+    pub fn header_value(self) -> &'static str {
+        match self {
+            Self::HmacSha1 => "HMAC_SHA1",
+            Self::HmacSha256 => "HMAC_SHA256",
+        }
+    }
+}
+
+/// Which configured secret accepted a request (logged, useful during rotation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyUsed {
+    Primary,
+    Secondary,
+    SharedKey(String),
+}
+
+/// Why a request was not accepted. [`SignatureError::is_server_error`] and
+/// [`SignatureError::is_malformed`] decide the HTTP status in the pipeline.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SignatureError {
+    #[error("missing X-Twilio-Signature header")]
+    MissingSignature,
+    #[error("X-Twilio-Signature does not match the request")]
+    InvalidSignature,
+    #[error("JSON body without bodySHA256 in the URL")]
+    MissingBodyHash,
+    #[error("bodySHA256 does not match the body")]
+    BodyHashMismatch,
+    #[error("unsupported signature algorithm {0:?}")]
+    UnsupportedAlgorithm(String),
+    #[error("malformed X-Twilio-Webhooks-Signature-Settings header")]
+    MalformedSettings,
+    #[error("request signed with unknown shared key {0:?}")]
+    UnknownSharedKey(String),
+    #[error("request signed with a shared key, but no shared keys are configured")]
+    SharedKeysNotConfigured,
+    #[error("unsupported method {0}: only GET and POST webhooks can be validated")]
+    UnsupportedMethod(String),
+    #[error("unsupported content type {0:?}")]
+    UnsupportedContentType(String),
+    #[error("malformed form body: {0}")]
+    Form(#[from] FormError),
+}
+
+impl SignatureError {
+    /// Our configuration cannot check this request (twilio-node answers 500 here too).
+    pub fn is_server_error(&self) -> bool {
+        matches!(self, Self::SharedKeysNotConfigured)
+    }
+
+    /// The request itself is unreadable, whoever sent it.
+    pub fn is_malformed(&self) -> bool {
+        matches!(
+            self,
+            Self::Form(_) | Self::UnsupportedContentType(_) | Self::UnsupportedMethod(_)
+        )
+    }
+}
+
+/// The parts of an HTTP request that the signature covers.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedRequest<'a> {
+    pub method: &'a str,
+    /// The URL Twilio requested, as reconstructed by [`crate::url`].
+    pub url: &'a str,
+    pub content_type: Option<&'a str>,
+    pub body: &'a [u8],
+    /// `X-Twilio-Signature`.
+    pub signature: Option<&'a str>,
+    /// `X-Twilio-Webhooks-Signature-Settings`.
+    pub signature_settings: Option<&'a str>,
+}
+
+/// A request whose signature was checked. Only [`Validator::verify`] makes one, so every typed
+/// payload (built from it) is known to come from Twilio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedRequest {
+    url: String,
+    params: FormParams,
+    json_body: Option<String>,
+    key: KeyUsed,
+}
+
+impl VerifiedRequest {
+    /// The URL that was signed.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Form parameters (POST body, or the query string of a GET).
+    pub fn params(&self) -> &FormParams {
+        &self.params
+    }
+
+    /// The raw JSON body of a JSON webhook, its hash already checked.
+    pub fn json_body(&self) -> Option<&str> {
+        self.json_body.as_deref()
+    }
+
+    pub fn key_used(&self) -> &KeyUsed {
+        &self.key
+    }
+}
+
+type HmacSha1 = Hmac<Sha1>;
+type HmacSha256 = Hmac<Sha256>;
+
+/// A secret with its HMAC key schedule computed once, so each check only hashes the message.
+#[derive(Clone)]
+enum Keyed {
+    Sha1(HmacSha1),
+    Sha256(HmacSha256),
+}
+
+impl Keyed {
+    fn new(alg: Algorithm, secret: &AuthToken) -> Self {
+        let key = secret.expose().as_bytes();
+        match alg {
+            Algorithm::HmacSha1 => {
+                Self::Sha1(HmacSha1::new_from_slice(key).expect("HMAC takes keys of any length"))
+            }
+            Algorithm::HmacSha256 => Self::Sha256(
+                HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length"),
+            ),
+        }
+    }
+
+    /// Constant-time check of `expected` against the HMAC of `parts` concatenated.
+    fn verify(&self, parts: &[&[u8]], expected: &[u8]) -> bool {
+        match self {
+            Self::Sha1(m) => {
+                let mut m = m.clone();
+                parts.iter().for_each(|p| m.update(p));
+                m.verify_slice(expected).is_ok()
+            }
+            Self::Sha256(m) => {
+                let mut m = m.clone();
+                parts.iter().for_each(|p| m.update(p));
+                m.verify_slice(expected).is_ok()
+            }
+        }
+    }
+
+    fn sign(&self, parts: &[&[u8]]) -> Vec<u8> {
+        match self {
+            Self::Sha1(m) => {
+                let mut m = m.clone();
+                parts.iter().for_each(|p| m.update(p));
+                m.finalize().into_bytes().to_vec()
+            }
+            Self::Sha256(m) => {
+                let mut m = m.clone();
+                parts.iter().for_each(|p| m.update(p));
+                m.finalize().into_bytes().to_vec()
+            }
+        }
+    }
+}
+
+struct Secret {
+    used: KeyUsed,
+    sha1: Keyed,
+    sha256: Option<Keyed>,
+}
+
+/// Checks Twilio signatures against the account auth token (and the secondary token during
+/// rotation) and, when configured, Webhooks SharedKeys.
+pub struct Validator {
+    tokens: Vec<Secret>,
+    shared_keys: Vec<(String, Secret)>,
+}
+
+impl std::fmt::Debug for Validator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Validator")
+            .field("tokens", &self.tokens.len())
+            .field(
+                "shared_keys",
+                &self
+                    .shared_keys
+                    .iter()
+                    .map(|(id, _)| id)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Validator {
+    /// A validator for the account's primary auth token.
+    pub fn new(primary: AuthToken) -> Self {
+        Self {
+            tokens: vec![Secret {
+                used: KeyUsed::Primary,
+                sha1: Keyed::new(Algorithm::HmacSha1, &primary),
+                sha256: None,
+            }],
+            shared_keys: Vec::new(),
+        }
+    }
+
+    /// Also accept the secondary auth token (while rotating tokens in the Twilio console).
+    pub fn with_secondary(mut self, secondary: Option<AuthToken>) -> Self {
+        if let Some(t) = secondary {
+            self.tokens.push(Secret {
+                used: KeyUsed::Secondary,
+                sha1: Keyed::new(Algorithm::HmacSha1, &t),
+                sha256: None,
+            });
+        }
+        self
+    }
+
+    /// Accept requests signed with this Webhooks SharedKey (`key=<id>` in the settings header).
+    /// Add the old and the new key while rotating.
+    pub fn with_shared_key(mut self, id: impl Into<String>, secret: AuthToken) -> Self {
+        let id = id.into();
+        self.shared_keys.push((
+            id.clone(),
+            Secret {
+                used: KeyUsed::SharedKey(id),
+                sha1: Keyed::new(Algorithm::HmacSha1, &secret),
+                sha256: Some(Keyed::new(Algorithm::HmacSha256, &secret)),
+            },
+        ));
+        self
+    }
+
+    /// Verify a request; on success the parsed parameters come back inside a [`VerifiedRequest`].
+    pub fn verify(&self, req: &SignedRequest<'_>) -> Result<VerifiedRequest, SignatureError> {
+        let body = Body::classify(req)?;
+        let signature = req
+            .signature
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or(SignatureError::MissingSignature)?;
+        let url = strip_fragment(req.url);
+
+        // Only form POST parameters are appended; GET and JSON sign the URL alone.
+        let (params, json_body, tail) = match body {
+            Body::None => (query_params(url), None, Vec::new()),
+            Body::Form(p) => {
+                let tail = signed_params(&p);
+                (p, None, tail)
+            }
+            Body::Json(raw) => {
+                check_body_hash(url, raw)?;
+                let text = std::str::from_utf8(raw)
+                    .map_err(|e| FormError::InvalidUtf8(e.valid_up_to()))?;
+                (FormParams::default(), Some(text.to_owned()), Vec::new())
+            }
+        };
+
+        // A signature that is not even base64 of the right length cannot match anything.
+        let expected = BASE64
+            .decode(signature)
+            .map_err(|_| SignatureError::InvalidSignature)?;
+
+        let (secrets, alg): (Vec<&Secret>, Algorithm) = match req.signature_settings {
+            None => (self.tokens.iter().collect(), Algorithm::HmacSha1),
+            Some(settings) => {
+                let (id, alg) = parse_settings(settings)?;
+                if self.shared_keys.is_empty() {
+                    return Err(SignatureError::SharedKeysNotConfigured);
+                }
+                let secret = self
+                    .shared_keys
+                    .iter()
+                    .find(|(k, _)| k == id)
+                    .map(|(_, s)| s)
+                    .ok_or_else(|| SignatureError::UnknownSharedKey(id.to_owned()))?;
+                (vec![secret], alg)
+            }
+        };
+
+        for candidate in url_candidates(url).iter() {
+            for secret in &secrets {
+                let keyed = match alg {
+                    Algorithm::HmacSha1 => &secret.sha1,
+                    Algorithm::HmacSha256 => secret.sha256.as_ref().unwrap_or(&secret.sha1),
+                };
+                if keyed.verify(&[candidate.as_bytes(), &tail], &expected) {
+                    return Ok(VerifiedRequest {
+                        url: url.to_owned(),
+                        params,
+                        json_body,
+                        key: secret.used.clone(),
+                    });
+                }
+            }
+        }
+        Err(SignatureError::InvalidSignature)
+    }
+}
+
+enum Body<'a> {
+    None,
+    Form(FormParams),
+    Json(&'a [u8]),
+}
+
+impl<'a> Body<'a> {
+    fn classify(req: &SignedRequest<'a>) -> Result<Self, SignatureError> {
+        let media_type = req.content_type.map(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+        match req.method.to_ascii_uppercase().as_str() {
+            "GET" | "HEAD" => Ok(Self::None),
+            "POST" => match media_type.as_deref() {
+                Some("application/x-www-form-urlencoded") => {
+                    Ok(Self::Form(FormParams::parse(req.body)?))
+                }
+                Some("application/json") => Ok(Self::Json(req.body)),
+                None | Some("") if req.body.is_empty() => Ok(Self::Form(FormParams::default())),
+                other => Err(SignatureError::UnsupportedContentType(
+                    other.unwrap_or("").to_owned(),
+                )),
+            },
+            other => Err(SignatureError::UnsupportedMethod(other.to_owned())),
+        }
+    }
+}
+
+fn strip_fragment(url: &str) -> &str {
+    url.split_once('#').map_or(url, |(u, _)| u)
+}
+
+fn query_of(url: &str) -> &str {
+    url.split_once('?').map_or("", |(_, q)| q)
+}
+
+/// Parameters of a GET webhook, leniently (the signature covers the raw URL anyway).
+fn query_params(url: &str) -> FormParams {
+    FormParams::from_pairs(form_urlencoded::parse(query_of(url).as_bytes()))
+}
+
+fn check_body_hash(url: &str, body: &[u8]) -> Result<(), SignatureError> {
+    let claimed = form_urlencoded::parse(query_of(url).as_bytes())
+        .find(|(k, _)| k == "bodySHA256")
+        .map(|(_, v)| v.into_owned())
+        .ok_or(SignatureError::MissingBodyHash)?;
+    // The hash is public (it is in the URL), so an ordinary comparison is fine here.
+    if hex::encode(Sha256::digest(body)) == claimed {
+        Ok(())
+    } else {
+        Err(SignatureError::BodyHashMismatch)
+    }
+}
+
+/// `key=<id>,algorithm=<alg>`; a missing algorithm means HMAC-SHA1 (as in twilio-python).
+fn parse_settings(header: &str) -> Result<(&str, Algorithm), SignatureError> {
+    let mut key = None;
+    let mut alg = Algorithm::HmacSha1;
+    for part in header.split(',') {
+        let Some((name, value)) = part.split_once('=') else {
+            continue;
+        };
+        let value = value.trim();
+        match name.trim() {
+            "key" if !value.is_empty() => key = Some(value),
+            "algorithm" if !value.is_empty() => {
+                alg = Algorithm::from_header_value(value)
+                    .ok_or_else(|| SignatureError::UnsupportedAlgorithm(value.to_owned()))?;
+            }
+            _ => {}
+        }
+    }
+    Ok((key.ok_or(SignatureError::MalformedSettings)?, alg))
+}
+
+/// The parameter part of the signed string: keys by bytes, each key's values sorted and
+/// de-duplicated. Sorting (key, value) pairs and dropping equal pairs gives exactly that.
+fn signed_params(params: &FormParams) -> Vec<u8> {
+    let mut pairs: Vec<(&str, &str)> = params.iter().collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let mut out = Vec::with_capacity(pairs.iter().map(|(k, v)| k.len() + v.len()).sum());
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+    out
+}
+
+/// The URL as given, then with the port removed (if it has one) or the scheme's default port
+/// added (if not). When the URL carries `user:pass@`, the same two without the credentials too:
+/// Twilio's docs say credentials are not signed, its libraries' test vectors sign them.
+fn url_candidates(url: &str) -> Vec<String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return vec![url.to_owned()];
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let (userinfo, hostport) = match authority.rfind('@') {
+        Some(i) => (Some(&authority[..=i]), &authority[i + 1..]),
+        None => (None, authority),
+    };
+    // A port follows the last ':' unless that colon is inside an IPv6 literal.
+    let port_colon = hostport
+        .rfind(':')
+        .filter(|i| !hostport[*i..].contains(']'));
+    let alt_hostport = match port_colon {
+        Some(i) => hostport[..i].to_owned(),
+        None => {
+            let port = if scheme.eq_ignore_ascii_case("https") {
+                443
+            } else {
+                80
+            };
+            format!("{hostport}:{port}")
+        }
+    };
+    let mut out = vec![
+        url.to_owned(),
+        format!("{scheme}://{}{alt_hostport}{path}", userinfo.unwrap_or("")),
+    ];
+    if userinfo.is_some() {
+        out.push(format!("{scheme}://{hostport}{path}"));
+        out.push(format!("{scheme}://{alt_hostport}{path}"));
+    }
+    out
+}
+
+/// Sign a form webhook with the auth token, HMAC-SHA1: the `X-Twilio-Signature` Twilio would send.
+pub fn sign(token: &AuthToken, url: &str, params: &FormParams) -> String {
+    sign_with(Algorithm::HmacSha1, token, url, params)
+}
+
+/// Sign with an explicit algorithm (SharedKey signatures).
+pub fn sign_with(alg: Algorithm, secret: &AuthToken, url: &str, params: &FormParams) -> String {
+    let keyed = Keyed::new(alg, secret);
+    BASE64.encode(keyed.sign(&[strip_fragment(url).as_bytes(), &signed_params(params)]))
+}
+
+/// For a JSON webhook: the URL with `bodySHA256` appended, and its signature.
+pub fn sign_json(token: &AuthToken, url: &str, body: &[u8]) -> (String, String) {
+    let hash = hex::encode(Sha256::digest(body));
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{sep}bodySHA256={hash}");
+    let sig = sign(token, &url, &FormParams::default());
+    (url, sig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "https://mycompany.com/myapp.php?foo=1&bar=2";
+
+    fn form_req<'a>(url: &'a str, body: &'a [u8], sig: Option<&'a str>) -> SignedRequest<'a> {
+        SignedRequest {
+            method: "POST",
+            url,
+            content_type: Some("application/x-www-form-urlencoded; charset=utf-8"),
+            body,
+            signature: sig,
+            signature_settings: None,
+        }
+    }
+
+    fn params() -> FormParams {
+        FormParams::from_pairs([
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+14158675309"),
+            ("Digits", "1234"),
+            ("From", "+14158675309"),
+            ("To", "+18005551212"),
+        ])
+    }
+
+    #[test]
+    fn twilio_docs_example_signature() {
+        // The example in Twilio's security docs and every helper library.
+        assert_eq!(
+            sign(&"12345".into(), URL, &params()),
+            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+        );
+    }
+
+    #[test]
+    fn missing_header_is_distinguished_from_a_wrong_one() {
+        let v = Validator::new("12345".into());
+        let body = params().encode();
+        assert_eq!(
+            v.verify(&form_req(URL, body.as_bytes(), None)),
+            Err(SignatureError::MissingSignature)
+        );
+        assert_eq!(
+            v.verify(&form_req(
+                URL,
+                body.as_bytes(),
+                Some("AAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+            )),
+            Err(SignatureError::InvalidSignature)
+        );
+    }
+
+    #[test]
+    fn debug_never_prints_the_token() {
+        let t = AuthToken::new("supersecret-token");
+        let v = Validator::new(t.clone()).with_shared_key("key1", "othersecret".into());
+        assert!(!format!("{t:?}{v:?}").contains("secret-token"));
+        assert!(!format!("{v:?}").contains("othersecret"));
+    }
+
+    #[test]
+    fn secondary_token_is_accepted_and_reported() {
+        let v = Validator::new("old".into()).with_secondary(Some("new".into()));
+        let body = params().encode();
+        let sig = sign(&"new".into(), URL, &params());
+        let ok = v
+            .verify(&form_req(URL, body.as_bytes(), Some(&sig)))
+            .unwrap();
+        assert_eq!(ok.key_used(), &KeyUsed::Secondary);
+        let sig = sign(&"other".into(), URL, &params());
+        assert!(
+            v.verify(&form_req(URL, body.as_bytes(), Some(&sig)))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn shared_key_sha256_and_its_errors() {
+        let secret: AuthToken = "shared-secret".into();
+        let v = Validator::new("token".into()).with_shared_key("wk_1", secret.clone());
+        let body = params().encode();
+        let sig = sign_with(Algorithm::HmacSha256, &secret, URL, &params());
+        let mut req = form_req(URL, body.as_bytes(), Some(&sig));
+        req.signature_settings = Some("key=wk_1,algorithm=HMAC_SHA256");
+        assert_eq!(
+            v.verify(&req).unwrap().key_used(),
+            &KeyUsed::SharedKey("wk_1".into())
+        );
+        // The auth token must not validate a request that names a shared key.
+        let token_sig = sign(&"token".into(), URL, &params());
+        req.signature = Some(&token_sig);
+        assert_eq!(v.verify(&req), Err(SignatureError::InvalidSignature));
+        req.signature_settings = Some("key=wk_2,algorithm=HMAC_SHA256");
+        assert_eq!(
+            v.verify(&req),
+            Err(SignatureError::UnknownSharedKey("wk_2".into()))
+        );
+        req.signature_settings = Some("key=wk_1,algorithm=HMAC_MD5");
+        assert_eq!(
+            v.verify(&req),
+            Err(SignatureError::UnsupportedAlgorithm("HMAC_MD5".into()))
+        );
+        let plain = Validator::new("token".into());
+        req.signature_settings = Some("key=wk_1,algorithm=HMAC_SHA256");
+        let err = plain.verify(&req).unwrap_err();
+        assert_eq!(err, SignatureError::SharedKeysNotConfigured);
+        assert!(err.is_server_error());
+    }
+
+    #[test]
+    fn json_body_needs_body_hash() {
+        let v = Validator::new("12345".into());
+        let body = br#"{"property": "value", "boolean": true}"#;
+        let (url, sig) = sign_json(&"12345".into(), URL, body);
+        let mut req = SignedRequest {
+            method: "POST",
+            url: &url,
+            content_type: Some("application/json"),
+            body,
+            signature: Some(&sig),
+            signature_settings: None,
+        };
+        assert_eq!(
+            v.verify(&req).unwrap().json_body(),
+            Some(std::str::from_utf8(body).unwrap())
+        );
+        req.body = br#"{"property": "other"}"#;
+        assert_eq!(v.verify(&req), Err(SignatureError::BodyHashMismatch));
+        let plain_sig = sign(&"12345".into(), URL, &FormParams::default());
+        req.url = URL;
+        req.signature = Some(&plain_sig);
+        assert_eq!(v.verify(&req), Err(SignatureError::MissingBodyHash));
+    }
+
+    #[test]
+    fn get_signs_the_url_only_and_exposes_query_params() {
+        let v = Validator::new("12345".into());
+        let url = "https://example.com/sms?MessageSid=SM1&Body=hi+there";
+        let sig = sign(&"12345".into(), url, &FormParams::default());
+        let req = SignedRequest {
+            method: "GET",
+            url,
+            content_type: None,
+            body: b"",
+            signature: Some(&sig),
+            signature_settings: None,
+        };
+        let ok = v.verify(&req).unwrap();
+        assert_eq!(ok.params().get("Body"), Some("hi there"));
+    }
+
+    #[test]
+    fn malformed_bodies_and_content_types_are_client_errors() {
+        let v = Validator::new("12345".into());
+        let err = v.verify(&form_req(URL, b"a=%zz", Some("x"))).unwrap_err();
+        assert!(err.is_malformed(), "{err}");
+        let mut req = form_req(URL, b"<xml/>", Some("x"));
+        req.content_type = Some("text/xml");
+        assert!(v.verify(&req).unwrap_err().is_malformed());
+        req.method = "PUT";
+        assert!(v.verify(&req).unwrap_err().is_malformed());
+    }
+
+    #[test]
+    fn fragment_is_not_signed() {
+        let v = Validator::new("12345".into());
+        let body = params().encode();
+        let sig = sign(&"12345".into(), URL, &params());
+        let with_fragment = format!("{URL}#rc=2&rp=all");
+        assert!(
+            v.verify(&form_req(&with_fragment, body.as_bytes(), Some(&sig)))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn candidates_handle_ports_userinfo_and_ipv6() {
+        assert_eq!(
+            url_candidates("https://h.com/p?q=1"),
+            ["https://h.com/p?q=1", "https://h.com:443/p?q=1"]
+        );
+        assert_eq!(
+            url_candidates("http://h.com:8080/p"),
+            ["http://h.com:8080/p", "http://h.com/p"]
+        );
+        assert_eq!(
+            url_candidates("http://[::1]/p"),
+            ["http://[::1]/p", "http://[::1]:80/p"]
+        );
+        assert_eq!(
+            url_candidates("http://[::1]:3000"),
+            ["http://[::1]:3000", "http://[::1]"]
+        );
+        assert_eq!(
+            url_candidates("https://u:p@h.com/x"),
+            [
+                "https://u:p@h.com/x",
+                "https://u:p@h.com:443/x",
+                "https://h.com/x",
+                "https://h.com:443/x"
+            ]
+        );
+    }
+}
