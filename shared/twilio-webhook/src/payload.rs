@@ -531,7 +531,7 @@ fn geo(p: &FormParams, prefix: &str) -> Geo {
 }
 
 impl InboundMessage {
-    pub fn from_params(p: &FormParams) -> Result<Self, PayloadError> {
+    pub(crate) fn from_params(p: &FormParams) -> Result<Self, PayloadError> {
         // `SmsSid`/`SmsMessageSid` are deprecated duplicates of `MessageSid`.
         let message_sid = ["MessageSid", "SmsMessageSid", "SmsSid"]
             .iter()
@@ -569,7 +569,7 @@ impl InboundMessage {
 }
 
 impl InboundCall {
-    pub fn from_params(p: &FormParams) -> Result<Self, PayloadError> {
+    pub(crate) fn from_params(p: &FormParams) -> Result<Self, PayloadError> {
         Ok(Self {
             call_sid: sid(p, "CallSid", CallSid::parse)?,
             account_sid: sid(p, "AccountSid", AccountSid::parse)?,
@@ -589,7 +589,7 @@ impl InboundCall {
 }
 
 impl MessageStatusCallback {
-    pub fn from_params(p: &FormParams) -> Result<Self, PayloadError> {
+    pub(crate) fn from_params(p: &FormParams) -> Result<Self, PayloadError> {
         let message_sid = ["MessageSid", "SmsSid"]
             .iter()
             .find_map(|k| p.get(k).filter(|v| !v.is_empty()))
@@ -613,7 +613,7 @@ impl MessageStatusCallback {
 }
 
 impl CallStatusCallback {
-    pub fn from_params(p: &FormParams) -> Result<Self, PayloadError> {
+    pub(crate) fn from_params(p: &FormParams) -> Result<Self, PayloadError> {
         Ok(Self {
             call_sid: sid(p, "CallSid", CallSid::parse)?,
             account_sid: opt_sid(p, "AccountSid", AccountSid::parse)?,
@@ -630,7 +630,7 @@ impl CallStatusCallback {
 }
 
 impl RecordingStatusCallback {
-    pub fn from_params(p: &FormParams) -> Result<Self, PayloadError> {
+    pub(crate) fn from_params(p: &FormParams) -> Result<Self, PayloadError> {
         Ok(Self {
             recording_sid: sid(p, "RecordingSid", RecordingSid::parse)?,
             recording_status: RecordingStatus::from(req(p, "RecordingStatus")?),
@@ -648,7 +648,7 @@ impl RecordingStatusCallback {
 }
 
 impl ConferenceStatusCallback {
-    pub fn from_params(p: &FormParams) -> Result<Self, PayloadError> {
+    pub(crate) fn from_params(p: &FormParams) -> Result<Self, PayloadError> {
         Ok(Self {
             conference_sid: sid(p, "ConferenceSid", ConferenceSid::parse)?,
             status_callback_event: req(p, "StatusCallbackEvent")?.to_owned(),
@@ -663,7 +663,7 @@ impl ConferenceStatusCallback {
 
 impl Fallback {
     /// A call is recognised by `CallSid`; anything else must be a message.
-    pub fn from_params(p: &FormParams) -> Result<Self, PayloadError> {
+    pub(crate) fn from_params(p: &FormParams) -> Result<Self, PayloadError> {
         let original = if has(p, "CallSid") {
             FallbackOriginal::Call(InboundCall::from_params(p)?)
         } else {

@@ -1,0 +1,22 @@
+//! The webhook pipeline shared by the Lambda functions and the local server:
+//! verify → parse → dedup key → record once → enqueue → reply, behind two narrow ports
+//! ([`EventStore`], [`WorkQueue`]), and the worker that does the slow work.
+
+pub mod config;
+pub mod contract;
+pub mod error;
+pub mod forward;
+pub mod memory;
+pub mod pipeline;
+pub mod reply;
+pub mod samples;
+pub mod state;
+pub mod store;
+pub mod worker;
+
+pub use config::Settings;
+pub use error::PipelineError;
+pub use pipeline::{Clock, IncomingRequest, Pipeline, system_clock};
+pub use reply::{Reply, ReplyPolicy};
+pub use store::{Claim, EventRecord, EventStore, Job, Processing, StoreError, WorkQueue};
+pub use worker::{SlowWork, Worker};

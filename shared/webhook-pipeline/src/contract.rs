@@ -1,0 +1,288 @@
+//! The store contract: one suite every [`EventStore`] adapter must pass (in-memory, SQLite,
+//! DynamoDB against moto), so the adapters cannot drift apart. Keys are unique per run, so a
+//! long-lived store (a moto server) can be reused.
+
+use std::sync::Arc;
+
+use twilio_webhook::payload::Endpoint;
+
+use crate::reply::Reply;
+use crate::state::{StateRecord, StateUpdate};
+use crate::store::{Claim, ClaimTimes, EventRecord, EventStore, Processing};
+
+const NOW: i64 = 1_800_000_000_000;
+
+/// A sample event under a fresh unique key.
+pub fn sample_event(tag: &str) -> EventRecord {
+    EventRecord {
+        key: format!("sms#SM{}{tag}", uuid::Uuid::new_v4().simple()),
+        kind: "inbound_message".into(),
+        endpoint: Endpoint::Sms,
+        url: "https://example.com/sms".into(),
+        params: vec![
+            ("MessageSid".into(), "SM1".into()),
+            ("Body".into(), "héllo & <ünïcode> 🎉".into()),
+            ("Body".into(), String::new()),
+        ],
+        idempotency_token: Some("token-1".into()),
+        received_at: NOW,
+        reply: Reply::text(200, "<Response/>"),
+        state_update: Some(StateUpdate {
+            id: "msg#SM1".into(),
+            status: "received".into(),
+            rank: (6, 0),
+            sequence: None,
+            error_code: None,
+        }),
+    }
+}
+
+fn times(now: i64) -> ClaimTimes {
+    ClaimTimes {
+        now_ms: now,
+        lock_until_ms: now + 30_000,
+        expires_at_s: now / 1000 + 3600,
+    }
+}
+
+/// Run every contract case against `store`.
+pub async fn run_all(store: Arc<dyn EventStore>) {
+    claim_is_once_and_duplicates_get_the_stored_reply(&*store).await;
+    expired_records_do_not_block(&*store).await;
+    abandoned_claims_can_be_redone(&*store).await;
+    release_only_by_owner(&*store).await;
+    processing_lease(&*store).await;
+    sweeper_view(&*store).await;
+    state_is_optimistic(&*store).await;
+    concurrent_claims_make_one_winner(store.clone()).await;
+}
+
+pub async fn claim_is_once_and_duplicates_get_the_stored_reply(store: &dyn EventStore) {
+    let e = sample_event("once");
+    assert_eq!(store.claim(&e, "a1", times(NOW)).await.unwrap(), Claim::New);
+    let mut again = e.clone();
+    again.reply = Reply::text(200, "different");
+    match store.claim(&again, "a2", times(NOW + 1)).await.unwrap() {
+        Claim::Duplicate { reply, processed } => {
+            assert_eq!(
+                reply, e.reply,
+                "a duplicate gets the first reply, byte for byte"
+            );
+            assert!(!processed);
+        }
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+    // The stored event round-trips exactly (unicode, blanks, repeated keys).
+    store.release(&e.key, "a1").await.unwrap();
+    let stale = store.stale_pending(NOW + 1, 1000).await.unwrap();
+    let (found, sweeps) = stale
+        .iter()
+        .find(|(r, _)| r.key == e.key)
+        .expect("pending record");
+    assert_eq!(found, &e);
+    assert_eq!(*sweeps, 0);
+}
+
+pub async fn expired_records_do_not_block(store: &dyn EventStore) {
+    let e = sample_event("expiry");
+    let t = ClaimTimes {
+        now_ms: NOW,
+        lock_until_ms: NOW + 1_000,
+        expires_at_s: NOW / 1000 + 10,
+    };
+    assert_eq!(store.claim(&e, "a1", t).await.unwrap(), Claim::New);
+    store
+        .begin_processing(&e.key, NOW, NOW + 1000)
+        .await
+        .unwrap();
+    store.finish_processing(&e.key, NOW).await.unwrap();
+    assert!(matches!(
+        store.claim(&e, "a2", times(NOW + 9_999)).await.unwrap(),
+        Claim::Duplicate {
+            processed: true,
+            ..
+        }
+    ));
+    assert_eq!(
+        store.claim(&e, "a3", times(NOW + 10_000)).await.unwrap(),
+        Claim::New,
+        "an expired record must not block even if TTL has not deleted it"
+    );
+}
+
+pub async fn abandoned_claims_can_be_redone(store: &dyn EventStore) {
+    let e = sample_event("abandon");
+    assert_eq!(store.claim(&e, "a1", times(NOW)).await.unwrap(), Claim::New);
+    assert!(matches!(
+        store.claim(&e, "a2", times(NOW + 29_000)).await.unwrap(),
+        Claim::Duplicate { .. }
+    ));
+    assert_eq!(
+        store.claim(&e, "a3", times(NOW + 30_001)).await.unwrap(),
+        Claim::New,
+        "a claim whose lock expired unprocessed (crashed attempt) is redone"
+    );
+    // Once processed, an expired lock no longer matters.
+    store
+        .begin_processing(&e.key, NOW + 30_002, NOW + 40_000)
+        .await
+        .unwrap();
+    store.finish_processing(&e.key, NOW + 30_003).await.unwrap();
+    match store.claim(&e, "a4", times(NOW + 90_000)).await.unwrap() {
+        Claim::Duplicate { processed, .. } => assert!(processed),
+        other => panic!("{other:?}"),
+    }
+}
+
+pub async fn release_only_by_owner(store: &dyn EventStore) {
+    let e = sample_event("release");
+    store.claim(&e, "owner", times(NOW)).await.unwrap();
+    store.release(&e.key, "someone-else").await.unwrap();
+    assert!(matches!(
+        store.claim(&e, "x", times(NOW + 1)).await.unwrap(),
+        Claim::Duplicate { .. }
+    ));
+    store.release(&e.key, "owner").await.unwrap();
+    assert_eq!(
+        store.claim(&e, "retry", times(NOW + 2)).await.unwrap(),
+        Claim::New
+    );
+}
+
+pub async fn processing_lease(store: &dyn EventStore) {
+    let e = sample_event("lease");
+    assert_eq!(
+        store.begin_processing(&e.key, NOW, NOW + 1).await.unwrap(),
+        Processing::Missing
+    );
+    store.claim(&e, "a", times(NOW)).await.unwrap();
+    assert_eq!(
+        store
+            .begin_processing(&e.key, NOW, NOW + 60_000)
+            .await
+            .unwrap(),
+        Processing::Ready
+    );
+    assert_eq!(
+        store
+            .begin_processing(&e.key, NOW + 1, NOW + 60_000)
+            .await
+            .unwrap(),
+        Processing::Busy
+    );
+    store.abandon_processing(&e.key).await.unwrap();
+    assert_eq!(
+        store
+            .begin_processing(&e.key, NOW + 2, NOW + 60_000)
+            .await
+            .unwrap(),
+        Processing::Ready
+    );
+    store.finish_processing(&e.key, NOW + 3).await.unwrap();
+    assert_eq!(
+        store
+            .begin_processing(&e.key, NOW + 4, NOW + 60_000)
+            .await
+            .unwrap(),
+        Processing::AlreadyDone
+    );
+}
+
+pub async fn sweeper_view(store: &dyn EventStore) {
+    let e = sample_event("sweep");
+    store.claim(&e, "a", times(NOW)).await.unwrap();
+    let find = |v: &[(EventRecord, u32)]| v.iter().find(|(r, _)| r.key == e.key).map(|(_, s)| *s);
+    assert_eq!(
+        find(&store.stale_pending(NOW + 30_000, 1000).await.unwrap()),
+        None,
+        "lock still live"
+    );
+    assert_eq!(
+        find(&store.stale_pending(NOW + 30_001, 1000).await.unwrap()),
+        Some(0)
+    );
+    store.extend_lock(&e.key, NOW + 100_000).await.unwrap();
+    assert_eq!(
+        find(&store.stale_pending(NOW + 60_000, 1000).await.unwrap()),
+        None
+    );
+    assert_eq!(
+        find(&store.stale_pending(NOW + 100_001, 1000).await.unwrap()),
+        Some(1)
+    );
+    store.begin_processing(&e.key, NOW, NOW + 1).await.unwrap();
+    store.finish_processing(&e.key, NOW).await.unwrap();
+    assert_eq!(
+        find(&store.stale_pending(i64::MAX / 2, 1000).await.unwrap()),
+        None,
+        "processed is not pending"
+    );
+}
+
+pub async fn state_is_optimistic(store: &dyn EventStore) {
+    let id = format!("msg#SM{}", uuid::Uuid::new_v4().simple());
+    assert!(store.load_state(&id).await.unwrap().is_none());
+    let mut s = StateRecord {
+        id: id.clone(),
+        latest_status: "sent".into(),
+        ..Default::default()
+    };
+    assert!(
+        store
+            .save_state(&id, &s, None, NOW / 1000 + 60)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .save_state(&id, &s, None, NOW / 1000 + 60)
+            .await
+            .unwrap(),
+        "create twice"
+    );
+    let (loaded, v) = store.load_state(&id).await.unwrap().unwrap();
+    assert_eq!(loaded, s);
+    s.latest_status = "delivered".into();
+    assert!(
+        store
+            .save_state(&id, &s, Some(v), NOW / 1000 + 60)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .save_state(&id, &s, Some(v), NOW / 1000 + 60)
+            .await
+            .unwrap(),
+        "stale version"
+    );
+    assert_eq!(
+        store
+            .load_state(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .latest_status,
+        "delivered"
+    );
+}
+
+pub async fn concurrent_claims_make_one_winner(store: Arc<dyn EventStore>) {
+    let e = sample_event("race");
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let (store, e) = (store.clone(), e.clone());
+            tokio::spawn(
+                async move { store.claim(&e, &format!("a{i}"), times(NOW)).await.unwrap() },
+            )
+        })
+        .collect();
+    let mut new = 0;
+    for t in tasks {
+        if t.await.unwrap() == Claim::New {
+            new += 1;
+        }
+    }
+    assert_eq!(new, 1, "exactly one of 20 concurrent claims wins");
+}

@@ -1,0 +1,56 @@
+//! The one place where failures become HTTP statuses.
+//!
+//! - missing / wrong signature → 403 (Twilio's own middleware says 400 for a missing header;
+//!   we answer 403 for both so a prober learns nothing);
+//! - unreadable request → 400 (a retry would fail the same way);
+//! - our store or queue failed → 503, so Twilio retries (with `#rp=5xx`) or calls the fallback URL;
+//! - our own configuration cannot check the request → 500.
+
+use twilio_webhook::payload::PayloadError;
+use twilio_webhook::signature::SignatureError;
+use twilio_webhook::url::UrlError;
+
+use crate::reply::Reply;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    #[error("cannot rebuild the signed URL: {0}")]
+    Url(#[from] UrlError),
+    #[error("bad payload: {0}")]
+    Payload(#[from] PayloadError),
+    #[error("request body is not valid: {0}")]
+    BadRequest(String),
+    #[error("event store failed: {0}")]
+    Store(StoreError),
+    #[error("work queue failed: {0}")]
+    Queue(StoreError),
+}
+
+impl PipelineError {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Signature(e) if e.is_server_error() => 500,
+            Self::Signature(e) if e.is_malformed() => 400,
+            Self::Signature(_) => 403,
+            // The URL Twilio signed cannot be known: refusing is the only safe answer.
+            Self::Url(UrlError::MissingHost) => 400,
+            Self::Url(_) => 403,
+            Self::Payload(_) | Self::BadRequest(_) => 400,
+            Self::Store(_) | Self::Queue(_) => 503,
+        }
+    }
+
+    /// A short plain-text reply; details go to the log, not to the caller.
+    pub fn to_reply(&self) -> Reply {
+        let text = match self.status() {
+            400 => "Bad Request",
+            403 => "Forbidden",
+            503 => "Service Unavailable",
+            _ => "Internal Server Error",
+        };
+        Reply::text(self.status(), text)
+    }
+}

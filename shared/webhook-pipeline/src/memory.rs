@@ -1,0 +1,247 @@
+//! In-memory adapters: for tests, benchmarks and as the reference the contract suite checks.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+
+use crate::state::StateRecord;
+use crate::store::{
+    Claim, ClaimTimes, EventRecord, EventStore, Job, Processing, StoreError, WorkQueue,
+};
+
+#[derive(Debug, Clone)]
+struct Row {
+    event: EventRecord,
+    attempt: String,
+    lock_until_ms: i64,
+    expires_at_s: i64,
+    processed: bool,
+    lease_until_ms: i64,
+    sweeps: u32,
+}
+
+#[derive(Default)]
+struct Inner {
+    rows: HashMap<String, Row>,
+    states: HashMap<String, (StateRecord, u64)>,
+}
+
+/// A `Mutex<HashMap>` store with the same semantics as the DynamoDB one.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    /// Number of upcoming calls that fail, to test error paths.
+    pub fail_next: AtomicUsize,
+}
+
+impl MemoryStore {
+    fn check_fail(&self) -> Result<(), StoreError> {
+        let n = self.fail_next.load(Ordering::SeqCst);
+        if n > 0 {
+            self.fail_next.store(n - 1, Ordering::SeqCst);
+            return Err(StoreError("injected store failure".into()));
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of stored event records.
+    pub fn len(&self) -> usize {
+        self.lock().rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn is_processed(&self, key: &str) -> Option<bool> {
+        self.lock().rows.get(key).map(|r| r.processed)
+    }
+}
+
+#[async_trait]
+impl EventStore for MemoryStore {
+    async fn claim(
+        &self,
+        event: &EventRecord,
+        attempt: &str,
+        t: ClaimTimes,
+    ) -> Result<Claim, StoreError> {
+        self.check_fail()?;
+        let mut g = self.lock();
+        if let Some(row) = g.rows.get(&event.key) {
+            let expired = row.expires_at_s * 1000 <= t.now_ms;
+            let abandoned = !row.processed && row.lock_until_ms <= t.now_ms;
+            if !expired && !abandoned {
+                return Ok(Claim::Duplicate {
+                    reply: row.event.reply.clone(),
+                    processed: row.processed,
+                });
+            }
+        }
+        g.rows.insert(
+            event.key.clone(),
+            Row {
+                event: event.clone(),
+                attempt: attempt.to_owned(),
+                lock_until_ms: t.lock_until_ms,
+                expires_at_s: t.expires_at_s,
+                processed: false,
+                lease_until_ms: 0,
+                sweeps: 0,
+            },
+        );
+        Ok(Claim::New)
+    }
+
+    async fn release(&self, key: &str, attempt: &str) -> Result<(), StoreError> {
+        self.check_fail()?;
+        if let Some(row) = self
+            .lock()
+            .rows
+            .get_mut(key)
+            .filter(|r| r.attempt == attempt)
+        {
+            row.lock_until_ms = 0;
+        }
+        Ok(())
+    }
+
+    async fn begin_processing(
+        &self,
+        key: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Processing, StoreError> {
+        self.check_fail()?;
+        let mut g = self.lock();
+        let Some(row) = g.rows.get_mut(key) else {
+            return Ok(Processing::Missing);
+        };
+        if row.processed {
+            return Ok(Processing::AlreadyDone);
+        }
+        if row.lease_until_ms > now_ms {
+            return Ok(Processing::Busy);
+        }
+        row.lease_until_ms = lease_until_ms;
+        Ok(Processing::Ready)
+    }
+
+    async fn finish_processing(&self, key: &str, _now_ms: i64) -> Result<(), StoreError> {
+        self.check_fail()?;
+        if let Some(row) = self.lock().rows.get_mut(key) {
+            row.processed = true;
+        }
+        Ok(())
+    }
+
+    async fn abandon_processing(&self, key: &str) -> Result<(), StoreError> {
+        self.check_fail()?;
+        if let Some(row) = self.lock().rows.get_mut(key) {
+            row.lease_until_ms = 0;
+        }
+        Ok(())
+    }
+
+    async fn stale_pending(
+        &self,
+        lock_before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(EventRecord, u32)>, StoreError> {
+        self.check_fail()?;
+        let g = self.lock();
+        let mut rows: Vec<&Row> = g
+            .rows
+            .values()
+            .filter(|r| !r.processed && r.lock_until_ms < lock_before_ms)
+            .collect();
+        rows.sort_by_key(|r| r.lock_until_ms);
+        Ok(rows
+            .into_iter()
+            .take(limit)
+            .map(|r| (r.event.clone(), r.sweeps))
+            .collect())
+    }
+
+    async fn extend_lock(&self, key: &str, lock_until_ms: i64) -> Result<(), StoreError> {
+        self.check_fail()?;
+        if let Some(row) = self.lock().rows.get_mut(key) {
+            row.lock_until_ms = lock_until_ms;
+            row.sweeps += 1;
+        }
+        Ok(())
+    }
+
+    async fn load_state(&self, id: &str) -> Result<Option<(StateRecord, u64)>, StoreError> {
+        self.check_fail()?;
+        Ok(self.lock().states.get(id).cloned())
+    }
+
+    async fn save_state(
+        &self,
+        id: &str,
+        state: &StateRecord,
+        expected: Option<u64>,
+        _expires_at_s: i64,
+    ) -> Result<bool, StoreError> {
+        self.check_fail()?;
+        let mut g = self.lock();
+        let current = g.states.get(id).map(|(_, v)| *v);
+        if current != expected {
+            return Ok(false);
+        }
+        g.states
+            .insert(id.to_owned(), (state.clone(), expected.unwrap_or(0) + 1));
+        Ok(true)
+    }
+}
+
+/// A FIFO of jobs.
+#[derive(Default)]
+pub struct MemoryQueue {
+    jobs: Mutex<VecDeque<Job>>,
+    /// Number of upcoming sends that fail.
+    pub fail_next: AtomicUsize,
+    /// Successful sends so far.
+    pub sent: AtomicUsize,
+}
+
+impl MemoryQueue {
+    pub fn pop(&self) -> Option<Job> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+    }
+
+    pub fn len(&self) -> usize {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl WorkQueue for MemoryQueue {
+    async fn enqueue(&self, job: &Job) -> Result<(), StoreError> {
+        let n = self.fail_next.load(Ordering::SeqCst);
+        if n > 0 {
+            self.fail_next.store(n - 1, Ordering::SeqCst);
+            return Err(StoreError("injected queue failure".into()));
+        }
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(job.clone());
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}

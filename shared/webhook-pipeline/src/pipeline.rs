@@ -1,0 +1,182 @@
+//! verify → parse → dedup key → record once → enqueue → reply.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use tracing::{error, info, warn};
+use twilio_webhook::Validator;
+use twilio_webhook::payload::{Endpoint, Webhook};
+use twilio_webhook::signature::{
+    IDEMPOTENCY_HEADER, SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER, SignedRequest,
+};
+
+use crate::config::Settings;
+use crate::error::PipelineError;
+use crate::reply::{Reply, ReplyPolicy};
+use crate::state::StateUpdate;
+use crate::store::{Claim, ClaimTimes, EventRecord, EventStore, Job, WorkQueue};
+
+/// Unix milliseconds; injectable so tests can move time (lock and TTL expiry).
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    })
+}
+
+/// A request as the runtime adapter hands it over: the signed URL already rebuilt.
+#[derive(Debug, Clone)]
+pub struct IncomingRequest {
+    pub method: http::Method,
+    /// The URL Twilio signed (see `twilio_webhook::url`).
+    pub url: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// The pipeline, built once at cold start and shared by every request.
+pub struct Pipeline {
+    validator: Validator,
+    store: Arc<dyn EventStore>,
+    queue: Arc<dyn WorkQueue>,
+    policy: ReplyPolicy,
+    settings: Settings,
+    clock: Clock,
+}
+
+impl Pipeline {
+    pub fn new(
+        validator: Validator,
+        store: Arc<dyn EventStore>,
+        queue: Arc<dyn WorkQueue>,
+        policy: ReplyPolicy,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            validator,
+            store,
+            queue,
+            policy,
+            settings,
+            clock: system_clock(),
+        }
+    }
+
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Handle one webhook; never fails: errors become their HTTP reply here.
+    pub async fn handle(&self, endpoint: Endpoint, req: &IncomingRequest) -> Reply {
+        match self.try_handle(endpoint, req).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                let status = e.status();
+                if status >= 500 {
+                    error!(endpoint = endpoint.as_str(), status, error = %e, "webhook failed");
+                } else {
+                    warn!(endpoint = endpoint.as_str(), status, error = %e, "webhook refused");
+                }
+                e.to_reply()
+            }
+        }
+    }
+
+    /// The whole pipeline for callers that want the error itself (tests, the local server's
+    /// logs); [`Pipeline::handle`] is this plus the status mapping.
+    pub async fn try_handle(
+        &self,
+        endpoint: Endpoint,
+        req: &IncomingRequest,
+    ) -> Result<Reply, PipelineError> {
+        let (webhook, event) = self.accept(endpoint, req)?;
+        match self.record(&event).await {
+            Ok(reply) => Ok(reply),
+            // The fallback URL is Twilio's last call: answer safe TwiML even when our backend
+            // is down (Twilio would not call anything else), and say loudly that it was not kept.
+            Err(e) if endpoint == Endpoint::Fallback => {
+                error!(key = %event.key, kind = webhook.kind(), error = %e,
+                    "fallback could not be recorded; answering safe TwiML anyway");
+                Ok(event.reply)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Everything before I/O: verify, parse, key, reply. Public for benchmarks.
+    pub fn accept(
+        &self,
+        endpoint: Endpoint,
+        req: &IncomingRequest,
+    ) -> Result<(Webhook, EventRecord), PipelineError> {
+        let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+        let verified = self.validator.verify(&SignedRequest {
+            method: req.method.as_str(),
+            url: &req.url,
+            content_type: header(http::header::CONTENT_TYPE.as_str()),
+            body: &req.body,
+            signature: header(SIGNATURE_HEADER),
+            signature_settings: header(SIGNATURE_SETTINGS_HEADER),
+        })?;
+        let webhook = Webhook::parse(endpoint, &verified)?;
+        let reply = self.policy.reply(&webhook, verified.url());
+        let event = EventRecord {
+            key: webhook.dedup_key(),
+            kind: webhook.kind().to_owned(),
+            endpoint,
+            url: verified.url().to_owned(),
+            params: webhook
+                .raw()
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            idempotency_token: header(IDEMPOTENCY_HEADER).map(str::to_owned),
+            received_at: (self.clock)(),
+            reply,
+            state_update: StateUpdate::from_webhook(&webhook),
+        };
+        Ok((webhook, event))
+    }
+
+    /// Record once and enqueue: 2 sequential round trips for a new event, 1 for a duplicate.
+    async fn record(&self, event: &EventRecord) -> Result<Reply, PipelineError> {
+        let now = (self.clock)();
+        let attempt = uuid::Uuid::new_v4().to_string();
+        let times = ClaimTimes {
+            now_ms: now,
+            lock_until_ms: now + self.settings.lock.as_millis() as i64,
+            expires_at_s: now / 1000 + self.settings.event_ttl.as_secs() as i64,
+        };
+        match self
+            .store
+            .claim(event, &attempt, times)
+            .await
+            .map_err(PipelineError::Store)?
+        {
+            Claim::Duplicate { reply, processed } => {
+                info!(key = %event.key, processed, "duplicate webhook: replaying the stored reply");
+                Ok(reply)
+            }
+            Claim::New => {
+                let job = Job {
+                    event: event.clone(),
+                };
+                if let Err(e) = self.queue.enqueue(&job).await {
+                    // Free the record so Twilio's retry (or the fallback, or the sweeper) redoes
+                    // it now; if even that fails the lock simply expires.
+                    if let Err(release) = self.store.release(&event.key, &attempt).await {
+                        warn!(key = %event.key, error = %release, "could not release the claim");
+                    }
+                    return Err(PipelineError::Queue(e));
+                }
+                info!(key = %event.key, kind = %event.kind, "webhook accepted");
+                Ok(event.reply.clone())
+            }
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! What each endpoint answers. This is the one place to change the reply policy; its inputs
+//! come from the environment (see [`ReplyPolicy::from_env`]).
+
+use serde::{Deserialize, Serialize};
+use twilio_webhook::payload::{FallbackOriginal, Webhook};
+use twilio_webhook::twiml::{
+    self, Dial, Message, MessagingResponse, Record, Say, Twiml, VoiceResponse,
+};
+
+use crate::config::{
+    FALLBACK_VOICE_MESSAGE, SMS_AUTO_REPLY, STATUS_CALLBACK_URL, VOICE_FORWARD_TO, VOICE_GREETING,
+    var,
+};
+
+/// An HTTP reply, stored with the event so a duplicate gets the same bytes back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn twiml(doc: &impl Twiml) -> Self {
+        Self {
+            status: 200,
+            content_type: Some(twiml::CONTENT_TYPE.to_owned()),
+            body: doc.to_xml(),
+        }
+    }
+
+    pub fn text(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            content_type: Some("text/plain; charset=utf-8".to_owned()),
+            body: body.to_owned(),
+        }
+    }
+}
+
+/// The reply policy: auto-reply text, voice greeting, forwarding number, fallback message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplyPolicy {
+    /// `SMS_AUTO_REPLY`: text sent back to every inbound message (none when unset).
+    pub sms_auto_reply: Option<String>,
+    /// `VOICE_GREETING`: said first on every inbound call.
+    pub voice_greeting: Option<String>,
+    /// `VOICE_FORWARD_TO`: dial this number; when unset, take a voicemail.
+    pub voice_forward_to: Option<String>,
+    /// `STATUS_CALLBACK_URL`: where recording callbacks go; derived from the request URL
+    /// (`.../voice` → `.../status`) when unset.
+    pub status_callback_url: Option<String>,
+    /// `FALLBACK_VOICE_MESSAGE`: said by the fallback before hanging up.
+    pub fallback_voice_message: Option<String>,
+}
+
+const DEFAULT_VOICEMAIL_PROMPT: &str = "Please leave a message after the beep.";
+const DEFAULT_FALLBACK_MESSAGE: &str =
+    "Sorry, we cannot take your call right now. Please try again later.";
+
+impl ReplyPolicy {
+    pub fn from_env() -> Self {
+        Self {
+            sms_auto_reply: var(SMS_AUTO_REPLY),
+            voice_greeting: var(VOICE_GREETING),
+            voice_forward_to: var(VOICE_FORWARD_TO),
+            status_callback_url: var(STATUS_CALLBACK_URL),
+            fallback_voice_message: var(FALLBACK_VOICE_MESSAGE),
+        }
+    }
+
+    /// The reply for a verified webhook that arrived at `url`.
+    pub fn reply(&self, webhook: &Webhook, url: &str) -> Reply {
+        match webhook {
+            Webhook::InboundMessage(m) => {
+                let mut doc = MessagingResponse::new();
+                // Never auto-reply to STOP/START/HELP: Twilio answers those itself, and a
+                // message to an opted-out number fails with 21610.
+                if let (Some(text), None) = (&self.sms_auto_reply, &m.opt_out_type) {
+                    doc = doc.message(Message::new(text.as_str()));
+                }
+                Reply::twiml(&doc)
+            }
+            Webhook::InboundCall(_) => Reply::twiml(&self.voice(url)),
+            // An empty 200 <Response/> rather than 204: the status URL is also the <Record>
+            // action, where Twilio needs TwiML (empty = hang up).
+            Webhook::MessageStatus(_)
+            | Webhook::CallStatus(_)
+            | Webhook::RecordingStatus(_)
+            | Webhook::ConferenceStatus(_) => Reply::twiml(&MessagingResponse::new()),
+            Webhook::Fallback(f) => match f.original {
+                FallbackOriginal::Message(_) => Reply::twiml(&MessagingResponse::new()),
+                FallbackOriginal::Call(_) => Reply::twiml(
+                    &VoiceResponse::new()
+                        .say(Say::new(
+                            self.fallback_voice_message
+                                .as_deref()
+                                .unwrap_or(DEFAULT_FALLBACK_MESSAGE),
+                        ))
+                        .hangup(),
+                ),
+            },
+        }
+    }
+
+    fn voice(&self, url: &str) -> VoiceResponse {
+        let mut doc = VoiceResponse::new();
+        if let Some(greeting) = &self.voice_greeting {
+            doc = doc.say(Say::new(greeting.as_str()));
+        }
+        if let Some(number) = &self.voice_forward_to {
+            return doc.dial(Dial::number(number.as_str()).timeout(20));
+        }
+        if self.voice_greeting.is_none() {
+            doc = doc.say(Say::new(DEFAULT_VOICEMAIL_PROMPT));
+        }
+        let status = self
+            .status_callback_url
+            .clone()
+            .unwrap_or_else(|| sibling_url(url, "status"));
+        // Without an action Twilio would re-request the voice URL after recording (a loop);
+        // the status URL answers an empty <Response/>, which ends the call.
+        doc.record(
+            Record::new()
+                .action(status.as_str())
+                .max_length(120)
+                .play_beep(true)
+                .recording_status_callback(status.as_str())
+                .recording_status_callback_event("completed"),
+        )
+        .hangup()
+    }
+}
+
+/// `https://h/prod/voice?x=1` → `https://h/prod/status`.
+fn sibling_url(url: &str, name: &str) -> String {
+    let path_end = url.find(['?', '#']).unwrap_or(url.len());
+    let base = &url[..path_end];
+    match base.rfind('/') {
+        Some(i) if i > base.find("://").map_or(0, |j| j + 2) => format!("{}/{name}", &base[..i]),
+        _ => format!("{}/{name}", base.trim_end_matches('/')),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sibling_url_replaces_the_last_segment() {
+        assert_eq!(
+            sibling_url("https://h/prod/voice?x=1", "status"),
+            "https://h/prod/status"
+        );
+        assert_eq!(
+            sibling_url("http://127.0.0.1:3000/voice", "status"),
+            "http://127.0.0.1:3000/status"
+        );
+        assert_eq!(sibling_url("https://h", "status"), "https://h/status");
+    }
+}

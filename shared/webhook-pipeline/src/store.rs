@@ -1,0 +1,146 @@
+//! The two ports of the pipeline. Adapters: DynamoDB + SQS (`webhook-aws`), SQLite
+//! (`webhook-local`), in-memory ([`crate::memory`]). All pass [`crate::contract`].
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use twilio_webhook::payload::Endpoint;
+
+use crate::reply::Reply;
+use crate::state::{StateRecord, StateUpdate};
+
+/// An adapter failure (network, throttling, corrupt row...). Always retryable from Twilio's
+/// point of view, so the pipeline answers 5xx.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+impl StoreError {
+    pub fn new(e: impl std::fmt::Display) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// One accepted webhook, as stored and as sent to the worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Dedup key (`sms#SM...`, `callstatus#CA...#3`...).
+    pub key: String,
+    /// Payload kind (`inbound_message`, `call_status`...).
+    pub kind: String,
+    pub endpoint: Endpoint,
+    /// The URL Twilio signed.
+    pub url: String,
+    /// Every parameter Twilio sent, in order.
+    pub params: Vec<(String, String)>,
+    /// `I-Twilio-Idempotency-Token` of the attempt that was stored.
+    pub idempotency_token: Option<String>,
+    /// Unix milliseconds.
+    pub received_at: i64,
+    /// The reply given, replayed to duplicates.
+    pub reply: Reply,
+    /// What the event changes in its message/call state record, decided at ingestion (where
+    /// the payload was verified) so the worker never re-parses untrusted input.
+    pub state_update: Option<StateUpdate>,
+}
+
+/// What the worker receives from the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub event: EventRecord,
+}
+
+/// Outcome of [`EventStore::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The record was written by this attempt, which must now enqueue it.
+    New,
+    /// A live record exists; answer with its reply and do not enqueue.
+    Duplicate { reply: Reply, processed: bool },
+}
+
+/// Outcome of [`EventStore::begin_processing`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Processing {
+    /// This worker holds the lease; do the work, then [`EventStore::finish_processing`].
+    Ready,
+    /// Already processed: acknowledge the message.
+    AlreadyDone,
+    /// Another worker holds a live lease: retry later.
+    Busy,
+    /// No record (expired): nothing to do.
+    Missing,
+}
+
+/// Time values the store compares, all computed by the caller from one clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimTimes {
+    /// Unix milliseconds now.
+    pub now_ms: i64,
+    /// Until when this attempt owns the record (unix ms).
+    pub lock_until_ms: i64,
+    /// When the record stops counting for dedup (unix seconds, the DynamoDB TTL attribute).
+    pub expires_at_s: i64,
+}
+
+/// Durable record of events, dedup, worker leases and per-message/call state.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Write `event` unless a live record has its key. A record is *not* live when it expired
+    /// (checked here, TTL deletes late) or when it was never processed and its attempt's lock
+    /// expired (that attempt died or failed: this one redoes it). `attempt` identifies the writer.
+    async fn claim(
+        &self,
+        event: &EventRecord,
+        attempt: &str,
+        t: ClaimTimes,
+    ) -> Result<Claim, StoreError>;
+
+    /// Give up a claim after a failed enqueue, only if `attempt` still owns it: its lock ends
+    /// now, so a retry, the fallback or the sweeper redoes it at once.
+    async fn release(&self, key: &str, attempt: &str) -> Result<(), StoreError>;
+
+    /// Worker: take a lease on an unprocessed record.
+    async fn begin_processing(
+        &self,
+        key: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Processing, StoreError>;
+
+    /// Worker: mark processed (no longer pending for the sweeper).
+    async fn finish_processing(&self, key: &str, now_ms: i64) -> Result<(), StoreError>;
+
+    /// Worker: drop the lease after a failure so the next delivery can retry at once.
+    async fn abandon_processing(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Sweeper: unprocessed records whose lock ended before `lock_before_ms`, oldest first,
+    /// with how many times the sweeper already re-sent each.
+    async fn stale_pending(
+        &self,
+        lock_before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(EventRecord, u32)>, StoreError>;
+
+    /// Sweeper: push the lock of a re-sent record forward (so it is not re-sent every sweep)
+    /// and count the sweep.
+    async fn extend_lock(&self, key: &str, lock_until_ms: i64) -> Result<(), StoreError>;
+
+    /// Per-message / per-call state, with a version for optimistic concurrency.
+    async fn load_state(&self, id: &str) -> Result<Option<(StateRecord, u64)>, StoreError>;
+
+    /// Save if the stored version is still `expected` (`None`: must not exist). `Ok(false)` on
+    /// a lost race: reload and fold again.
+    async fn save_state(
+        &self,
+        id: &str,
+        state: &StateRecord,
+        expected: Option<u64>,
+        expires_at_s: i64,
+    ) -> Result<bool, StoreError>;
+}
+
+/// Hands accepted events to the worker.
+#[async_trait]
+pub trait WorkQueue: Send + Sync {
+    async fn enqueue(&self, job: &Job) -> Result<(), StoreError>;
+}

@@ -1,0 +1,189 @@
+//! The worker: folds status into state records and runs the slow work, idempotently (a queue
+//! can deliver a job twice), plus the sweeper that re-sends records accepted but never processed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tracing::{error, info, warn};
+
+use crate::pipeline::{Clock, system_clock};
+use crate::state::StateRecord;
+use crate::store::{EventRecord, EventStore, Job, Processing, StoreError, WorkQueue};
+
+/// Slow work a user adds, run once per accepted event (after the state fold). Return an
+/// error to have the job retried (and, after the queue's max receives, dead-lettered).
+#[async_trait]
+pub trait SlowWork: Send + Sync {
+    fn name(&self) -> &'static str;
+    async fn run(&self, event: &EventRecord) -> Result<(), WorkError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct WorkError(pub String);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("another worker is processing {0}")]
+    Busy(String),
+    #[error("{work} failed: {error}")]
+    Work {
+        work: &'static str,
+        error: WorkError,
+    },
+    #[error("state record {0} kept changing under us")]
+    Contention(String),
+}
+
+/// What happened to a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Processed,
+    /// Already processed (a redelivery) or expired: acknowledged without effect.
+    Skipped,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerSettings {
+    /// How long one processing attempt owns a record; must cover the slow work.
+    pub lease: Duration,
+    /// A record whose lock ended this long ago and is still unprocessed gets re-sent.
+    pub sweep_grace: Duration,
+    /// After this many re-sends the sweeper parks a record (it is in the DLQ by then).
+    pub max_sweeps: u32,
+    pub event_ttl: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(60),
+            sweep_grace: Duration::from_secs(120),
+            max_sweeps: 3,
+            event_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+pub struct Worker {
+    store: Arc<dyn EventStore>,
+    queue: Arc<dyn WorkQueue>,
+    work: Vec<Arc<dyn SlowWork>>,
+    settings: WorkerSettings,
+    clock: Clock,
+}
+
+impl Worker {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        queue: Arc<dyn WorkQueue>,
+        settings: WorkerSettings,
+    ) -> Self {
+        Self {
+            store,
+            queue,
+            work: Vec::new(),
+            settings,
+            clock: system_clock(),
+        }
+    }
+
+    pub fn with_work(mut self, work: Arc<dyn SlowWork>) -> Self {
+        self.work.push(work);
+        self
+    }
+
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Process one job. `Err` means "retry this job later".
+    pub async fn process(&self, job: &Job) -> Result<Outcome, WorkerError> {
+        let key = &job.event.key;
+        let now = (self.clock)();
+        let lease_until = now + self.settings.lease.as_millis() as i64;
+        match self.store.begin_processing(key, now, lease_until).await? {
+            Processing::Ready => {}
+            Processing::AlreadyDone | Processing::Missing => return Ok(Outcome::Skipped),
+            Processing::Busy => return Err(WorkerError::Busy(key.clone())),
+        }
+        if let Err(e) = self.run(&job.event).await {
+            if let Err(release) = self.store.abandon_processing(key).await {
+                warn!(%key, error = %release, "could not drop the worker lease");
+            }
+            return Err(e);
+        }
+        self.store.finish_processing(key, (self.clock)()).await?;
+        info!(%key, kind = %job.event.kind, "event processed");
+        Ok(Outcome::Processed)
+    }
+
+    async fn run(&self, event: &EventRecord) -> Result<(), WorkerError> {
+        self.fold_state(event).await?;
+        for w in &self.work {
+            w.run(event).await.map_err(|error| WorkerError::Work {
+                work: w.name(),
+                error,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Optimistic read-modify-write of the state record; a lost race reloads and folds again.
+    async fn fold_state(&self, event: &EventRecord) -> Result<(), WorkerError> {
+        let Some(update) = &event.state_update else {
+            return Ok(());
+        };
+        let expires = (self.clock)() / 1000 + self.settings.event_ttl.as_secs() as i64;
+        for _ in 0..16 {
+            let (mut state, version) = match self.store.load_state(&update.id).await? {
+                Some((s, v)) => (s, Some(v)),
+                None => (StateRecord::default(), None),
+            };
+            if !state.apply(update, &event.key, event.received_at) {
+                return Ok(());
+            }
+            if self
+                .store
+                .save_state(&update.id, &state, version, expires)
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(WorkerError::Contention(update.id.clone()))
+    }
+
+    /// Re-send records that were accepted but never processed (the function died between the
+    /// record and the enqueue, or the message was lost). Returns how many were re-sent.
+    pub async fn sweep(&self) -> Result<usize, StoreError> {
+        let now = (self.clock)();
+        let grace = self.settings.sweep_grace.as_millis() as i64;
+        let stale = self.store.stale_pending(now - grace, 100).await?;
+        let mut sent = 0;
+        for (event, sweeps) in stale {
+            if sweeps >= self.settings.max_sweeps {
+                // Parked until it expires: re-sending a poison event forever helps no one.
+                error!(key = %event.key, sweeps, "event never processed; parked (see the DLQ)");
+                let until = now + self.settings.event_ttl.as_millis() as i64;
+                self.store.extend_lock(&event.key, until).await?;
+                continue;
+            }
+            self.queue
+                .enqueue(&Job {
+                    event: event.clone(),
+                })
+                .await?;
+            // Back off: 2, 4, 8 minutes... beyond the grace before the next re-send.
+            let next = now + grace * (1 << sweeps.min(10));
+            self.store.extend_lock(&event.key, next).await?;
+            warn!(key = %event.key, sweeps, "re-sent an event that was never processed");
+            sent += 1;
+        }
+        Ok(sent)
+    }
+}

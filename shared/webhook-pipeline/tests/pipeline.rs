@@ -1,0 +1,408 @@
+//! The pipeline with in-memory adapters: statuses, dedup, failure paths, worker, sweeper.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use http::HeaderValue;
+use twilio_webhook::payload::Endpoint;
+use twilio_webhook::{AuthToken, Validator};
+use webhook_pipeline::memory::{MemoryQueue, MemoryStore};
+use webhook_pipeline::samples::{self, CALL_SID, MESSAGE_SID, TEST_AUTH_TOKEN, signed_request};
+use webhook_pipeline::worker::{Outcome, WorkerSettings};
+use webhook_pipeline::{Clock, EventStore, Pipeline, ReplyPolicy, Settings, Worker};
+
+const URL: &str = "https://hooks.example.com/sms";
+
+struct Rig {
+    store: Arc<MemoryStore>,
+    queue: Arc<MemoryQueue>,
+    pipeline: Pipeline,
+    worker: Worker,
+    now: Arc<AtomicI64>,
+}
+
+fn rig(policy: ReplyPolicy) -> Rig {
+    let store = Arc::new(MemoryStore::default());
+    let queue = Arc::new(MemoryQueue::default());
+    let now = Arc::new(AtomicI64::new(1_800_000_000_000));
+    let clock: Clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
+    let pipeline = Pipeline::new(
+        Validator::new(AuthToken::new(TEST_AUTH_TOKEN)),
+        store.clone(),
+        queue.clone(),
+        policy,
+        Settings::default(),
+    )
+    .with_clock(clock.clone());
+    let worker =
+        Worker::new(store.clone(), queue.clone(), WorkerSettings::default()).with_clock(clock);
+    Rig {
+        store,
+        queue,
+        pipeline,
+        worker,
+        now,
+    }
+}
+
+fn sms(sid: &str) -> webhook_pipeline::IncomingRequest {
+    signed_request(TEST_AUTH_TOKEN, URL, &samples::inbound_sms(sid, "hi"))
+}
+
+#[tokio::test]
+async fn new_event_is_stored_and_enqueued_once_and_duplicates_replay_the_reply() {
+    let r = rig(ReplyPolicy {
+        sms_auto_reply: Some("Thanks!".into()),
+        ..Default::default()
+    });
+    let first = r.pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.content_type.as_deref(), Some("text/xml"));
+    assert_eq!(
+        first.body,
+        r#"<?xml version="1.0" encoding="UTF-8"?><Response><Message>Thanks!</Message></Response>"#
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            r.pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await,
+            first
+        );
+    }
+    assert_eq!(r.store.len(), 1);
+    assert_eq!(r.queue.len(), 1, "duplicates are never enqueued");
+    let job = r.queue.pop().unwrap();
+    assert_eq!(
+        job.event.idempotency_token.as_deref(),
+        Some("sample-idempotency-token")
+    );
+    assert_eq!(job.event.key, format!("sms#{MESSAGE_SID}"));
+}
+
+#[tokio::test]
+async fn signature_problems_are_403_and_malformed_bodies_400_and_nothing_is_stored() {
+    let r = rig(ReplyPolicy::default());
+    let mut req = sms(MESSAGE_SID);
+    req.headers.remove("x-twilio-signature");
+    assert_eq!(r.pipeline.handle(Endpoint::Sms, &req).await.status, 403);
+    req.headers
+        .insert("x-twilio-signature", HeaderValue::from_static("bm9wZQ=="));
+    assert_eq!(r.pipeline.handle(Endpoint::Sms, &req).await.status, 403);
+    let mut other_url = sms(MESSAGE_SID);
+    other_url.url = "https://evil.example.com/sms".into();
+    assert_eq!(
+        r.pipeline.handle(Endpoint::Sms, &other_url).await.status,
+        403
+    );
+    let mut bad = sms(MESSAGE_SID);
+    bad.body = bytes::Bytes::from_static(b"Body=%ZZ");
+    assert_eq!(r.pipeline.handle(Endpoint::Sms, &bad).await.status, 400);
+    // Signed but missing what an SMS needs: 400 (a retry would fail the same way).
+    let no_sid = signed_request(TEST_AUTH_TOKEN, URL, &[("Body", "x".to_owned())]);
+    assert_eq!(r.pipeline.handle(Endpoint::Sms, &no_sid).await.status, 400);
+    assert!(r.store.is_empty());
+    assert!(r.queue.is_empty());
+}
+
+#[tokio::test]
+async fn store_failure_is_503_with_nothing_half_written() {
+    let r = rig(ReplyPolicy::default());
+    r.store.fail_next.store(1, Ordering::SeqCst);
+    assert_eq!(
+        r.pipeline
+            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
+            .await
+            .status,
+        503
+    );
+    assert!(r.store.is_empty() && r.queue.is_empty());
+    assert_eq!(
+        r.pipeline
+            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(r.queue.len(), 1);
+}
+
+#[tokio::test]
+async fn queue_failure_is_503_and_the_retry_succeeds_at_once() {
+    let r = rig(ReplyPolicy::default());
+    r.queue.fail_next.store(1, Ordering::SeqCst);
+    assert_eq!(
+        r.pipeline
+            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
+            .await
+            .status,
+        503
+    );
+    assert_eq!(r.queue.len(), 0);
+    // Twilio's retry comes right away: the released claim does not block it.
+    assert_eq!(
+        r.pipeline
+            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(r.queue.len(), 1);
+    assert_eq!(
+        r.pipeline
+            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(r.queue.len(), 1);
+}
+
+#[tokio::test]
+async fn a_crashed_attempt_is_redone_after_its_lock_or_by_the_sweeper() {
+    let r = rig(ReplyPolicy::default());
+    // Simulate a crash between the record and the enqueue: the record exists, no job.
+    r.queue.fail_next.store(1, Ordering::SeqCst);
+    r.store.fail_next.store(0, Ordering::SeqCst);
+    let (_, event) = r.pipeline.accept(Endpoint::Sms, &sms(MESSAGE_SID)).unwrap();
+    let now = r.now.load(Ordering::SeqCst);
+    let t = webhook_pipeline::store::ClaimTimes {
+        now_ms: now,
+        lock_until_ms: now + 30_000,
+        expires_at_s: now / 1000 + 3600,
+    };
+    r.store.claim(&event, "crashed", t).await.unwrap();
+    r.queue.fail_next.store(0, Ordering::SeqCst);
+    // While the lock lives, a retry gets the reply (the event is durable) and enqueues nothing.
+    assert_eq!(
+        r.pipeline
+            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(r.queue.len(), 0);
+    // Nobody retries: the sweeper re-sends it once the lock and grace have passed.
+    r.now.fetch_add(31_000, Ordering::SeqCst);
+    assert_eq!(
+        r.worker.sweep().await.unwrap(),
+        0,
+        "within the grace period"
+    );
+    r.now.fetch_add(120_000, Ordering::SeqCst);
+    assert_eq!(r.worker.sweep().await.unwrap(), 1);
+    assert_eq!(
+        r.worker.sweep().await.unwrap(),
+        0,
+        "backed off after a re-send"
+    );
+    let job = r.queue.pop().unwrap();
+    assert_eq!(r.worker.process(&job).await.unwrap(), Outcome::Processed);
+    assert_eq!(
+        r.worker.process(&job).await.unwrap(),
+        Outcome::Skipped,
+        "redelivery has no effect"
+    );
+    r.now.fetch_add(3_600_000, Ordering::SeqCst);
+    assert_eq!(
+        r.worker.sweep().await.unwrap(),
+        0,
+        "processed events are never re-sent"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_after_the_lock_expired_redoes_the_enqueue() {
+    let r = rig(ReplyPolicy::default());
+    let (_, event) = r.pipeline.accept(Endpoint::Sms, &sms(MESSAGE_SID)).unwrap();
+    let now = r.now.load(Ordering::SeqCst);
+    let t = webhook_pipeline::store::ClaimTimes {
+        now_ms: now,
+        lock_until_ms: now + 30_000,
+        expires_at_s: now / 1000 + 3600,
+    };
+    r.store.claim(&event, "crashed", t).await.unwrap();
+    r.now.fetch_add(30_001, Ordering::SeqCst);
+    assert_eq!(
+        r.pipeline
+            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(r.queue.len(), 1);
+}
+
+#[tokio::test]
+async fn fallback_shares_the_primary_key_and_answers_safe_twiml_even_when_the_store_is_down() {
+    let r = rig(ReplyPolicy {
+        voice_forward_to: Some("+14155550123".into()),
+        ..Default::default()
+    });
+    let voice_url = "https://hooks.example.com/voice";
+    let primary = signed_request(TEST_AUTH_TOKEN, voice_url, &samples::inbound_call(CALL_SID));
+    let primary_reply = r.pipeline.handle(Endpoint::Voice, &primary).await;
+    assert!(
+        primary_reply
+            .body
+            .contains("<Dial timeout=\"20\"><Number>+14155550123</Number></Dial>"),
+        "{}",
+        primary_reply.body
+    );
+    let mut params = samples::inbound_call(CALL_SID);
+    params.push(("ErrorCode", "11205".into()));
+    let fb_url = "https://hooks.example.com/fallback";
+    let fallback = signed_request(TEST_AUTH_TOKEN, fb_url, &params);
+    // Same call: a duplicate of the primary, no second event.
+    assert_eq!(
+        r.pipeline.handle(Endpoint::Fallback, &fallback).await,
+        primary_reply
+    );
+    assert_eq!(r.queue.len(), 1);
+    // Another call whose primary failed entirely, with the store down too.
+    let mut params = samples::inbound_call("CA99999999999999999999999999999999");
+    params.push(("ErrorCode", "11205".into()));
+    let fallback = signed_request(TEST_AUTH_TOKEN, fb_url, &params);
+    r.store.fail_next.store(1, Ordering::SeqCst);
+    let reply = r.pipeline.handle(Endpoint::Fallback, &fallback).await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .body
+            .contains("<Say>Sorry, we cannot take your call right now."),
+        "{}",
+        reply.body
+    );
+    assert!(reply.body.ends_with("<Hangup/></Response>"));
+}
+
+#[tokio::test]
+async fn voicemail_records_with_the_status_url_as_action_and_callback() {
+    let r = rig(ReplyPolicy {
+        voice_greeting: Some("Hi, you reached Acme.".into()),
+        ..Default::default()
+    });
+    let req = signed_request(
+        TEST_AUTH_TOKEN,
+        "https://h.example.com/prod/voice",
+        &samples::inbound_call(CALL_SID),
+    );
+    let reply = r.pipeline.handle(Endpoint::Voice, &req).await;
+    assert_eq!(
+        reply.body,
+        concat!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><Response><Say>Hi, you reached Acme.</Say>"#,
+            r#"<Record action="https://h.example.com/prod/status" maxLength="120" playBeep="true" "#,
+            r#"recordingStatusCallback="https://h.example.com/prod/status" recordingStatusCallbackEvent="completed"/>"#,
+            r#"<Hangup/></Response>"#
+        )
+    );
+}
+
+#[tokio::test]
+async fn status_callbacks_out_of_order_end_in_the_right_state() {
+    let r = rig(ReplyPolicy::default());
+    let url = "https://hooks.example.com/status";
+    for (status, code) in [
+        ("delivered", None),
+        ("queued", None),
+        ("sent", None),
+        ("sent", None),
+    ] {
+        let req = signed_request(
+            TEST_AUTH_TOKEN,
+            url,
+            &samples::message_status(MESSAGE_SID, status, code),
+        );
+        let reply = r.pipeline.handle(Endpoint::Status, &req).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.body,
+            r#"<?xml version="1.0" encoding="UTF-8"?><Response/>"#
+        );
+    }
+    for (status, seq) in [("completed", 3), ("ringing", 1), ("in-progress", 2)] {
+        let req = signed_request(
+            TEST_AUTH_TOKEN,
+            url,
+            &samples::call_status(CALL_SID, status, seq),
+        );
+        r.pipeline.handle(Endpoint::Status, &req).await;
+    }
+    assert_eq!(r.queue.len(), 6, "the repeated 'sent' is a duplicate");
+    while let Some(job) = r.queue.pop() {
+        r.worker.process(&job).await.unwrap();
+    }
+    let (msg, _) = r
+        .store
+        .load_state(&format!("msg#{MESSAGE_SID}"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg.latest_status, "delivered");
+    assert_eq!(
+        msg.timeline
+            .iter()
+            .map(|e| e.status.as_str())
+            .collect::<Vec<_>>(),
+        ["queued", "sent", "delivered"]
+    );
+    let (call, _) = r
+        .store
+        .load_state(&format!("call#{CALL_SID}"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(call.latest_status, "completed");
+    assert_eq!(
+        call.timeline.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        [Some(1), Some(2), Some(3)]
+    );
+}
+
+#[tokio::test]
+async fn undelivered_message_gets_its_error_meaning() {
+    let r = rig(ReplyPolicy::default());
+    let req = signed_request(
+        TEST_AUTH_TOKEN,
+        "https://hooks.example.com/status",
+        &samples::message_status(MESSAGE_SID, "undelivered", Some("30007")),
+    );
+    r.pipeline.handle(Endpoint::Status, &req).await;
+    r.worker.process(&r.queue.pop().unwrap()).await.unwrap();
+    let (msg, _) = r
+        .store
+        .load_state(&format!("msg#{MESSAGE_SID}"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg.error_code, Some(30007));
+    assert!(msg.error_meaning.unwrap().contains("filtered"));
+}
+
+#[tokio::test]
+async fn auto_reply_is_not_sent_to_opt_out_keywords() {
+    let r = rig(ReplyPolicy {
+        sms_auto_reply: Some("Thanks!".into()),
+        ..Default::default()
+    });
+    let mut params = samples::inbound_sms(MESSAGE_SID, "STOP");
+    params.push(("OptOutType", "STOP".into()));
+    let reply = r
+        .pipeline
+        .handle(
+            Endpoint::Sms,
+            &signed_request(TEST_AUTH_TOKEN, URL, &params),
+        )
+        .await;
+    assert_eq!(
+        reply.body,
+        r#"<?xml version="1.0" encoding="UTF-8"?><Response/>"#
+    );
+}
+
+#[tokio::test]
+async fn memory_store_passes_the_contract() {
+    webhook_pipeline::contract::run_all(Arc::new(MemoryStore::default())).await;
+}
