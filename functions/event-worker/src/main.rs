@@ -1,1 +1,6 @@
-fn main() {}
+//! `event-worker`: SQS jobs (partial batch failures) and the scheduled sweep.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    webhook_aws::run_worker().await
+}

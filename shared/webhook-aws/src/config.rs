@@ -1,0 +1,78 @@
+//! Configuration read once at cold start. Every environment variable the Lambda functions read
+//! is named here or in `webhook_pipeline::config` (the template check relies on it).
+
+use twilio_webhook::url::PublicBaseUrl;
+use twilio_webhook::{AuthToken, Validator};
+use webhook_pipeline::config::{ConfigError, var};
+
+pub const EVENT_TABLE: &str = "EVENT_TABLE";
+pub const WORK_QUEUE_URL: &str = "WORK_QUEUE_URL";
+pub const PUBLIC_BASE_URL: &str = "PUBLIC_BASE_URL";
+/// Secrets Manager secret: the bare auth token, or `{"auth_token": ..., "secondary_auth_token": ...}`.
+pub const TWILIO_AUTH_TOKEN_SECRET_ARN: &str = "TWILIO_AUTH_TOKEN_SECRET_ARN";
+/// For local runs (`cargo lambda watch`) only; production reads the secret.
+pub const TWILIO_AUTH_TOKEN: &str = "TWILIO_AUTH_TOKEN";
+pub const TWILIO_SECONDARY_AUTH_TOKEN: &str = "TWILIO_SECONDARY_AUTH_TOKEN";
+/// `json` (default) or `text`.
+pub const LOG_FORMAT: &str = "LOG_FORMAT";
+
+pub fn required(name: &'static str) -> Result<String, ConfigError> {
+    var(name).ok_or(ConfigError {
+        name,
+        reason: "is required".into(),
+    })
+}
+
+pub fn public_base_url() -> Result<Option<PublicBaseUrl>, ConfigError> {
+    var(PUBLIC_BASE_URL)
+        .map(|v| {
+            v.parse().map_err(|e| ConfigError {
+                name: PUBLIC_BASE_URL,
+                reason: format!("{e}"),
+            })
+        })
+        .transpose()
+}
+
+/// Tokens from a secret string: bare token or JSON with a secondary for rotation.
+pub fn validator_from_secret(secret: &str) -> Result<Validator, ConfigError> {
+    let bad = |reason: &str| ConfigError {
+        name: TWILIO_AUTH_TOKEN_SECRET_ARN,
+        reason: reason.to_owned(),
+    };
+    let secret = secret.trim();
+    if !secret.starts_with('{') {
+        if secret.is_empty() {
+            return Err(bad("the secret is empty"));
+        }
+        return Ok(Validator::new(AuthToken::new(secret)));
+    }
+    #[derive(serde::Deserialize)]
+    struct Tokens {
+        auth_token: String,
+        secondary_auth_token: Option<String>,
+    }
+    let t: Tokens = serde_json::from_str(secret)
+        .map_err(|_| bad("JSON secret needs an \"auth_token\" string field"))?;
+    Ok(Validator::new(AuthToken::new(t.auth_token))
+        .with_secondary(t.secondary_auth_token.filter(|s| !s.is_empty()).map(AuthToken::new)))
+}
+
+/// Tokens from plain environment variables (local development).
+pub fn validator_from_env() -> Option<Validator> {
+    let primary = var(TWILIO_AUTH_TOKEN)?;
+    Some(Validator::new(AuthToken::new(primary)).with_secondary(var(TWILIO_SECONDARY_AUTH_TOKEN).map(AuthToken::new)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_formats() {
+        assert!(validator_from_secret("abc").is_ok());
+        assert!(validator_from_secret(r#"{"auth_token":"a","secondary_auth_token":"b"}"#).is_ok());
+        assert!(validator_from_secret(r#"{"token":"a"}"#).is_err());
+        assert!(validator_from_secret("  ").is_err());
+    }
+}

@@ -1,0 +1,277 @@
+//! DynamoDB event store. One table, partition key `pk`:
+//!
+//! | item | `pk` | attributes |
+//! |---|---|---|
+//! | event | dedup key (`sms#SM...`) | `event` (JSON), `attempt`, `lock_until` (ms), `expires_at` (s, TTL), `pending` ("1" until processed), `lease_until` (ms), `processed_at` (ms), `sweeps` |
+//! | state | `state#` + id (`state#msg#SM...`) | `state` (JSON), `version`, `expires_at` |
+//!
+//! GSI `pending-index` (`pending` / `lock_until`) is sparse: only unprocessed events are in it,
+//! which is what the sweeper queries. Expiry is always checked in conditions because TTL
+//! deletes items up to days late.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use webhook_pipeline::state::StateRecord;
+use webhook_pipeline::store::{
+    Claim, ClaimTimes, EventRecord, EventStore, Processing, StoreError,
+};
+
+pub const PK: &str = "pk";
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+pub const PENDING_INDEX: &str = "pending-index";
+pub const PENDING: &str = "pending";
+pub const LOCK_UNTIL: &str = "lock_until";
+
+type Item = HashMap<String, AttributeValue>;
+
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn get_n(item: &Item, name: &str) -> Option<i64> {
+    item.get(name)?.as_n().ok()?.parse().ok()
+}
+
+fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name)?.as_s().ok().map(String::as_str)
+}
+
+fn event_of(item: &Item) -> Result<EventRecord, StoreError> {
+    let json = get_s(item, "event").ok_or_else(|| StoreError("record without event".into()))?;
+    serde_json::from_str(json).map_err(StoreError::new)
+}
+
+/// A conditional write that failed: the item as it was, when DynamoDB returned it.
+enum Conditional<T> {
+    Done(T),
+    Failed(Option<Item>),
+}
+
+fn conditional<T, E>(r: Result<T, SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>>, old: impl FnOnce(&E) -> Option<Option<Item>>) -> Result<Conditional<T>, StoreError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match r {
+        Ok(v) => Ok(Conditional::Done(v)),
+        Err(SdkError::ServiceError(se)) => match old(se.err()) {
+            Some(item) => Ok(Conditional::Failed(item)),
+            None => Err(StoreError(format!("DynamoDB: {}", aws_sdk_dynamodb::error::DisplayErrorContext(SdkError::ServiceError(se))))),
+        },
+        Err(e) => Err(StoreError(format!("DynamoDB: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)))),
+    }
+}
+
+fn put_failed(e: &PutItemError) -> Option<Option<Item>> {
+    match e {
+        PutItemError::ConditionalCheckFailedException(c) => Some(c.item().cloned()),
+        _ => None,
+    }
+}
+
+fn update_failed(e: &UpdateItemError) -> Option<Option<Item>> {
+    match e {
+        UpdateItemError::ConditionalCheckFailedException(c) => Some(c.item().cloned()),
+        _ => None,
+    }
+}
+
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+
+#[async_trait]
+impl EventStore for DynamoStore {
+    async fn claim(&self, event: &EventRecord, attempt: &str, t: ClaimTimes) -> Result<Claim, StoreError> {
+        let json = serde_json::to_string(event).map_err(StoreError::new)?;
+        let r = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item(PK, s(&event.key))
+            .item("event", s(json))
+            .item("attempt", s(attempt))
+            .item(LOCK_UNTIL, n(t.lock_until_ms))
+            .item(TTL_ATTRIBUTE, n(t.expires_at_s))
+            .item(PENDING, s("1"))
+            .item("sweeps", n(0))
+            // New, expired (TTL deletes late), or never processed and its attempt's lock ended.
+            .condition_expression(
+                "attribute_not_exists(pk) OR expires_at <= :now_s \
+                 OR (attribute_exists(pending) AND lock_until <= :now_ms)",
+            )
+            .expression_attribute_values(":now_s", n(t.now_ms.div_euclid(1000)))
+            .expression_attribute_values(":now_ms", n(t.now_ms))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match conditional(r, put_failed)? {
+            Conditional::Done(_) => Ok(Claim::New),
+            Conditional::Failed(Some(old)) => Ok(Claim::Duplicate {
+                reply: event_of(&old)?.reply,
+                processed: !old.contains_key(PENDING),
+            }),
+            // Should not happen (ALL_OLD), but the record exists: treat as a duplicate of itself.
+            Conditional::Failed(None) => Err(StoreError("conditional put failed without the old item".into())),
+        }
+    }
+
+    async fn release(&self, key: &str, attempt: &str) -> Result<(), StoreError> {
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, s(key))
+            .update_expression("SET lock_until = :zero")
+            .condition_expression("attempt = :a AND attribute_exists(pending)")
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":a", s(attempt))
+            .send()
+            .await;
+        conditional(r, update_failed).map(|_| ())
+    }
+
+    async fn begin_processing(&self, key: &str, now_ms: i64, lease_until_ms: i64) -> Result<Processing, StoreError> {
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, s(key))
+            .update_expression("SET lease_until = :until")
+            .condition_expression(
+                "attribute_exists(pending) AND (attribute_not_exists(lease_until) OR lease_until <= :now)",
+            )
+            .expression_attribute_values(":until", n(lease_until_ms))
+            .expression_attribute_values(":now", n(now_ms))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        Ok(match conditional(r, update_failed)? {
+            Conditional::Done(_) => Processing::Ready,
+            Conditional::Failed(None) => Processing::Missing,
+            Conditional::Failed(Some(old)) if !old.contains_key(PENDING) => Processing::AlreadyDone,
+            Conditional::Failed(Some(_)) => Processing::Busy,
+        })
+    }
+
+    async fn finish_processing(&self, key: &str, now_ms: i64) -> Result<(), StoreError> {
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, s(key))
+            .update_expression("SET processed_at = :now REMOVE pending, lease_until")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":now", n(now_ms))
+            .send()
+            .await;
+        conditional(r, update_failed).map(|_| ())
+    }
+
+    async fn abandon_processing(&self, key: &str) -> Result<(), StoreError> {
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, s(key))
+            .update_expression("SET lease_until = :zero")
+            .condition_expression("attribute_exists(pending)")
+            .expression_attribute_values(":zero", n(0))
+            .send()
+            .await;
+        conditional(r, update_failed).map(|_| ())
+    }
+
+    async fn stale_pending(&self, lock_before_ms: i64, limit: usize) -> Result<Vec<(EventRecord, u32)>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(PENDING_INDEX)
+                .key_condition_expression("pending = :p AND lock_until < :before")
+                .expression_attribute_values(":p", s("1"))
+                .expression_attribute_values(":before", n(lock_before_ms))
+                .set_exclusive_start_key(start.take())
+                .limit((limit - out.len()).min(100) as i32)
+                .send()
+                .await
+                .map_err(|e| StoreError(format!("DynamoDB: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e))))?;
+            for item in page.items() {
+                out.push((event_of(item)?, get_n(item, "sweeps").unwrap_or(0) as u32));
+            }
+            match page.last_evaluated_key() {
+                Some(k) if out.len() < limit => start = Some(k.clone()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn extend_lock(&self, key: &str, lock_until_ms: i64) -> Result<(), StoreError> {
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, s(key))
+            .update_expression("SET lock_until = :l ADD sweeps :one")
+            .condition_expression("attribute_exists(pending)")
+            .expression_attribute_values(":l", n(lock_until_ms))
+            .expression_attribute_values(":one", n(1))
+            .send()
+            .await;
+        conditional(r, update_failed).map(|_| ())
+    }
+
+    async fn load_state(&self, id: &str) -> Result<Option<(StateRecord, u64)>, StoreError> {
+        let r = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(format!("state#{id}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StoreError(format!("DynamoDB: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e))))?;
+        let Some(item) = r.item() else { return Ok(None) };
+        let state = serde_json::from_str(get_s(item, "state").unwrap_or("{}")).map_err(StoreError::new)?;
+        Ok(Some((state, get_n(item, "version").unwrap_or(0) as u64)))
+    }
+
+    async fn save_state(&self, id: &str, state: &StateRecord, expected: Option<u64>, expires_at_s: i64) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(state).map_err(StoreError::new)?;
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item(PK, s(format!("state#{id}")))
+            .item("state", s(json))
+            .item("version", n(expected.unwrap_or(0) + 1))
+            .item(TTL_ATTRIBUTE, n(expires_at_s));
+        put = match expected {
+            None => put.condition_expression("attribute_not_exists(pk)"),
+            Some(v) => put
+                .condition_expression("version = :v")
+                .expression_attribute_values(":v", n(v)),
+        };
+        Ok(matches!(conditional(put.send().await, put_failed)?, Conditional::Done(_)))
+    }
+}
