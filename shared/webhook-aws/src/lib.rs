@@ -1,1 +1,188 @@
+//! AWS adapters and Lambda entry points: each function's `main` is one call into here.
+//!
+//! Everything slow (config, secrets, SDK clients, the HMAC key schedule) happens once at cold
+//! start; a request then costs one conditional PutItem and one SendMessage.
 
+pub mod config;
+pub mod dynamo;
+pub mod http;
+pub mod sqs;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use lambda_http::{Body, Error, Request, Response, service_fn};
+use lambda_runtime::LambdaEvent;
+use serde_json::Value;
+use tracing::{error, info};
+pub use twilio_webhook::payload::Endpoint;
+use twilio_webhook::url::PublicBaseUrl;
+use webhook_pipeline::config::{ConfigError, FORWARD_URL, Settings, var};
+use webhook_pipeline::forward::HttpForwarder;
+use webhook_pipeline::store::Job;
+use webhook_pipeline::worker::WorkerSettings;
+use webhook_pipeline::{Pipeline, PipelineError, ReplyPolicy, Worker};
+
+use crate::config::{EVENT_TABLE, TWILIO_AUTH_TOKEN_SECRET_ARN, WORK_QUEUE_URL, required};
+use crate::dynamo::DynamoStore;
+use crate::sqs::SqsQueue;
+
+/// JSON logs for CloudWatch (text with `LOG_FORMAT=text`), filtered by `RUST_LOG`.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let _ = if var(config::LOG_FORMAT).as_deref() == Some("text") {
+        builder.without_time().try_init()
+    } else {
+        builder.json().flatten_event(true).with_current_span(false).without_time().try_init()
+    };
+}
+
+/// SDK config with limits that fit inside Twilio's 15 s: a refused connection fails in
+/// about a second instead of going through long retries.
+pub async fn aws_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_millis(1000))
+                .operation_attempt_timeout(Duration::from_secs(2))
+                .operation_timeout(Duration::from_secs(5))
+                .build(),
+        )
+        .retry_config(RetryConfig::standard().with_max_attempts(2))
+        .load()
+        .await
+}
+
+/// The auth token(s): from Secrets Manager when `TWILIO_AUTH_TOKEN_SECRET_ARN` is set, else
+/// from `TWILIO_AUTH_TOKEN` (local development).
+pub async fn validator(sdk: &SdkConfig) -> Result<twilio_webhook::Validator, Error> {
+    if let Some(arn) = var(TWILIO_AUTH_TOKEN_SECRET_ARN) {
+        let client = aws_sdk_secretsmanager::Client::new(sdk);
+        let out = client.get_secret_value().secret_id(&arn).send().await.map_err(|e| {
+            format!("reading {TWILIO_AUTH_TOKEN_SECRET_ARN}: {}", aws_sdk_secretsmanager::error::DisplayErrorContext(e))
+        })?;
+        let secret = out.secret_string().ok_or("the auth token secret has no SecretString")?;
+        return Ok(config::validator_from_secret(secret)?);
+    }
+    config::validator_from_env().ok_or_else(|| {
+        ConfigError {
+            name: TWILIO_AUTH_TOKEN_SECRET_ARN,
+            reason: format!("is required (or {} for local runs)", config::TWILIO_AUTH_TOKEN),
+        }
+        .into()
+    })
+}
+
+/// Everything a webhook function needs, built once.
+pub struct WebhookApp {
+    pub pipeline: Pipeline,
+    pub base: Option<PublicBaseUrl>,
+}
+
+impl WebhookApp {
+    pub async fn from_env(sdk: &SdkConfig) -> Result<Self, Error> {
+        let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), required(EVENT_TABLE)?);
+        let queue = SqsQueue::new(aws_sdk_sqs::Client::new(sdk), required(WORK_QUEUE_URL)?);
+        let pipeline = Pipeline::new(
+            validator(sdk).await?,
+            Arc::new(store),
+            Arc::new(queue),
+            ReplyPolicy::from_env(),
+            Settings::from_env()?,
+        );
+        Ok(Self { pipeline, base: config::public_base_url()? })
+    }
+
+    pub async fn handle(&self, endpoint: Endpoint, req: Request) -> Response<Body> {
+        let reply = match http::incoming(req, self.base.as_ref()) {
+            Ok(incoming) => self.pipeline.handle(endpoint, &incoming).await,
+            Err(e) => {
+                let e = PipelineError::from(e);
+                error!(endpoint = endpoint.as_str(), status = e.status(), error = %e, "cannot rebuild the signed URL");
+                e.to_reply()
+            }
+        };
+        http::response(reply)
+    }
+}
+
+/// `main` of the four webhook functions.
+pub async fn run_webhook(endpoint: Endpoint) -> Result<(), Error> {
+    init_tracing();
+    let sdk = aws_config().await;
+    let app = Arc::new(WebhookApp::from_env(&sdk).await?);
+    info!(endpoint = endpoint.as_str(), "cold start complete");
+    lambda_http::run(service_fn(move |req: Request| {
+        let app = app.clone();
+        async move { Ok::<_, Error>(app.handle(endpoint, req).await) }
+    }))
+    .await
+}
+
+/// The worker function: SQS batches and the scheduled sweep.
+pub struct WorkerApp {
+    pub worker: Worker,
+}
+
+impl WorkerApp {
+    pub async fn from_env(sdk: &SdkConfig) -> Result<Self, Error> {
+        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), required(EVENT_TABLE)?));
+        let queue = Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(sdk), required(WORK_QUEUE_URL)?));
+        let settings = WorkerSettings { event_ttl: Settings::from_env()?.event_ttl, ..Default::default() };
+        let mut worker = Worker::new(store, queue, settings);
+        if let Some(url) = var(FORWARD_URL) {
+            worker = worker.with_work(Arc::new(HttpForwarder::new(url)));
+        }
+        Ok(Self { worker })
+    }
+
+    /// Handle one Lambda event: an SQS batch (partial failures reported) or a schedule tick.
+    pub async fn handle(&self, event: Value) -> Result<Value, Error> {
+        if event.get("Records").is_some() {
+            let batch: SqsEvent = serde_json::from_value(event)?;
+            return Ok(serde_json::to_value(self.handle_batch(batch).await)?);
+        }
+        let sent = self.worker.sweep().await.map_err(|e| format!("sweep: {e}"))?;
+        info!(sent, "sweep complete");
+        Ok(serde_json::json!({ "swept": sent }))
+    }
+
+    pub async fn handle_batch(&self, batch: SqsEvent) -> SqsBatchResponse {
+        let mut failures = Vec::new();
+        for record in batch.records {
+            let id = record.message_id.clone().unwrap_or_default();
+            let result = match serde_json::from_str::<Job>(record.body.as_deref().unwrap_or("")) {
+                Ok(job) => self.worker.process(&job).await.map(|_| ()).map_err(|e| e.to_string()),
+                // Unreadable: fail it so it ends in the DLQ for a human, never silently dropped.
+                Err(e) => Err(format!("unreadable job: {e}")),
+            };
+            if let Err(e) = result {
+                error!(message_id = %id, error = %e, "job failed; SQS will redeliver it");
+                let mut f = BatchItemFailure::default();
+                f.item_identifier = id;
+                failures.push(f);
+            }
+        }
+        let mut response = SqsBatchResponse::default();
+        response.batch_item_failures = failures;
+        response
+    }
+}
+
+/// `main` of the event-worker function.
+pub async fn run_worker() -> Result<(), Error> {
+    init_tracing();
+    let sdk = aws_config().await;
+    let app = Arc::new(WorkerApp::from_env(&sdk).await?);
+    lambda_runtime::run(lambda_runtime::service_fn(move |event: LambdaEvent<Value>| {
+        let app = app.clone();
+        async move { app.handle(event.payload).await }
+    }))
+    .await
+}
