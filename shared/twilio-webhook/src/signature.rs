@@ -246,7 +246,7 @@ struct Secret {
 /// rotation) and, when configured, Webhooks SharedKeys.
 pub struct Validator {
     tokens: Vec<Secret>,
-    shared_keys: Vec<(String, Secret)>,
+    shared_keys: Vec<Secret>,
 }
 
 impl std::fmt::Debug for Validator {
@@ -255,11 +255,7 @@ impl std::fmt::Debug for Validator {
             .field("tokens", &self.tokens.len())
             .field(
                 "shared_keys",
-                &self
-                    .shared_keys
-                    .iter()
-                    .map(|(id, _)| id)
-                    .collect::<Vec<_>>(),
+                &self.shared_keys.iter().map(|s| &s.used).collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -293,15 +289,11 @@ impl Validator {
     /// Accept requests signed with this Webhooks SharedKey (`key=<id>` in the settings header).
     /// Add the old and the new key while rotating.
     pub fn with_shared_key(mut self, id: impl Into<String>, secret: AuthToken) -> Self {
-        let id = id.into();
-        self.shared_keys.push((
-            id.clone(),
-            Secret {
-                used: KeyUsed::SharedKey(id),
-                sha1: Keyed::new(Algorithm::HmacSha1, &secret),
-                sha256: Some(Keyed::new(Algorithm::HmacSha256, &secret)),
-            },
-        ));
+        self.shared_keys.push(Secret {
+            used: KeyUsed::SharedKey(id.into()),
+            sha1: Keyed::new(Algorithm::HmacSha1, &secret),
+            sha256: Some(Keyed::new(Algorithm::HmacSha256, &secret)),
+        });
         self
     }
 
@@ -335,8 +327,8 @@ impl Validator {
             .decode(signature)
             .map_err(|_| SignatureError::InvalidSignature)?;
 
-        let (secrets, alg): (Vec<&Secret>, Algorithm) = match req.signature_settings {
-            None => (self.tokens.iter().collect(), Algorithm::HmacSha1),
+        let (secrets, alg): (&[Secret], Algorithm) = match req.signature_settings {
+            None => (&self.tokens, Algorithm::HmacSha1),
             Some(settings) => {
                 let (id, alg) = parse_settings(settings)?;
                 if self.shared_keys.is_empty() {
@@ -345,30 +337,34 @@ impl Validator {
                 let secret = self
                     .shared_keys
                     .iter()
-                    .find(|(k, _)| k == id)
-                    .map(|(_, s)| s)
+                    .find(|s| matches!(&s.used, KeyUsed::SharedKey(k) if k == id))
                     .ok_or_else(|| SignatureError::UnknownSharedKey(id.to_owned()))?;
-                (vec![secret], alg)
+                (std::slice::from_ref(secret), alg)
             }
         };
 
-        for candidate in url_candidates(url).iter() {
-            for secret in &secrets {
+        let matches = |candidate: &str| {
+            secrets.iter().find(|secret| {
                 let keyed = match alg {
                     Algorithm::HmacSha1 => &secret.sha1,
                     Algorithm::HmacSha256 => secret.sha256.as_ref().unwrap_or(&secret.sha1),
                 };
-                if keyed.verify(&[candidate.as_bytes(), &tail], &expected) {
-                    return Ok(VerifiedRequest {
-                        url: url.to_owned(),
-                        params,
-                        json_body,
-                        key: secret.used.clone(),
-                    });
-                }
-            }
+                keyed.verify(&[candidate.as_bytes(), &tail], &expected)
+            })
+        };
+        // The URL as given matches almost always: build the port/credential variants only
+        // when it does not.
+        let found =
+            matches(url).or_else(|| url_candidates(url).iter().skip(1).find_map(|c| matches(c)));
+        match found {
+            Some(secret) => Ok(VerifiedRequest {
+                url: url.to_owned(),
+                params,
+                json_body,
+                key: secret.used.clone(),
+            }),
+            None => Err(SignatureError::InvalidSignature),
         }
-        Err(SignatureError::InvalidSignature)
     }
 }
 
@@ -380,26 +376,26 @@ enum Body<'a> {
 
 impl<'a> Body<'a> {
     fn classify(req: &SignedRequest<'a>) -> Result<Self, SignatureError> {
-        let media_type = req.content_type.map(|ct| {
-            ct.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
-        match req.method.to_ascii_uppercase().as_str() {
-            "GET" | "HEAD" => Ok(Self::None),
-            "POST" => match media_type.as_deref() {
-                Some("application/x-www-form-urlencoded") => {
-                    Ok(Self::Form(FormParams::parse(req.body)?))
-                }
-                Some("application/json") => Ok(Self::Json(req.body)),
-                None | Some("") if req.body.is_empty() => Ok(Self::Form(FormParams::default())),
-                other => Err(SignatureError::UnsupportedContentType(
-                    other.unwrap_or("").to_owned(),
-                )),
-            },
-            other => Err(SignatureError::UnsupportedMethod(other.to_owned())),
+        let media_type = req
+            .content_type
+            .map(|ct| ct.split(';').next().unwrap_or("").trim());
+        let is = |m: &str| media_type.is_some_and(|t| t.eq_ignore_ascii_case(m));
+        if req.method.eq_ignore_ascii_case("GET") || req.method.eq_ignore_ascii_case("HEAD") {
+            return Ok(Self::None);
+        }
+        if !req.method.eq_ignore_ascii_case("POST") {
+            return Err(SignatureError::UnsupportedMethod(req.method.to_owned()));
+        }
+        if is("application/x-www-form-urlencoded") {
+            Ok(Self::Form(FormParams::parse(req.body)?))
+        } else if is("application/json") {
+            Ok(Self::Json(req.body))
+        } else if media_type.is_none_or(str::is_empty) && req.body.is_empty() {
+            Ok(Self::Form(FormParams::default()))
+        } else {
+            Err(SignatureError::UnsupportedContentType(
+                media_type.unwrap_or("").to_owned(),
+            ))
         }
     }
 }

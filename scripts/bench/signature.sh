@@ -1,0 +1,279 @@
+#!/usr/bin/env bash
+# Signature-check throughput (issue 6): our Validator vs twilio-python and twilio-node on the same
+# inbound-SMS request (scripts/bench/fixtures/sms-request.json), plus the raw HMAC-SHA1 floor.
+# Prints a markdown report on stdout; progress and build output go to stderr.
+#
+# Usage: scripts/bench/signature.sh [--quick] [--peer-seconds N] [--no-install]
+#                                   [--skip-python] [--skip-node] [-- CRITERION_ARGS...]
+#   --quick           short runs for a smoke test (criterion 1 s warm-up + 2 s, peers 1 s)
+#   --peer-seconds N  how long each peer measurement runs (default 3; four per peer)
+#   --no-install      do not pip/npm install missing peers (a missing peer is then skipped)
+#   --skip-python / --skip-node   leave a peer out
+#   -- ARGS           passed to the criterion bench (replacing --quick's), e.g. -- --measurement-time 10
+# Environment: PYTHON (default python3), NODE (default node), NPM (default npm), CARGO (default cargo).
+#
+# Needs python3 for the report. Peers are installed if missing: twilio-python pinned in
+# requirements.txt (into target/bench-venv when the interpreter refuses a plain pip install),
+# twilio-node pinned in package.json/package-lock.json (into scripts/bench/node_modules).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+PYTHON=${PYTHON:-python3}
+NODE=${NODE:-node}
+NPM=${NPM:-npm}
+CARGO=${CARGO:-cargo}
+
+peer_seconds=3
+install=1
+run_python=1
+run_node=1
+criterion_args=()
+quick=0
+while (($#)); do
+    case $1 in
+        --quick)
+            quick=1
+            peer_seconds=1
+            ;;
+        --peer-seconds)
+            peer_seconds=${2:?--peer-seconds needs a value}
+            shift
+            ;;
+        --no-install) install=0 ;;
+        --skip-python) run_python=0 ;;
+        --skip-node) run_node=0 ;;
+        --)
+            shift
+            criterion_args+=("$@")
+            break
+            ;;
+        -h | --help)
+            sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            echo "signature.sh: unknown argument $1 (see --help)" >&2
+            exit 2
+            ;;
+    esac
+    shift
+done
+# --quick only shortens criterion when no criterion arguments were given after --.
+if ((quick)) && ((${#criterion_args[@]} == 0)); then
+    criterion_args=(--warm-up-time 1 --measurement-time 2)
+fi
+
+log() { printf '[signature.sh] %s\n' "$*" >&2; }
+
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    echo "signature.sh: $PYTHON not found; it is needed for the report" >&2
+    exit 1
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/signature-bench.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+# --- peers: install what is missing -------------------------------------------------------------
+
+py_pin=$(sed -n 's/^twilio==\([^[:space:]#;]*\).*/\1/p' "$here/requirements.txt")
+node_pin=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["dependencies"]["twilio"])' \
+    "$here/package.json")
+
+py_has_pin() {
+    "$1" -c 'import sys, twilio; sys.exit(twilio.__version__ != sys.argv[1])' "$py_pin" 2>/dev/null
+}
+
+peer_python=""
+if ((run_python)); then
+    venv="$root/target/bench-venv"
+    if py_has_pin "$PYTHON"; then
+        peer_python=$PYTHON
+    elif [[ -x $venv/bin/python ]] && py_has_pin "$venv/bin/python"; then
+        peer_python=$venv/bin/python
+    elif ((install)); then
+        log "installing twilio-python $py_pin (pip install -r scripts/bench/requirements.txt)"
+        if "$PYTHON" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt" >&2 &&
+            py_has_pin "$PYTHON"; then
+            peer_python=$PYTHON
+        else
+            log "plain pip install failed; using a virtualenv in target/bench-venv"
+            if "$PYTHON" -m venv "$venv" >&2 &&
+                "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+                    -r "$here/requirements.txt" >&2 &&
+                py_has_pin "$venv/bin/python"; then
+                peer_python=$venv/bin/python
+            fi
+        fi
+    fi
+    [[ -n $peer_python ]] || log "twilio-python $py_pin unavailable: skipping that peer"
+fi
+
+node_ok=0
+if ((run_node)); then
+    node_has_pin() {
+        [[ -f $here/node_modules/twilio/package.json ]] &&
+            [[ $("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["version"])' \
+                "$here/node_modules/twilio/package.json") == "$node_pin" ]]
+    }
+    if ! command -v "$NODE" >/dev/null 2>&1; then
+        log "$NODE not found: skipping twilio-node"
+    elif node_has_pin; then
+        node_ok=1
+    elif ((install)) && command -v "$NPM" >/dev/null 2>&1; then
+        log "installing twilio-node $node_pin into scripts/bench/node_modules"
+        npm_cmd=install
+        [[ -f $here/package-lock.json ]] && npm_cmd=ci
+        if "$NPM" "$npm_cmd" --prefix "$here" --no-audit --no-fund --loglevel=error >&2 && node_has_pin; then
+            node_ok=1
+        fi
+    fi
+    ((node_ok)) || log "twilio-node $node_pin unavailable: skipping that peer"
+fi
+
+# --- measurements --------------------------------------------------------------------------------
+
+load_before=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
+
+log "cargo bench -p twilio-webhook --bench signature ${criterion_args[*]}"
+(cd "$root" && "$CARGO" bench -p twilio-webhook --bench signature -- --output-format bencher \
+    "${criterion_args[@]}") | tee "$work/rust.txt" >&2
+
+if [[ -n $peer_python ]]; then
+    log "twilio-python: ${peer_seconds}s per measurement"
+    "$peer_python" "$here/peer_python.py" "$peer_seconds" | tail -n 1 >"$work/python.json"
+    cat "$work/python.json" >&2
+fi
+if ((node_ok)); then
+    log "twilio-node: ${peer_seconds}s per measurement"
+    "$NODE" "$here/peer_node.js" "$peer_seconds" | tail -n 1 >"$work/node.json"
+    cat "$work/node.json" >&2
+fi
+
+load_after=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
+rustc_version=$(rustc --version 2>/dev/null || echo "rustc ?")
+cpus=$(nproc 2>/dev/null || echo "?")
+
+# --- report --------------------------------------------------------------------------------------
+
+"$PYTHON" - "$work" "$rustc_version" "$cpus" "$load_before" "$load_after" <<'PY'
+import json, os, re, sys
+
+work, rustc, cpus, load_before, load_after = sys.argv[1:6]
+
+ns = {}
+with open(os.path.join(work, "rust.txt"), encoding="utf-8") as f:
+    for line in f:
+        m = re.match(r"test (\S+) \.\.\. bench:\s+([\d,]+) (\w+)/iter", line)
+        if m:
+            scale = {"ns": 1, "us": 1e3, "µs": 1e3, "ms": 1e6, "s": 1e9}.get(m.group(3))
+            if scale is None:
+                sys.exit(f"unknown unit in: {line.strip()}")
+            ns[m.group(1)] = float(m.group(2).replace(",", "")) * scale
+need = ["verify/valid", "verify/invalid", "form_parse", "hmac_sha1_floor", "hmac_sha1_floor_prekeyed"]
+missing = [n for n in need if n not in ns]
+if missing:
+    sys.exit(f"criterion output lacks {missing}; did the bench run? (see stderr)")
+
+def load(name):
+    p = os.path.join(work, name)
+    if os.path.exists(p) and os.path.getsize(p):
+        with open(p, encoding="utf-8") as f:
+            return json.loads(f.read())
+    return None
+
+peers = [p for p in (load("python.json"), load("node.json")) if p]
+
+def per_sec(t_ns):
+    return 1e9 / t_ns
+
+ours = {k: per_sec(ns[f"verify/{k}"]) for k in ("valid", "invalid")}
+# verify minus the body parse, derived from two medians: indicative, noisy on a busy machine.
+excl = {k: per_sec(max(ns[f"verify/{k}"] - ns["form_parse"], 1.0)) for k in ("valid", "invalid")}
+
+def fmt_rate(r):
+    return f"{r:,.0f}"
+
+def fmt_ns(r):
+    t = 1e9 / r
+    return f"{t / 1000:,.2f} µs" if t >= 1000 else f"{t:,.0f} ns"
+
+rows = [
+    ("ours `Validator::verify`, **incl. body parse**", ours["valid"], ours["invalid"]),
+    ("ours `verify` excl. body parse (derived: verify − form_parse)", excl["valid"], excl["invalid"]),
+]
+for p in peers:
+    call = "`RequestValidator.validate`" if p["peer"] == "twilio-python" else "`validateRequest`"
+    parse = "`parse_qsl`" if p["peer"] == "twilio-python" else "`querystring.parse`"
+    name = f"{p['peer']} {p['version']} ({p.get('runtime', '?')})"
+    rows.append((f"{name} {call} on a parsed dict", p["valid_per_sec"], p["invalid_per_sec"]))
+    rows.append((f"{name} {parse} + {call}", p["valid_with_body_parse_per_sec"],
+                 p["invalid_with_body_parse_per_sec"]))
+floor = per_sec(ns["hmac_sha1_floor"])
+prekeyed = per_sec(ns["hmac_sha1_floor_prekeyed"])
+parse_only = per_sec(ns["form_parse"])
+rows.append(("floor: one HMAC-SHA1 over the signed string (key schedule incl.)", floor, floor))
+rows.append(("floor: one HMAC-SHA1, key schedule precomputed", prekeyed, prekeyed))
+rows.append(("`FormParams::parse` of the body alone", parse_only, parse_only))
+
+out = []
+out.append("## Signature check: typical inbound SMS webhook")
+out.append("")
+fx_path = "scripts/bench/fixtures/sms-request.json"
+out.append(f"Fixture `{fx_path}` · {rustc} · {cpus} CPUs · load average {load_before} before, "
+           f"{load_after} after. Ours: criterion median; peers: calls counted over a fixed time.")
+out.append("")
+out.append("| implementation | valid /s | invalid /s | valid, per call | invalid, per call |")
+out.append("|---|---:|---:|---:|---:|")
+for name, v, i in rows:
+    out.append(f"| {name} | {fmt_rate(v)} | {fmt_rate(i)} | {fmt_ns(v)} | {fmt_ns(i)} |")
+out.append("")
+
+def x(r):
+    return f"{r:,.1f}×"
+
+targets = {"twilio-python": 20.0, "twilio-node": 5.0}
+out.append("### Ratios")
+out.append("")
+out.append("Throughput of ours ÷ throughput of the peer (higher is better); for the floor, "
+           "time of ours ÷ time of one HMAC (lower is better). A target counts as met when both "
+           "valid and invalid meet it, on the row marked *target*.")
+out.append("")
+out.append("| comparison | valid | invalid | target |")
+out.append("|---|---:|---:|---|")
+
+def verdict(ok):
+    return "met" if ok else "**missed**"
+
+for p in peers:
+    t = targets.get(p["peer"])
+    pv, pi = p["valid_per_sec"], p["invalid_per_sec"]
+    bv, bi = p["valid_with_body_parse_per_sec"], p["invalid_with_body_parse_per_sec"]
+    rv, ri = ours["valid"] / pv, ours["invalid"] / pi
+    tgt = f"*target* ≥{t:g}×: {verdict(min(rv, ri) >= t)}" if t else ""
+    out.append(f"| ours incl. parse vs {p['peer']} on a parsed dict (conservative) | {x(rv)} | {x(ri)} | {tgt} |")
+    out.append(f"| ours incl. parse vs {p['peer']} incl. parse (like for like) | "
+               f"{x(ours['valid'] / bv)} | {x(ours['invalid'] / bi)} | |")
+    out.append(f"| ours excl. parse (derived) vs {p['peer']} on a parsed dict (like for like) | "
+               f"{x(excl['valid'] / pv)} | {x(excl['invalid'] / pi)} | |")
+if not peers:
+    out.append("| (no peer ran) | | | |")
+fv, fi = floor / ours["valid"], floor / ours["invalid"]
+out.append(f"| ours incl. parse vs floor (key schedule incl.) | {x(fv)} | {x(fi)} | "
+           f"*target* ≤2×: {verdict(max(fv, fi) <= 2.0)} |")
+out.append(f"| ours excl. parse (derived) vs floor (key schedule incl.) | "
+           f"{x(floor / excl['valid'])} | {x(floor / excl['invalid'])} | |")
+out.append(f"| ours incl. parse vs floor (prekeyed) | {x(prekeyed / ours['valid'])} | "
+           f"{x(prekeyed / ours['invalid'])} | |")
+out.append("")
+out.append("Notes:")
+out.append("- Ours takes the raw body, so `verify` includes parsing it (both peers are handed "
+           "a parsed dict); the *like for like* rows parse on both sides or on neither.")
+out.append("- HMACs per call. Ours: 1 for valid, 2 for invalid (the URL as given, then with "
+           "`:443`), key schedule precomputed. twilio-python: always 2 (with and without the port), "
+           "each with its key schedule. twilio-node: 1 for valid; 6 for invalid (with and without "
+           "the port, then the `new URL()`-normalized and legacy-querystring forms).")
+out.append("- Numbers from a shared machine vary by tens of percent between runs; compare ratios "
+           "from the same run.")
+print("\n".join(out))
+PY
