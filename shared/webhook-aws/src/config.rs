@@ -54,14 +54,20 @@ pub fn validator_from_secret(secret: &str) -> Result<Validator, ConfigError> {
     }
     let t: Tokens = serde_json::from_str(secret)
         .map_err(|_| bad("JSON secret needs an \"auth_token\" string field"))?;
-    Ok(Validator::new(AuthToken::new(t.auth_token))
-        .with_secondary(t.secondary_auth_token.filter(|s| !s.is_empty()).map(AuthToken::new)))
+    Ok(Validator::new(AuthToken::new(t.auth_token)).with_secondary(
+        t.secondary_auth_token
+            .filter(|s| !s.is_empty())
+            .map(AuthToken::new),
+    ))
 }
 
 /// Tokens from plain environment variables (local development).
 pub fn validator_from_env() -> Option<Validator> {
     let primary = var(TWILIO_AUTH_TOKEN)?;
-    Some(Validator::new(AuthToken::new(primary)).with_secondary(var(TWILIO_SECONDARY_AUTH_TOKEN).map(AuthToken::new)))
+    Some(
+        Validator::new(AuthToken::new(primary))
+            .with_secondary(var(TWILIO_SECONDARY_AUTH_TOKEN).map(AuthToken::new)),
+    )
 }
 
 #[cfg(test)]

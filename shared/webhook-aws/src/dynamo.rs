@@ -16,9 +16,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use webhook_pipeline::state::StateRecord;
-use webhook_pipeline::store::{
-    Claim, ClaimTimes, EventRecord, EventStore, Processing, StoreError,
-};
+use webhook_pipeline::store::{Claim, ClaimTimes, EventRecord, EventStore, Processing, StoreError};
 
 pub const PK: &str = "pk";
 pub const TTL_ATTRIBUTE: &str = "expires_at";
@@ -35,7 +33,10 @@ pub struct DynamoStore {
 
 impl DynamoStore {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 }
 
@@ -66,7 +67,10 @@ enum Conditional<T> {
     Failed(Option<Item>),
 }
 
-fn conditional<T, E>(r: Result<T, SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>>, old: impl FnOnce(&E) -> Option<Option<Item>>) -> Result<Conditional<T>, StoreError>
+fn conditional<T, E>(
+    r: Result<T, SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>>,
+    old: impl FnOnce(&E) -> Option<Option<Item>>,
+) -> Result<Conditional<T>, StoreError>
 where
     E: std::error::Error + Send + Sync + 'static,
 {
@@ -74,9 +78,15 @@ where
         Ok(v) => Ok(Conditional::Done(v)),
         Err(SdkError::ServiceError(se)) => match old(se.err()) {
             Some(item) => Ok(Conditional::Failed(item)),
-            None => Err(StoreError(format!("DynamoDB: {}", aws_sdk_dynamodb::error::DisplayErrorContext(SdkError::ServiceError(se))))),
+            None => Err(StoreError(format!(
+                "DynamoDB: {}",
+                aws_sdk_dynamodb::error::DisplayErrorContext(SdkError::ServiceError(se))
+            ))),
         },
-        Err(e) => Err(StoreError(format!("DynamoDB: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)))),
+        Err(e) => Err(StoreError(format!(
+            "DynamoDB: {}",
+            aws_sdk_dynamodb::error::DisplayErrorContext(e)
+        ))),
     }
 }
 
@@ -99,7 +109,12 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 
 #[async_trait]
 impl EventStore for DynamoStore {
-    async fn claim(&self, event: &EventRecord, attempt: &str, t: ClaimTimes) -> Result<Claim, StoreError> {
+    async fn claim(
+        &self,
+        event: &EventRecord,
+        attempt: &str,
+        t: ClaimTimes,
+    ) -> Result<Claim, StoreError> {
         let json = serde_json::to_string(event).map_err(StoreError::new)?;
         let r = self
             .client
@@ -129,7 +144,9 @@ impl EventStore for DynamoStore {
                 processed: !old.contains_key(PENDING),
             }),
             // Should not happen (ALL_OLD), but the record exists: treat as a duplicate of itself.
-            Conditional::Failed(None) => Err(StoreError("conditional put failed without the old item".into())),
+            Conditional::Failed(None) => Err(StoreError(
+                "conditional put failed without the old item".into(),
+            )),
         }
     }
 
@@ -148,7 +165,12 @@ impl EventStore for DynamoStore {
         conditional(r, update_failed).map(|_| ())
     }
 
-    async fn begin_processing(&self, key: &str, now_ms: i64, lease_until_ms: i64) -> Result<Processing, StoreError> {
+    async fn begin_processing(
+        &self,
+        key: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Processing, StoreError> {
         let r = self
             .client
             .update_item()
@@ -199,7 +221,11 @@ impl EventStore for DynamoStore {
         conditional(r, update_failed).map(|_| ())
     }
 
-    async fn stale_pending(&self, lock_before_ms: i64, limit: usize) -> Result<Vec<(EventRecord, u32)>, StoreError> {
+    async fn stale_pending(
+        &self,
+        lock_before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(EventRecord, u32)>, StoreError> {
         let mut out = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -215,7 +241,12 @@ impl EventStore for DynamoStore {
                 .limit((limit - out.len()).min(100) as i32)
                 .send()
                 .await
-                .map_err(|e| StoreError(format!("DynamoDB: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e))))?;
+                .map_err(|e| {
+                    StoreError(format!(
+                        "DynamoDB: {}",
+                        aws_sdk_dynamodb::error::DisplayErrorContext(e)
+                    ))
+                })?;
             for item in page.items() {
                 out.push((event_of(item)?, get_n(item, "sweeps").unwrap_or(0) as u32));
             }
@@ -250,13 +281,27 @@ impl EventStore for DynamoStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| StoreError(format!("DynamoDB: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e))))?;
-        let Some(item) = r.item() else { return Ok(None) };
-        let state = serde_json::from_str(get_s(item, "state").unwrap_or("{}")).map_err(StoreError::new)?;
+            .map_err(|e| {
+                StoreError(format!(
+                    "DynamoDB: {}",
+                    aws_sdk_dynamodb::error::DisplayErrorContext(e)
+                ))
+            })?;
+        let Some(item) = r.item() else {
+            return Ok(None);
+        };
+        let state =
+            serde_json::from_str(get_s(item, "state").unwrap_or("{}")).map_err(StoreError::new)?;
         Ok(Some((state, get_n(item, "version").unwrap_or(0) as u64)))
     }
 
-    async fn save_state(&self, id: &str, state: &StateRecord, expected: Option<u64>, expires_at_s: i64) -> Result<bool, StoreError> {
+    async fn save_state(
+        &self,
+        id: &str,
+        state: &StateRecord,
+        expected: Option<u64>,
+        expires_at_s: i64,
+    ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(state).map_err(StoreError::new)?;
         let mut put = self
             .client
@@ -272,6 +317,9 @@ impl EventStore for DynamoStore {
                 .condition_expression("version = :v")
                 .expression_attribute_values(":v", n(v)),
         };
-        Ok(matches!(conditional(put.send().await, put_failed)?, Conditional::Done(_)))
+        Ok(matches!(
+            conditional(put.send().await, put_failed)?,
+            Conditional::Done(_)
+        ))
     }
 }

@@ -4,6 +4,8 @@
 //! - HTTP API (v2) and Function URLs: `Host` + `rawPath` (stage included when it is not
 //!   `$default`) + `rawQueryString`, all exactly as received.
 //! - REST API (v1): `Host` + `requestContext.path` (stage or custom-domain base path included).
+//!   With `PUBLIC_BASE_URL`, the route joined to it is `requestContext.resourcePath` (which,
+//!   unlike `path`, never has a custom domain's base path), or `path` for a `{proxy+}` resource.
 //!   v1 only gives the query string as a map, order and encoding lost: a request with a query
 //!   string is refused with a clear error (a lone `key=value` of unreserved characters, which
 //!   has only one spelling, is the exception). GET webhooks on v1 are refused for the same reason.
@@ -25,7 +27,12 @@ pub fn incoming(req: Request, base: Option<&PublicBaseUrl>) -> Result<IncomingRe
         Body::Binary(b) => Bytes::from(b),
         _ => Bytes::new(),
     };
-    Ok(IncomingRequest { method: parts.method, url: signed_url, headers: parts.headers, body })
+    Ok(IncomingRequest {
+        method: parts.method,
+        url: signed_url,
+        headers: parts.headers,
+        body,
+    })
 }
 
 /// The URL Twilio signed, for every event shape (see the module docs).
@@ -44,8 +51,17 @@ pub fn signed_url(req: &Request, base: Option<&PublicBaseUrl>) -> Result<String,
             (raw_path, route, req.uri().query().map(str::to_owned))
         }
         Some(RequestContext::ApiGatewayV1(ctx)) => {
-            let route = req.raw_http_path().to_owned();
-            let path = ctx.path.clone().unwrap_or_else(|| req.uri().path().to_owned());
+            // `path` carries a custom domain's base path mapping (`/twilio/sms`); the resource
+            // (`/sms`) does not, so it is the route to join to `PUBLIC_BASE_URL`.
+            let route = ctx
+                .resource_path
+                .clone()
+                .filter(|p| !p.contains('{'))
+                .unwrap_or_else(|| req.raw_http_path().to_owned());
+            let path = ctx
+                .path
+                .clone()
+                .unwrap_or_else(|| req.uri().path().to_owned());
             (path, route, v1_query(req)?)
         }
         _ => {
@@ -58,11 +74,19 @@ pub fn signed_url(req: &Request, base: Option<&PublicBaseUrl>) -> Result<String,
     }
     let host = header(req, "host").ok_or(UrlError::MissingHost)?;
     let scheme = header(req, "x-forwarded-proto").unwrap_or("https");
-    Ok(url::from_parts(scheme, host, &request_path, query.as_deref()))
+    Ok(url::from_parts(
+        scheme,
+        host,
+        &request_path,
+        query.as_deref(),
+    ))
 }
 
 fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
-    req.headers().get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty())
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
 }
 
 fn strip_stage(path: &str, stage: Option<&str>) -> String {
@@ -88,11 +112,27 @@ fn v1_query(req: &Request) -> Result<Option<String>, UrlError> {
         }
         return Ok(None);
     };
-    let pairs: Vec<(&str, &str)> = params.iter().flat_map(|(k, _)| params.all(k).unwrap_or_default().into_iter().map(move |v| (k, v))).collect();
-    let unreserved = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+    let pairs: Vec<(&str, &str)> = params
+        .iter()
+        .flat_map(|(k, _)| {
+            params
+                .all(k)
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |v| (k, v))
+        })
+        .collect();
+    let unreserved = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    };
     match pairs.as_slice() {
-        [(k, v)] if unreserved(k) && unreserved(v) && req.method() != http::Method::GET => Ok(Some(format!("{k}={v}"))),
-        _ => Err(UrlError::QueryNotRecoverable("REST API (v1) events lose the order and encoding of query strings")),
+        [(k, v)] if unreserved(k) && unreserved(v) && req.method() != http::Method::GET => {
+            Ok(Some(format!("{k}={v}")))
+        }
+        _ => Err(UrlError::QueryNotRecoverable(
+            "REST API (v1) events lose the order and encoding of query strings",
+        )),
     }
 }
 
@@ -102,6 +142,10 @@ pub fn response(reply: Reply) -> Response<Body> {
     if let Some(ct) = &reply.content_type {
         b = b.header(http::header::CONTENT_TYPE, ct.as_str());
     }
-    let body = if reply.body.is_empty() { Body::Empty } else { Body::Text(reply.body) };
+    let body = if reply.body.is_empty() {
+        Body::Empty
+    } else {
+        Body::Text(reply.body)
+    };
     b.body(body).expect("status and content type are valid")
 }

@@ -35,11 +35,18 @@ use crate::sqs::SqsQueue;
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     let _ = if var(config::LOG_FORMAT).as_deref() == Some("text") {
         builder.without_time().try_init()
     } else {
-        builder.json().flatten_event(true).with_current_span(false).without_time().try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .without_time()
+            .try_init()
     };
 }
 
@@ -64,16 +71,29 @@ pub async fn aws_config() -> SdkConfig {
 pub async fn validator(sdk: &SdkConfig) -> Result<twilio_webhook::Validator, Error> {
     if let Some(arn) = var(TWILIO_AUTH_TOKEN_SECRET_ARN) {
         let client = aws_sdk_secretsmanager::Client::new(sdk);
-        let out = client.get_secret_value().secret_id(&arn).send().await.map_err(|e| {
-            format!("reading {TWILIO_AUTH_TOKEN_SECRET_ARN}: {}", aws_sdk_secretsmanager::error::DisplayErrorContext(e))
-        })?;
-        let secret = out.secret_string().ok_or("the auth token secret has no SecretString")?;
+        let out = client
+            .get_secret_value()
+            .secret_id(&arn)
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "reading {TWILIO_AUTH_TOKEN_SECRET_ARN}: {}",
+                    aws_sdk_secretsmanager::error::DisplayErrorContext(e)
+                )
+            })?;
+        let secret = out
+            .secret_string()
+            .ok_or("the auth token secret has no SecretString")?;
         return Ok(config::validator_from_secret(secret)?);
     }
     config::validator_from_env().ok_or_else(|| {
         ConfigError {
             name: TWILIO_AUTH_TOKEN_SECRET_ARN,
-            reason: format!("is required (or {} for local runs)", config::TWILIO_AUTH_TOKEN),
+            reason: format!(
+                "is required (or {} for local runs)",
+                config::TWILIO_AUTH_TOKEN
+            ),
         }
         .into()
     })
@@ -96,7 +116,10 @@ impl WebhookApp {
             ReplyPolicy::from_env(),
             Settings::from_env()?,
         );
-        Ok(Self { pipeline, base: config::public_base_url()? })
+        Ok(Self {
+            pipeline,
+            base: config::public_base_url()?,
+        })
     }
 
     pub async fn handle(&self, endpoint: Endpoint, req: Request) -> Response<Body> {
@@ -132,9 +155,18 @@ pub struct WorkerApp {
 
 impl WorkerApp {
     pub async fn from_env(sdk: &SdkConfig) -> Result<Self, Error> {
-        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), required(EVENT_TABLE)?));
-        let queue = Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(sdk), required(WORK_QUEUE_URL)?));
-        let settings = WorkerSettings { event_ttl: Settings::from_env()?.event_ttl, ..Default::default() };
+        let store = Arc::new(DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(sdk),
+            required(EVENT_TABLE)?,
+        ));
+        let queue = Arc::new(SqsQueue::new(
+            aws_sdk_sqs::Client::new(sdk),
+            required(WORK_QUEUE_URL)?,
+        ));
+        let settings = WorkerSettings {
+            event_ttl: Settings::from_env()?.event_ttl,
+            ..Default::default()
+        };
         let mut worker = Worker::new(store, queue, settings);
         if let Some(url) = var(FORWARD_URL) {
             worker = worker.with_work(Arc::new(HttpForwarder::new(url)));
@@ -148,7 +180,11 @@ impl WorkerApp {
             let batch: SqsEvent = serde_json::from_value(event)?;
             return Ok(serde_json::to_value(self.handle_batch(batch).await)?);
         }
-        let sent = self.worker.sweep().await.map_err(|e| format!("sweep: {e}"))?;
+        let sent = self
+            .worker
+            .sweep()
+            .await
+            .map_err(|e| format!("sweep: {e}"))?;
         info!(sent, "sweep complete");
         Ok(serde_json::json!({ "swept": sent }))
     }
@@ -158,7 +194,12 @@ impl WorkerApp {
         for record in batch.records {
             let id = record.message_id.clone().unwrap_or_default();
             let result = match serde_json::from_str::<Job>(record.body.as_deref().unwrap_or("")) {
-                Ok(job) => self.worker.process(&job).await.map(|_| ()).map_err(|e| e.to_string()),
+                Ok(job) => self
+                    .worker
+                    .process(&job)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
                 // Unreadable: fail it so it ends in the DLQ for a human, never silently dropped.
                 Err(e) => Err(format!("unreadable job: {e}")),
             };
@@ -180,9 +221,11 @@ pub async fn run_worker() -> Result<(), Error> {
     init_tracing();
     let sdk = aws_config().await;
     let app = Arc::new(WorkerApp::from_env(&sdk).await?);
-    lambda_runtime::run(lambda_runtime::service_fn(move |event: LambdaEvent<Value>| {
-        let app = app.clone();
-        async move { app.handle(event.payload).await }
-    }))
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: LambdaEvent<Value>| {
+            let app = app.clone();
+            async move { app.handle(event.payload).await }
+        },
+    ))
     .await
 }

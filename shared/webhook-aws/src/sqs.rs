@@ -12,7 +12,10 @@ pub struct SqsQueue {
 
 impl SqsQueue {
     pub fn new(client: Client, url: impl Into<String>) -> Self {
-        Self { client, url: url.into() }
+        Self {
+            client,
+            url: url.into(),
+        }
     }
 }
 
@@ -26,7 +29,12 @@ impl WorkQueue for SqsQueue {
             .message_body(body)
             .send()
             .await
-            .map_err(|e| StoreError(format!("SQS: {}", aws_sdk_sqs::error::DisplayErrorContext(e))))?;
+            .map_err(|e| {
+                StoreError(format!(
+                    "SQS: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(e)
+                ))
+            })?;
         Ok(())
     }
 }

@@ -46,7 +46,10 @@ fn moto() -> &'static Moto {
     static MOTO_SERVER: OnceLock<Moto> = OnceLock::new();
     MOTO_SERVER.get_or_init(|| {
         if let Ok(endpoint) = std::env::var("MOTO_ENDPOINT") {
-            return Moto { endpoint, _child: None };
+            return Moto {
+                endpoint,
+                _child: None,
+            };
         }
         let port = free_port();
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
@@ -61,7 +64,11 @@ fn moto() -> &'static Moto {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        assert_eq!(line.trim(), "ready", "moto did not start (pip install 'moto[server]')");
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "moto did not start (pip install 'moto[server]')"
+        );
         Moto {
             endpoint: format!("http://127.0.0.1:{port}"),
             _child: Some(Mutex::new(child)),
@@ -237,14 +244,14 @@ impl Aws {
         let msgs = self.receive(&self.queue_url).await;
         let mut event = SqsEvent::default();
         event.records = msgs
-                .iter()
-                .map(|m| {
-                    let mut r = SqsMessage::default();
-                    r.message_id = m.message_id.clone();
-                    r.body = m.body.clone();
-                    r
-                })
-                .collect();
+            .iter()
+            .map(|m| {
+                let mut r = SqsMessage::default();
+                r.message_id = m.message_id.clone();
+                r.body = m.body.clone();
+                r
+            })
+            .collect();
         let resp = worker.handle_batch(event).await;
         let failed: Vec<String> = resp
             .batch_item_failures
@@ -389,7 +396,10 @@ async fn dynamodb_unreachable_is_5xx_and_nothing_is_half_written() {
     assert!(aws.item(&format!("sms#{MESSAGE_SID}")).await.is_none());
     // With DynamoDB back, Twilio's retry is accepted.
     let (clock, _) = fixed_clock();
-    let retry = aws.pipeline(clock).handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    let retry = aws
+        .pipeline(clock)
+        .handle(Endpoint::Sms, &sms(MESSAGE_SID))
+        .await;
     assert_eq!(retry.status, 200);
 }
 
@@ -408,12 +418,19 @@ async fn sqs_send_failure_is_5xx_and_the_retry_succeeds() {
         Settings::default(),
     )
     .with_clock(clock.clone());
-    assert_eq!(broken.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await.status, 503);
+    assert_eq!(
+        broken.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await.status,
+        503
+    );
     let item = aws
         .item(&format!("sms#{MESSAGE_SID}"))
         .await
         .expect("record kept for the retry");
-    assert_eq!(item["lock_until"].as_n().unwrap(), "0", "the claim was released");
+    assert_eq!(
+        item["lock_until"].as_n().unwrap(),
+        "0",
+        "the claim was released"
+    );
     let p = aws.pipeline(clock);
     assert_eq!(p.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await.status, 200);
     assert_eq!(aws.receive(&aws.queue_url).await.len(), 1);
@@ -427,7 +444,10 @@ async fn lock_expiry_lets_a_crashed_attempt_be_redone() {
     crash_after_record(&aws, &p, now.load(Ordering::SeqCst)).await;
     let reply = p.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
     assert_eq!(reply.status, 200, "the event is durable: replay the reply");
-    assert!(aws.receive(&aws.queue_url).await.is_empty(), "lock still live");
+    assert!(
+        aws.receive(&aws.queue_url).await.is_empty(),
+        "lock still live"
+    );
     now.fetch_add(30_001, Ordering::SeqCst);
     assert_eq!(p.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await.status, 200);
     assert_eq!(
@@ -495,7 +515,10 @@ async fn redelivered_jobs_have_no_second_effect() {
         .to_owned();
     let job: Job = serde_json::from_str(&body).unwrap();
     let worker = aws.worker(clock);
-    assert_eq!(worker.worker.process(&job).await.unwrap(), Outcome::Processed);
+    assert_eq!(
+        worker.worker.process(&job).await.unwrap(),
+        Outcome::Processed
+    );
     assert_eq!(worker.worker.process(&job).await.unwrap(), Outcome::Skipped);
 }
 
@@ -505,13 +528,22 @@ async fn out_of_order_status_callbacks_end_in_the_right_state() {
     let (clock, now) = fixed_clock();
     let p = aws.pipeline(clock.clone());
     let url = "https://abc123.execute-api.us-east-1.amazonaws.com/status";
-    for (status, code) in [("undelivered", Some("30006")), ("sent", None), ("queued", None)] {
+    for (status, code) in [
+        ("undelivered", Some("30006")),
+        ("sent", None),
+        ("queued", None),
+    ] {
         now.fetch_add(1, Ordering::SeqCst);
         let params = samples::message_status(MESSAGE_SID, status, code);
         let req = signed_request(TEST_AUTH_TOKEN, url, &params);
         assert_eq!(p.handle(Endpoint::Status, &req).await.status, 200);
     }
-    for (status, seq) in [("completed", 3), ("in-progress", 2), ("ringing", 1), ("completed", 3)] {
+    for (status, seq) in [
+        ("completed", 3),
+        ("in-progress", 2),
+        ("ringing", 1),
+        ("completed", 3),
+    ] {
         let params = samples::call_status(CALL_SID, status, seq);
         let req = signed_request(TEST_AUTH_TOKEN, url, &params);
         assert_eq!(p.handle(Endpoint::Status, &req).await.status, 200);
@@ -534,7 +566,11 @@ async fn out_of_order_status_callbacks_end_in_the_right_state() {
         .unwrap()
         .unwrap();
     assert_eq!(call.latest_status, "completed");
-    assert_eq!(call.timeline.len(), 3, "the repeated callback was a duplicate");
+    assert_eq!(
+        call.timeline.len(),
+        3,
+        "the repeated callback was a duplicate"
+    );
 }
 
 #[tokio::test]

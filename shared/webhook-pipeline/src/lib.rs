@@ -5,6 +5,7 @@
 pub mod config;
 pub mod contract;
 pub mod error;
+pub mod events;
 pub mod forward;
 pub mod memory;
 pub mod pipeline;

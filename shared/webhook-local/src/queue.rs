@@ -1,0 +1,278 @@
+//! [`SqliteQueue`]: the [`WorkQueue`] on SQLite, with SQS-like semantics: a received job is
+//! invisible for a visibility timeout and comes back if it is not acknowledged (the worker
+//! crashed); after [`QueueSettings::max_receives`] receives it moves to `dead_jobs` (the DLQ).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{TransactionBehavior, params};
+use tokio::sync::Notify;
+use webhook_pipeline::{Clock, Job, StoreError, WorkQueue, system_clock};
+
+use crate::db::{Database, DbError};
+
+/// Row id of a job in the `jobs` table.
+pub type JobId = i64;
+
+#[derive(Debug, Clone, Copy)]
+pub struct QueueSettings {
+    /// Receives before a job is dead-lettered (SQS `maxReceiveCount`).
+    pub max_receives: u32,
+    /// Delay before a nacked job is visible again, doubled at each receive...
+    pub backoff: Duration,
+    /// ...up to this.
+    pub max_backoff: Duration,
+    /// How long acknowledged jobs are kept (for debugging with `sqlite3`).
+    pub keep_done: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            max_receives: 5,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            keep_done: Duration::from_secs(3600),
+        }
+    }
+}
+
+pub struct SqliteQueue {
+    db: Database,
+    notify: Notify,
+    settings: QueueSettings,
+    clock: Clock,
+}
+
+impl SqliteQueue {
+    pub fn new(db: Database) -> Self {
+        Self {
+            db,
+            notify: Notify::new(),
+            settings: QueueSettings::default(),
+            clock: system_clock(),
+        }
+    }
+
+    pub fn with_settings(mut self, settings: QueueSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn settings(&self) -> &QueueSettings {
+        &self.settings
+    }
+
+    /// Resolves at the next enqueue (or at once if one happened since the last wait).
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    /// Up to `limit` visible jobs, oldest first, each invisible for `visibility` from now on.
+    /// Jobs already received `max_receives` times, and jobs whose body cannot be read, go to
+    /// `dead_jobs` instead.
+    pub async fn receive(
+        &self,
+        limit: usize,
+        visibility: Duration,
+    ) -> Result<Vec<(JobId, Job)>, StoreError> {
+        let now = (self.clock)();
+        let invisible_until = now.saturating_add(visibility.as_millis() as i64);
+        let max = i64::from(self.settings.max_receives);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(self
+            .db
+            .call(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let ready: Vec<(JobId, String, i64)> = {
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT id, body, receive_count FROM jobs
+                         WHERE done = 0 AND visible_at_ms <= ?1 ORDER BY id LIMIT ?2",
+                    )?;
+                    stmt.query_map(params![now, limit], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?
+                    .collect::<Result<_, _>>()?
+                };
+                let mut out = Vec::with_capacity(ready.len());
+                for (id, body, count) in ready {
+                    if count >= max {
+                        let reason = format!("received {count} times without being acknowledged");
+                        dead_letter(&tx, id, now, &reason)?;
+                        continue;
+                    }
+                    let job = match serde_json::from_str::<Job>(&body) {
+                        Ok(job) => job,
+                        Err(e) => {
+                            dead_letter(&tx, id, now, &format!("unreadable job: {e}"))?;
+                            continue;
+                        }
+                    };
+                    tx.execute(
+                        "UPDATE jobs SET receive_count = receive_count + 1, visible_at_ms = ?2
+                         WHERE id = ?1",
+                        params![id, invisible_until],
+                    )?;
+                    out.push((id, job));
+                }
+                tx.commit()?;
+                Ok(out)
+            })
+            .await?)
+    }
+
+    /// The job is done: it is never received again.
+    pub async fn ack(&self, id: JobId) -> Result<(), StoreError> {
+        let now = (self.clock)();
+        Ok(self
+            .db
+            .call(move |c| {
+                c.execute(
+                    "UPDATE jobs SET done = 1, acked_at_ms = ?2 WHERE id = ?1",
+                    params![id, now],
+                )?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    /// The job failed: visible again after a backoff that grows with its receives, or
+    /// dead-lettered if it used up its receives.
+    pub async fn nack(&self, id: JobId, reason: &str) -> Result<(), StoreError> {
+        let now = (self.clock)();
+        let s = self.settings;
+        let reason = reason.to_owned();
+        Ok(self
+            .db
+            .call(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let count: Option<i64> = rusqlite::OptionalExtension::optional(tx.query_row(
+                    "SELECT receive_count FROM jobs WHERE id = ?1 AND done = 0",
+                    [id],
+                    |r| r.get(0),
+                ))?;
+                if let Some(count) = count {
+                    if count >= i64::from(s.max_receives) {
+                        dead_letter(&tx, id, now, &reason)?;
+                    } else {
+                        let exp = u32::try_from(count.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+                        let delay = s.backoff.saturating_mul(1 << exp).min(s.max_backoff);
+                        tx.execute(
+                            "UPDATE jobs SET visible_at_ms = ?2 WHERE id = ?1",
+                            params![id, now.saturating_add(delay.as_millis() as i64)],
+                        )?;
+                    }
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    /// Put a received job back without counting the receive (not the job's fault: shutdown,
+    /// another worker holds the record), visible after `delay`.
+    pub async fn defer(&self, id: JobId, delay: Duration) -> Result<(), StoreError> {
+        let at = (self.clock)().saturating_add(delay.as_millis() as i64);
+        Ok(self
+            .db
+            .call(move |c| {
+                c.execute(
+                    "UPDATE jobs SET visible_at_ms = ?2, receive_count = MAX(receive_count - 1, 0)
+                     WHERE id = ?1 AND done = 0",
+                    params![id, at],
+                )?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    /// Unix ms at which the next not-yet-visible job becomes visible, if any.
+    pub async fn next_visible_at(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .db
+            .call(|c| {
+                Ok(c.query_row(
+                    "SELECT MIN(visible_at_ms) FROM jobs WHERE done = 0",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await?)
+    }
+
+    /// Jobs not yet acknowledged, and dead jobs.
+    pub async fn counts(&self) -> Result<QueueCounts, StoreError> {
+        Ok(self
+            .db
+            .call(|c| {
+                Ok(c.query_row(
+                    "SELECT (SELECT COUNT(*) FROM jobs WHERE done = 0),
+                            (SELECT COUNT(*) FROM dead_jobs)",
+                    [],
+                    |r| {
+                        Ok(QueueCounts {
+                            pending: r.get(0)?,
+                            dead: r.get(1)?,
+                        })
+                    },
+                )?)
+            })
+            .await?)
+    }
+
+    /// Delete acknowledged jobs older than [`QueueSettings::keep_done`].
+    pub async fn prune_done(&self) -> Result<usize, StoreError> {
+        let before = (self.clock)() - self.settings.keep_done.as_millis() as i64;
+        Ok(self
+            .db
+            .call(move |c| {
+                Ok(c.execute(
+                    "DELETE FROM jobs WHERE done = 1 AND acked_at_ms < ?1",
+                    [before],
+                )?)
+            })
+            .await?)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub pending: i64,
+    pub dead: i64,
+}
+
+fn dead_letter(tx: &rusqlite::Transaction<'_>, id: JobId, now: i64, reason: &str) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT OR REPLACE INTO dead_jobs (id, key, body, receive_count, died_at_ms, reason)
+         SELECT id, key, body, receive_count, ?2, ?3 FROM jobs WHERE id = ?1",
+        params![id, now, reason],
+    )?;
+    tx.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
+    tracing::error!(job = id, %reason, "job moved to the dead-letter table");
+    Ok(())
+}
+
+#[async_trait]
+impl WorkQueue for SqliteQueue {
+    async fn enqueue(&self, job: &Job) -> Result<(), StoreError> {
+        let body = serde_json::to_string(job).map_err(StoreError::new)?;
+        let key = job.event.key.clone();
+        let now = (self.clock)();
+        self.db
+            .call(move |c| {
+                c.execute(
+                    "INSERT INTO jobs (key, body, visible_at_ms) VALUES (?1, ?2, ?3)",
+                    params![key, body, now],
+                )?;
+                Ok(())
+            })
+            .await?;
+        self.notify.notify_one();
+        Ok(())
+    }
+}

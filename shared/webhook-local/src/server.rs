@@ -1,0 +1,307 @@
+//! The local HTTP server: the four webhook endpoints on axum, the SQLite store and queue, and
+//! the worker loop, in one process.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+use twilio_webhook::payload::Endpoint;
+use twilio_webhook::url::{PublicBaseUrl, from_parts};
+use twilio_webhook::{AuthToken, Validator};
+use webhook_pipeline::worker::{SlowWork, WorkerSettings};
+use webhook_pipeline::{IncomingRequest, Pipeline, Reply, ReplyPolicy, Settings, Worker};
+
+use crate::db::{Database, DirLock, OpenError, now_ms};
+use crate::queue::{QueueSettings, SqliteQueue};
+use crate::store::SqliteStore;
+use crate::worker::{LoopSettings, WorkerLoop};
+
+/// Largest accepted request body; Twilio's webhooks are a few KB.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Everything `serve` needs.
+pub struct ServeConfig {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The URL Twilio calls, when it is not `http://<Host header>` (a tunnel, a proxy).
+    pub public_url: Option<PublicBaseUrl>,
+    pub auth_token: AuthToken,
+    pub policy: ReplyPolicy,
+    pub settings: Settings,
+    pub worker: WorkerSettings,
+    pub worker_loop: LoopSettings,
+    pub queue: QueueSettings,
+    /// Slow work run for each event after the state fold (e.g. the `FORWARD_URL` forwarder).
+    pub slow_work: Vec<Arc<dyn SlowWork>>,
+}
+
+impl ServeConfig {
+    pub fn new(addr: SocketAddr, data_dir: PathBuf, auth_token: AuthToken) -> Self {
+        Self {
+            addr,
+            data_dir,
+            public_url: None,
+            auth_token,
+            policy: ReplyPolicy::default(),
+            settings: Settings::default(),
+            worker: WorkerSettings::default(),
+            worker_loop: LoopSettings::default(),
+            queue: QueueSettings::default(),
+            slow_work: Vec::new(),
+        }
+    }
+}
+
+/// Why `serve` could not start or stopped; each message is one line naming the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Data(#[from] OpenError),
+    #[error("cannot recover the local data: {0}")]
+    Recover(String),
+    #[error("cannot listen on {addr}: address already in use (another server running? pick another port with --addr)")]
+    AddrInUse { addr: SocketAddr },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+struct App {
+    pipeline: Pipeline,
+    public_url: Option<PublicBaseUrl>,
+}
+
+/// A server that owns its data directory and listens; [`Server::run`] serves.
+pub struct Server {
+    listener: TcpListener,
+    app: Arc<App>,
+    worker: WorkerLoop,
+    db: Database,
+    _lock: DirLock,
+}
+
+impl Server {
+    /// Lock and open the data directory, recover from a previous crash, bind the address.
+    pub async fn bind(config: ServeConfig) -> Result<Self, ServeError> {
+        let lock = DirLock::acquire(&config.data_dir)?;
+        let db = Database::open_dir(&config.data_dir)?;
+        let recovered = db
+            .recover(now_ms())
+            .await
+            .map_err(|e| ServeError::Recover(e.to_string()))?;
+        if !recovered.is_empty() {
+            warn!(
+                jobs_made_visible = recovered.jobs_made_visible,
+                leases_dropped = recovered.leases_dropped,
+                orphans_enqueued = recovered.orphans_enqueued,
+                "recovered work left by a previous run that did not stop cleanly"
+            );
+        }
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::AddrInUse => ServeError::AddrInUse { addr: config.addr },
+                _ => ServeError::Bind {
+                    addr: config.addr,
+                    source,
+                },
+            })?;
+
+        let store = Arc::new(SqliteStore::new(db.clone()));
+        let queue = Arc::new(SqliteQueue::new(db.clone()).with_settings(config.queue));
+        let pipeline = Pipeline::new(
+            Validator::new(config.auth_token),
+            store.clone(),
+            queue.clone(),
+            config.policy,
+            config.settings,
+        );
+        let worker = config
+            .slow_work
+            .into_iter()
+            .fold(Worker::new(store.clone(), queue.clone(), config.worker), |w, work| {
+                w.with_work(work)
+            });
+        let worker = WorkerLoop::new(Arc::new(worker), queue)
+            .with_store(store)
+            .with_settings(config.worker_loop);
+        Ok(Self {
+            listener,
+            app: Arc::new(App {
+                pipeline,
+                public_url: config.public_url,
+            }),
+            worker,
+            db,
+            _lock: lock,
+        })
+    }
+
+    /// The address actually bound (port 0 picks a free one).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Serve until `shutdown` resolves, then finish in-flight requests and the in-flight job.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+        let (stop_worker, stop_rx) = watch::channel(false);
+        let worker = tokio::spawn(self.worker.run(stop_rx));
+        let served = axum::serve(self.listener, router(self.app))
+            .with_graceful_shutdown(shutdown)
+            .await;
+        info!("HTTP server stopped; letting the worker finish its current job");
+        let _ = stop_worker.send(true);
+        if let Err(e) = worker.await {
+            warn!(error = %e, "worker task ended abnormally");
+        }
+        served.map_err(ServeError::Io)
+    }
+}
+
+/// Bind and serve until Ctrl-C / SIGTERM.
+pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
+    Server::bind(config).await?.run(shutdown_signal()).await
+}
+
+/// Resolves at Ctrl-C or (on Unix) SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!("Ctrl-C received; shutting down"),
+        _ = term => info!("SIGTERM received; shutting down"),
+    }
+}
+
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/sms", webhook(Endpoint::Sms))
+        .route("/voice", webhook(Endpoint::Voice))
+        .route("/status", webhook(Endpoint::Status))
+        .route("/fallback", webhook(Endpoint::Fallback))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(app)
+}
+
+/// POST (and GET, which Twilio can be configured to use) on one endpoint.
+fn webhook(endpoint: Endpoint) -> MethodRouter<Arc<App>> {
+    let handler = move |State(app): State<Arc<App>>,
+                        method: Method,
+                        uri: Uri,
+                        headers: HeaderMap,
+                        body: Bytes| async move {
+        handle(&app, endpoint, method, uri, headers, body).await
+    };
+    post(handler.clone()).get(handler)
+}
+
+async fn handle(
+    app: &App,
+    endpoint: Endpoint,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let url = match signed_url(app.public_url.as_ref(), &uri, &headers) {
+        Some(url) => url,
+        None => {
+            warn!(endpoint = endpoint.as_str(), "request without a Host header refused");
+            return (
+                StatusCode::BAD_REQUEST,
+                "missing Host header: the signed URL cannot be rebuilt\n",
+            )
+                .into_response();
+        }
+    };
+    let forwarded_proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let req = IncomingRequest {
+        method,
+        url,
+        headers,
+        body,
+    };
+    let reply = app.pipeline.handle(endpoint, &req).await;
+    info!(
+        endpoint = endpoint.as_str(),
+        status = reply.status,
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    if reply.status == 403 && app.public_url.is_none() {
+        if let Some(proto) = forwarded_proto {
+            warn!(
+                url = %req.url,
+                x_forwarded_proto = %proto,
+                "signature check failed on a request that came through a proxy or tunnel: \
+                 pass --public-url with the URL Twilio calls"
+            );
+        }
+    }
+    to_response(reply)
+}
+
+/// The URL Twilio signed: the public base URL when configured, else `http://<Host>`; then the
+/// path and the raw query string, untouched.
+fn signed_url(public: Option<&PublicBaseUrl>, uri: &Uri, headers: &HeaderMap) -> Option<String> {
+    let path = uri.path();
+    let query = uri.query();
+    match public {
+        Some(base) => Some(base.join(path, query)),
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .filter(|h| !h.is_empty())?;
+            Some(from_parts("http", host, path, query))
+        }
+    }
+}
+
+fn to_response(reply: Reply) -> Response {
+    let mut res = Response::new(Body::from(reply.body));
+    *res.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Some(ct) = reply.content_type.and_then(|ct| HeaderValue::from_str(&ct).ok()) {
+        res.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    res
+}

@@ -1,0 +1,267 @@
+//! [`SqliteStore`]: the [`EventStore`] on SQLite, with the semantics of
+//! [`webhook_pipeline::memory::MemoryStore`] (checked by `webhook_pipeline::contract`).
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use webhook_pipeline::state::StateRecord;
+use webhook_pipeline::store::ClaimTimes;
+use webhook_pipeline::{Claim, EventRecord, EventStore, Processing, Reply, StoreError};
+
+use crate::db::{Database, DbError, OpenError};
+
+/// Event records, dedup, worker leases and state records in the `events` / `states` tables.
+#[derive(Clone)]
+pub struct SqliteStore {
+    db: Database,
+}
+
+impl SqliteStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    /// Open (creating if needed) a database file.
+    pub fn open(path: &Path) -> Result<Self, OpenError> {
+        Database::open(path).map(Self::new)
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Delete records and states whose TTL passed (DynamoDB's TTL does this in the cloud).
+    pub async fn purge_expired(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let now_s = now_ms.div_euclid(1000);
+        Ok(self
+            .db
+            .call(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let n = tx.execute("DELETE FROM events WHERE expires_at_s <= ?1", [now_s])?
+                    + tx.execute("DELETE FROM states WHERE expires_at_s <= ?1", [now_s])?;
+                tx.commit()?;
+                Ok(n)
+            })
+            .await?)
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn claim(
+        &self,
+        event: &EventRecord,
+        attempt: &str,
+        t: ClaimTimes,
+    ) -> Result<Claim, StoreError> {
+        let event_json = serde_json::to_string(event).map_err(StoreError::new)?;
+        let reply_json = serde_json::to_string(&event.reply).map_err(StoreError::new)?;
+        let (key, kind, received_at) = (event.key.clone(), event.kind.clone(), event.received_at);
+        let attempt = attempt.to_owned();
+        Ok(self
+            .db
+            .call(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let live = tx
+                    .query_row(
+                        "SELECT reply, processed FROM events
+                         WHERE key = ?1 AND expires_at_s * 1000 > ?2
+                           AND (processed = 1 OR lock_until_ms > ?2)",
+                        params![key, t.now_ms],
+                        |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)),
+                    )
+                    .optional()?;
+                if let Some((reply, processed)) = live {
+                    let reply: Reply = serde_json::from_str(&reply)?;
+                    return Ok(Claim::Duplicate { reply, processed });
+                }
+                tx.execute(
+                    "INSERT OR REPLACE INTO events
+                     (key, kind, received_at, event, reply, attempt, lock_until_ms, expires_at_s,
+                      processed, processed_at_ms, lease_until_ms, sweeps)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, NULL, 0, 0)",
+                    params![
+                        key,
+                        kind,
+                        received_at,
+                        event_json,
+                        reply_json,
+                        attempt,
+                        t.lock_until_ms,
+                        t.expires_at_s
+                    ],
+                )?;
+                tx.commit()?;
+                Ok(Claim::New)
+            })
+            .await?)
+    }
+
+    async fn release(&self, key: &str, attempt: &str) -> Result<(), StoreError> {
+        let (key, attempt) = (key.to_owned(), attempt.to_owned());
+        Ok(self
+            .db
+            .call(move |c| {
+                c.execute(
+                    "UPDATE events SET lock_until_ms = 0 WHERE key = ?1 AND attempt = ?2",
+                    params![key, attempt],
+                )?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn begin_processing(
+        &self,
+        key: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Processing, StoreError> {
+        let key = key.to_owned();
+        Ok(self
+            .db
+            .call(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let row = tx
+                    .query_row(
+                        "SELECT processed, lease_until_ms FROM events WHERE key = ?1",
+                        [&key],
+                        |r| Ok((r.get::<_, bool>(0)?, r.get::<_, i64>(1)?)),
+                    )
+                    .optional()?;
+                let outcome = match row {
+                    None => Processing::Missing,
+                    Some((true, _)) => Processing::AlreadyDone,
+                    Some((false, lease)) if lease > now_ms => Processing::Busy,
+                    Some(_) => {
+                        tx.execute(
+                            "UPDATE events SET lease_until_ms = ?2 WHERE key = ?1",
+                            params![key, lease_until_ms],
+                        )?;
+                        Processing::Ready
+                    }
+                };
+                tx.commit()?;
+                Ok(outcome)
+            })
+            .await?)
+    }
+
+    async fn finish_processing(&self, key: &str, now_ms: i64) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        Ok(self
+            .db
+            .call(move |c| {
+                c.execute(
+                    "UPDATE events SET processed = 1, processed_at_ms = ?2 WHERE key = ?1",
+                    params![key, now_ms],
+                )?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn abandon_processing(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        Ok(self
+            .db
+            .call(move |c| {
+                c.execute("UPDATE events SET lease_until_ms = 0 WHERE key = ?1", [key])?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn stale_pending(
+        &self,
+        lock_before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(EventRecord, u32)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(self
+            .db
+            .call(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT event, sweeps FROM events
+                     WHERE processed = 0 AND lock_until_ms < ?1
+                     ORDER BY lock_until_ms LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(params![lock_before_ms, limit], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (event, sweeps) = row?;
+                    out.push((serde_json::from_str(&event)?, sweeps));
+                }
+                Ok(out)
+            })
+            .await?)
+    }
+
+    async fn extend_lock(&self, key: &str, lock_until_ms: i64) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        Ok(self
+            .db
+            .call(move |c| {
+                c.execute(
+                    "UPDATE events SET lock_until_ms = ?2, sweeps = sweeps + 1 WHERE key = ?1",
+                    params![key, lock_until_ms],
+                )?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn load_state(&self, id: &str) -> Result<Option<(StateRecord, u64)>, StoreError> {
+        let id = id.to_owned();
+        Ok(self
+            .db
+            .call(move |c| {
+                let row = c
+                    .query_row(
+                        "SELECT state, version FROM states WHERE id = ?1",
+                        [id],
+                        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+                    )
+                    .optional()?;
+                match row {
+                    None => Ok(None),
+                    Some((state, version)) => {
+                        Ok(Some((serde_json::from_str(&state)?, version as u64)))
+                    }
+                }
+            })
+            .await?)
+    }
+
+    async fn save_state(
+        &self,
+        id: &str,
+        state: &StateRecord,
+        expected: Option<u64>,
+        expires_at_s: i64,
+    ) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        let json = serde_json::to_string(state).map_err(StoreError::new)?;
+        let saved = self
+            .db
+            .call(move |c| -> Result<usize, DbError> {
+                Ok(match expected {
+                    None => c.execute(
+                        "INSERT INTO states (id, state, version, expires_at_s)
+                         VALUES (?1, ?2, 1, ?3) ON CONFLICT (id) DO NOTHING",
+                        params![id, json, expires_at_s],
+                    )?,
+                    Some(v) => c.execute(
+                        "UPDATE states SET state = ?2, version = version + 1, expires_at_s = ?3
+                         WHERE id = ?1 AND version = ?4",
+                        params![id, json, expires_at_s, v as i64],
+                    )?,
+                })
+            })
+            .await?;
+        Ok(saved == 1)
+    }
+}

@@ -1,0 +1,170 @@
+//! The local worker loop: receive → [`Worker::process`] → ack / nack, plus the sweeper every
+//! minute (what SQS + EventBridge do in the cloud).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+use webhook_pipeline::Worker;
+use webhook_pipeline::worker::{Outcome, WorkerError};
+
+use crate::queue::{JobId, SqliteQueue};
+use crate::store::SqliteStore;
+
+#[derive(Debug, Clone, Copy)]
+pub struct LoopSettings {
+    /// Jobs taken per receive.
+    pub batch: usize,
+    /// How long a received job stays invisible; longer than processing one batch.
+    pub visibility: Duration,
+    /// How often the sweeper runs (EventBridge's 1 minute in the cloud).
+    pub sweep_every: Duration,
+    /// Longest sleep when idle (catches jobs whose backoff ended).
+    pub idle_poll: Duration,
+    /// When another worker holds a record's lease, look again after this.
+    pub busy_delay: Duration,
+}
+
+impl Default for LoopSettings {
+    fn default() -> Self {
+        Self {
+            batch: 10,
+            visibility: Duration::from_secs(300),
+            sweep_every: Duration::from_secs(60),
+            idle_poll: Duration::from_secs(1),
+            busy_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The worker loop; see [`run_worker`] for the plain version.
+pub struct WorkerLoop {
+    worker: Arc<Worker>,
+    queue: Arc<SqliteQueue>,
+    store: Option<Arc<SqliteStore>>,
+    settings: LoopSettings,
+}
+
+impl WorkerLoop {
+    pub fn new(worker: Arc<Worker>, queue: Arc<SqliteQueue>) -> Self {
+        Self {
+            worker,
+            queue,
+            store: None,
+            settings: LoopSettings::default(),
+        }
+    }
+
+    /// Also purge expired records at each sweep (DynamoDB's TTL in the cloud).
+    pub fn with_store(mut self, store: Arc<SqliteStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    pub fn with_settings(mut self, settings: LoopSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Run until `shutdown` turns true (or its sender is dropped). A job being processed is
+    /// finished first; jobs received but not started are put back for the next start.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let s = self.settings;
+        let mut next_sweep = Instant::now();
+        info!("worker started");
+        while !stopping(&shutdown) {
+            if Instant::now() >= next_sweep {
+                self.sweep().await;
+                next_sweep = Instant::now() + s.sweep_every;
+            }
+            let jobs = match self.queue.receive(s.batch, s.visibility).await {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    error!(error = %e, "could not receive jobs; retrying in 1 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+            };
+            if jobs.is_empty() {
+                let wait = s.idle_poll.min(next_sweep.saturating_duration_since(Instant::now()));
+                tokio::select! {
+                    _ = self.queue.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let mut jobs = jobs.into_iter();
+            for (id, job) in jobs.by_ref() {
+                self.handle(id, &job).await;
+                if stopping(&shutdown) {
+                    break;
+                }
+            }
+            for (id, _) in jobs {
+                if let Err(e) = self.queue.defer(id, Duration::ZERO).await {
+                    warn!(job = id, error = %e, "could not put a job back (it comes back after its visibility timeout)");
+                }
+            }
+        }
+        info!("worker stopped");
+    }
+
+    async fn handle(&self, id: JobId, job: &webhook_pipeline::Job) {
+        let result = match self.worker.process(job).await {
+            Ok(outcome) => {
+                if outcome == Outcome::Skipped {
+                    debug!(key = %job.event.key, "job skipped (already processed or expired)");
+                }
+                self.queue.ack(id).await
+            }
+            Err(WorkerError::Busy(key)) => {
+                debug!(%key, "another worker holds the record; looking again later");
+                self.queue.defer(id, self.settings.busy_delay).await
+            }
+            Err(e) => {
+                warn!(key = %job.event.key, job = id, error = %e, "job failed; it will be retried");
+                self.queue.nack(id, &e.to_string()).await
+            }
+        };
+        if let Err(e) = result {
+            error!(job = id, error = %e, "could not settle a job (it comes back after its visibility timeout)");
+        }
+    }
+
+    async fn sweep(&self) {
+        match self.worker.sweep().await {
+            Ok(0) => {}
+            Ok(n) => warn!(resent = n, "sweeper re-sent events that were never processed"),
+            Err(e) => error!(error = %e, "sweep failed"),
+        }
+        if let Err(e) = self.queue.prune_done().await {
+            warn!(error = %e, "could not prune acknowledged jobs");
+        }
+        if let Some(store) = &self.store {
+            match store.purge_expired(crate::db::now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => info!(deleted = n, "purged expired records"),
+                Err(e) => warn!(error = %e, "could not purge expired records"),
+            }
+        }
+    }
+}
+
+fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
+    *shutdown.borrow() || shutdown.has_changed().is_err()
+}
+
+/// Receive → process → ack / nack until `shutdown` turns true; sweeps every 60 s.
+pub async fn run_worker(
+    worker: Arc<Worker>,
+    queue: Arc<SqliteQueue>,
+    shutdown: watch::Receiver<bool>,
+) {
+    WorkerLoop::new(worker, queue).run(shutdown).await
+}

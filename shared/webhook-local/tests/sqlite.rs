@@ -1,0 +1,470 @@
+//! The SQLite store and queue: the store contract, queue redelivery and dead-lettering,
+//! durability across reopen, crash recovery, the worker loop and the HTTP server.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use twilio_webhook::payload::Endpoint;
+use twilio_webhook::{AuthToken, FormParams, Validator, sign};
+use webhook_local::{
+    Database, DirLock, LoopSettings, OpenError, QueueSettings, ServeConfig, Server, SqliteQueue,
+    SqliteStore, WorkerLoop, inspect,
+};
+use webhook_pipeline::contract::sample_event;
+use webhook_pipeline::samples::{self, TEST_AUTH_TOKEN};
+use webhook_pipeline::store::ClaimTimes;
+use webhook_pipeline::worker::WorkerSettings;
+use webhook_pipeline::{
+    Claim, Clock, EventStore, Job, Pipeline, ReplyPolicy, Settings, WorkQueue, Worker,
+};
+
+/// A fresh data directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("webhook-local-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn manual_clock(start: i64) -> (Clock, Arc<AtomicI64>) {
+    let now = Arc::new(AtomicI64::new(start));
+    let n = now.clone();
+    (Arc::new(move || n.load(Ordering::SeqCst)), now)
+}
+
+fn job(tag: &str) -> Job {
+    Job {
+        event: sample_event(tag),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_passes_the_contract() {
+    let dir = TempDir::new();
+    let store = SqliteStore::open(&dir.0.join("contract.db")).unwrap();
+    webhook_pipeline::contract::run_all(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn queue_redelivers_after_the_visibility_timeout() {
+    let dir = TempDir::new();
+    let (clock, now) = manual_clock(1_000_000);
+    let q = SqliteQueue::new(Database::open_dir(&dir.0).unwrap()).with_clock(clock);
+    let j = job("redeliver");
+    q.enqueue(&j).await.unwrap();
+
+    let got = q.receive(10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1, j, "the job round-trips");
+    let id = got[0].0;
+    assert!(
+        q.receive(10, Duration::from_secs(30)).await.unwrap().is_empty(),
+        "invisible while received"
+    );
+    now.fetch_add(29_999, Ordering::SeqCst);
+    assert!(q.receive(10, Duration::from_secs(30)).await.unwrap().is_empty());
+    now.fetch_add(1, Ordering::SeqCst);
+    let again = q.receive(10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(again.len(), 1, "unacknowledged job comes back (crash recovery)");
+    assert_eq!(again[0].0, id);
+
+    q.ack(id).await.unwrap();
+    now.fetch_add(60_000, Ordering::SeqCst);
+    assert!(
+        q.receive(10, Duration::from_secs(30)).await.unwrap().is_empty(),
+        "an acknowledged job never comes back"
+    );
+    assert_eq!(q.counts().await.unwrap().pending, 0);
+}
+
+#[tokio::test]
+async fn queue_is_fifo_and_respects_the_limit() {
+    let dir = TempDir::new();
+    let q = SqliteQueue::new(Database::open_dir(&dir.0).unwrap());
+    let jobs: Vec<Job> = (0..5).map(|i| job(&format!("fifo{i}"))).collect();
+    for j in &jobs {
+        q.enqueue(j).await.unwrap();
+    }
+    let first = q.receive(3, Duration::from_secs(30)).await.unwrap();
+    let rest = q.receive(3, Duration::from_secs(30)).await.unwrap();
+    let got: Vec<Job> = first.into_iter().chain(rest).map(|(_, j)| j).collect();
+    assert_eq!(got, jobs);
+}
+
+#[tokio::test]
+async fn nack_backs_off_then_dead_letters_after_5_receives() {
+    let dir = TempDir::new();
+    let (clock, now) = manual_clock(1_000_000);
+    let q = SqliteQueue::new(Database::open_dir(&dir.0).unwrap()).with_clock(clock);
+    let j = job("poison");
+    q.enqueue(&j).await.unwrap();
+    for n in 1..=5 {
+        let got = q.receive(10, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(got.len(), 1, "receive #{n}");
+        q.nack(got[0].0, "boom").await.unwrap();
+        if n < 5 {
+            assert!(
+                q.receive(10, Duration::from_secs(30)).await.unwrap().is_empty(),
+                "backoff after a nack"
+            );
+            // Backoff is 1 s, 2 s, 4 s, 8 s.
+            now.fetch_add(1000 << (n - 1), Ordering::SeqCst);
+        }
+    }
+    now.fetch_add(3_600_000, Ordering::SeqCst);
+    assert!(q.receive(10, Duration::from_secs(30)).await.unwrap().is_empty());
+    let counts = q.counts().await.unwrap();
+    assert_eq!((counts.pending, counts.dead), (0, 1));
+
+    let lines = inspect(&dir.0).unwrap();
+    let dead: Vec<_> = lines.iter().filter(|v| v["type"] == "job").collect();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["status"], "dead");
+    assert_eq!(dead[0]["key"], j.event.key.as_str());
+    assert_eq!(dead[0]["receive_count"], 5);
+    assert_eq!(dead[0]["reason"], "boom");
+}
+
+#[tokio::test]
+async fn a_job_never_acknowledged_dies_after_5_receives() {
+    let dir = TempDir::new();
+    let (clock, now) = manual_clock(1_000_000);
+    let q = SqliteQueue::new(Database::open_dir(&dir.0).unwrap()).with_clock(clock);
+    q.enqueue(&job("crashy")).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(q.receive(1, Duration::from_secs(1)).await.unwrap().len(), 1);
+        now.fetch_add(1000, Ordering::SeqCst);
+    }
+    assert!(q.receive(1, Duration::from_secs(1)).await.unwrap().is_empty());
+    assert_eq!(q.counts().await.unwrap().dead, 1);
+}
+
+#[tokio::test]
+async fn defer_does_not_count_a_receive() {
+    let dir = TempDir::new();
+    let (clock, _now) = manual_clock(1_000_000);
+    let q = SqliteQueue::new(Database::open_dir(&dir.0).unwrap())
+        .with_clock(clock)
+        .with_settings(QueueSettings {
+            max_receives: 2,
+            ..Default::default()
+        });
+    q.enqueue(&job("defer")).await.unwrap();
+    for _ in 0..10 {
+        let got = q.receive(1, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        q.defer(got[0].0, Duration::ZERO).await.unwrap();
+    }
+    assert_eq!(q.counts().await.unwrap().dead, 0);
+}
+
+#[tokio::test]
+async fn events_states_and_jobs_survive_a_reopen() {
+    let dir = TempDir::new();
+    let e = sample_event("durable");
+    let t = ClaimTimes {
+        now_ms: 1_800_000_000_000,
+        lock_until_ms: 1_800_000_030_000,
+        expires_at_s: 1_800_003_600,
+    };
+    {
+        let db = Database::open_dir(&dir.0).unwrap();
+        let store = SqliteStore::new(db.clone());
+        let q = SqliteQueue::new(db);
+        assert_eq!(store.claim(&e, "a1", t).await.unwrap(), Claim::New);
+        q.enqueue(&Job { event: e.clone() }).await.unwrap();
+        let state = webhook_pipeline::state::StateRecord {
+            id: "msg#SM1".into(),
+            latest_status: "received".into(),
+            ..Default::default()
+        };
+        assert!(
+            store
+                .save_state("msg#SM1", &state, None, 1_800_003_600)
+                .await
+                .unwrap()
+        );
+    }
+    let db = Database::open_dir(&dir.0).unwrap();
+    let store = SqliteStore::new(db.clone());
+    let q = SqliteQueue::new(db);
+    match store.claim(&e, "a2", t).await.unwrap() {
+        Claim::Duplicate { reply, processed } => {
+            assert_eq!(reply, e.reply);
+            assert!(!processed);
+        }
+        other => panic!("the record was lost: {other:?}"),
+    }
+    let (state, version) = store.load_state("msg#SM1").await.unwrap().unwrap();
+    assert_eq!((state.latest_status.as_str(), version), ("received", 1));
+    let got = q.receive(10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1.event, e);
+}
+
+#[tokio::test]
+async fn recover_requeues_orphans_and_drops_dead_leases() {
+    let dir = TempDir::new();
+    let db = Database::open_dir(&dir.0).unwrap();
+    let store = SqliteStore::new(db.clone());
+    let q = SqliteQueue::new(db.clone());
+    let now = webhook_pipeline::system_clock()();
+    let t = ClaimTimes {
+        now_ms: now,
+        lock_until_ms: now + 30_000,
+        expires_at_s: now / 1000 + 3600,
+    };
+    // Claimed, then the process died before the enqueue.
+    let orphan = sample_event("orphan");
+    store.claim(&orphan, "a", t).await.unwrap();
+    // Claimed, enqueued, received, lease taken, then the process died.
+    let leased = sample_event("leased");
+    store.claim(&leased, "a", t).await.unwrap();
+    q.enqueue(&Job {
+        event: leased.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(q.receive(10, Duration::from_secs(300)).await.unwrap().len(), 1);
+    store
+        .begin_processing(&leased.key, now, now + 60_000)
+        .await
+        .unwrap();
+
+    let r = db.recover(now + 1).await.unwrap();
+    assert_eq!(
+        (r.jobs_made_visible, r.leases_dropped, r.orphans_enqueued),
+        (1, 1, 1)
+    );
+    let mut keys: Vec<String> = q
+        .receive(10, Duration::from_secs(300))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, j)| j.event.key)
+        .collect();
+    keys.sort();
+    let mut want = vec![orphan.key.clone(), leased.key.clone()];
+    want.sort();
+    assert_eq!(keys, want);
+    assert_eq!(
+        store
+            .begin_processing(&leased.key, now + 2, now + 60_000)
+            .await
+            .unwrap(),
+        webhook_pipeline::Processing::Ready
+    );
+    assert!(db.recover(now + 3).await.unwrap().orphans_enqueued == 0);
+}
+
+#[test]
+fn a_data_directory_has_one_owner() {
+    let dir = TempDir::new();
+    let lock = DirLock::acquire(&dir.0).unwrap();
+    assert!(matches!(DirLock::acquire(&dir.0), Err(OpenError::InUse(_))));
+    drop(lock);
+    DirLock::acquire(&dir.0).expect("released on drop");
+}
+
+#[test]
+fn inspect_of_a_missing_directory_is_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("webhook-local-missing-{}", uuid::Uuid::new_v4()));
+    let err = inspect(&dir).unwrap_err().to_string();
+    assert!(err.contains("no local data"), "{err}");
+    assert!(!dir.exists(), "inspect creates nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_loop_processes_what_the_pipeline_accepts_and_stops_cleanly() {
+    let dir = TempDir::new();
+    let db = Database::open_dir(&dir.0).unwrap();
+    let store = Arc::new(SqliteStore::new(db.clone()));
+    let queue = Arc::new(SqliteQueue::new(db));
+    let pipeline = Pipeline::new(
+        Validator::new(AuthToken::new(TEST_AUTH_TOKEN)),
+        store.clone(),
+        queue.clone(),
+        ReplyPolicy::default(),
+        Settings::default(),
+    );
+    let worker = Arc::new(Worker::new(
+        store.clone(),
+        queue.clone(),
+        WorkerSettings::default(),
+    ));
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(
+        WorkerLoop::new(worker, queue.clone())
+            .with_store(store.clone())
+            .with_settings(LoopSettings {
+                idle_poll: Duration::from_millis(50),
+                ..Default::default()
+            })
+            .run(stop_rx),
+    );
+    let url = "http://127.0.0.1:3000/sms";
+    for i in 0..10 {
+        let sid = format!("SM{i:032}");
+        let req = samples::signed_request(TEST_AUTH_TOKEN, url, &samples::inbound_sms(&sid, "hi"));
+        assert_eq!(pipeline.handle(Endpoint::Sms, &req).await.status, 200);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = inspect(&dir.0).unwrap();
+        let processed = lines
+            .iter()
+            .filter(|v| v["type"] == "event" && v["processed"] == true)
+            .count();
+        let queued = lines.iter().filter(|v| v["type"] == "job").count();
+        if processed == 10 && queued == 0 {
+            assert_eq!(
+                lines.iter().filter(|v| v["type"] == "state").count(),
+                10,
+                "one message state each"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "worker did not drain: {lines:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("worker stops")
+        .unwrap();
+}
+
+async fn start_server(dir: &TempDir) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let config = ServeConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.0.clone(),
+        AuthToken::new(TEST_AUTH_TOKEN),
+    );
+    let server = Server::bind(config).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap()
+    });
+    (addr, tx, task)
+}
+
+async fn raw_http(addr: std::net::SocketAddr, request: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_answers_from_the_pipeline_and_guards_its_inputs() {
+    let dir = TempDir::new();
+    let (addr, stop, task) = start_server(&dir).await;
+    let client = reqwest::Client::new();
+
+    let health = client.get(format!("http://{addr}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), "ok");
+
+    // Signed for the URL the client actually calls (Host header = addr), with a raw query.
+    let url = format!("http://{addr}/voice?tenant=a%20b&x=1");
+    let params = samples::inbound_call(samples::CALL_SID);
+    let form = FormParams::from_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
+    let sig = sign(&AuthToken::new(TEST_AUTH_TOKEN), &url, &form);
+    let post = || {
+        client
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-twilio-signature", &sig)
+            .body(form.encode())
+    };
+    let first = post().send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        first.headers()["content-type"].to_str().unwrap(),
+        "text/xml"
+    );
+    let body = first.text().await.unwrap();
+    assert!(body.contains("<Record"), "{body}");
+    assert!(
+        body.contains(&format!("http://{addr}/status")),
+        "the status callback is derived from the signed URL: {body}"
+    );
+    let second = post().send().await.unwrap();
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.text().await.unwrap(), body, "duplicate replays the reply");
+
+    let bad = client
+        .post(format!("http://{addr}/sms"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", "AAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+        .body(form.encode())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 403);
+
+    let huge = client
+        .post(format!("http://{addr}/sms"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", &sig)
+        .body(vec![b'a'; webhook_local::BODY_LIMIT + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+
+    let no_host = raw_http(
+        addr,
+        "POST /sms HTTP/1.0\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(no_host.starts_with("HTTP/1.0 400"), "{no_host}");
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("graceful shutdown")
+        .unwrap();
+
+    let events: Vec<_> = inspect(&dir.0)
+        .unwrap()
+        .into_iter()
+        .filter(|v| v["type"] == "event")
+        .collect();
+    assert_eq!(events.len(), 1, "only the valid call is stored: {events:?}");
+    assert_eq!(events[0]["url"], url.as_str());
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_directory_is_refused() {
+    let dir = TempDir::new();
+    let (_addr, stop, task) = start_server(&dir).await;
+    let config = ServeConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.0.clone(),
+        AuthToken::new(TEST_AUTH_TOKEN),
+    );
+    let err = Server::bind(config).await.err().expect("refused");
+    assert!(err.to_string().contains("in use"), "{err}");
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
