@@ -9,7 +9,7 @@ pub enum FormError {
     TooLarge(usize),
     #[error("malformed percent-escape at byte {0}")]
     BadEscape(usize),
-    #[error("form body is not valid UTF-8 after decoding (at byte {0})")]
+    #[error("form body is not valid UTF-8 after decoding (at decoded byte {0})")]
     InvalidUtf8(usize),
 }
 
@@ -120,28 +120,34 @@ impl FormParams {
     }
 }
 
-/// Percent-decode `raw` (with `+` as space) onto `out`, checking UTF-8 of the decoded part.
+/// Percent-decode `raw` (with `+` as space) onto `out`. Runs without escapes are copied
+/// whole; UTF-8 is checked once for the whole buffer by the caller.
 fn decode_into(raw: &[u8], at: usize, out: &mut Vec<u8>) -> Result<(), FormError> {
-    let start = out.len();
     let mut i = 0;
     while i < raw.len() {
-        match raw[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
+        let run = raw[i..]
+            .iter()
+            .position(|b| matches!(b, b'%' | b'+'))
+            .unwrap_or(raw.len() - i);
+        out.extend_from_slice(&raw[i..i + run]);
+        i += run;
+        match raw.get(i) {
+            Some(b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            Some(_) => {
                 let hex = raw.get(i + 1..i + 3).ok_or(FormError::BadEscape(at + i))?;
                 match (hex_val(hex[0]), hex_val(hex[1])) {
                     (Some(h), Some(l)) => out.push(h << 4 | l),
                     _ => return Err(FormError::BadEscape(at + i)),
                 }
-                i += 2;
+                i += 3;
             }
-            b => out.push(b),
+            None => {}
         }
-        i += 1;
     }
-    std::str::from_utf8(&out[start..])
-        .map(|_| ())
-        .map_err(|e| FormError::InvalidUtf8(at + e.valid_up_to()))
+    Ok(())
 }
 
 fn hex_val(b: u8) -> Option<u8> {
