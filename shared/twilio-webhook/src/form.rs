@@ -65,9 +65,14 @@ impl FormParams {
             }
             offset += pair.len() + 1;
         }
-        // Each key and value was checked on its own; the concatenation is valid UTF-8 too.
+        // One UTF-8 check for everything, then each key and value must also be whole on its
+        // own (`%C3` as a key and `%A9` as its value are valid only together).
         let buf = String::from_utf8(buf)
             .map_err(|e| FormError::InvalidUtf8(e.utf8_error().valid_up_to()))?;
+        let split = |i: u32| !buf.is_char_boundary(i as usize);
+        if let Some(&(_, k, e)) = spans.iter().find(|&&(_, k, e)| split(k) || split(e)) {
+            return Err(FormError::InvalidUtf8(if split(k) { k } else { e } as usize));
+        }
         Ok(Self { buf, spans })
     }
 
@@ -205,6 +210,13 @@ mod tests {
             FormParams::parse(b"a=\xff"),
             Err(FormError::InvalidUtf8(_))
         ));
+        // Valid only across a key/value boundary: rejected, never a panic when read.
+        for body in [&b"%C3=%A9"[..], b"a=%C3&%A9=b", b"%E2%82=%AC"] {
+            assert!(
+                matches!(FormParams::parse(body), Err(FormError::InvalidUtf8(_))),
+                "{body:?}"
+            );
+        }
         let big = vec![b'a'; MAX_BODY_BYTES + 1];
         assert_eq!(
             FormParams::parse(&big),
