@@ -1,1 +1,60 @@
-fn main() {}
+//! `twilio-webhooks`: run the whole webhook flow locally, sign requests, inspect local data,
+//! regenerate the sample API Gateway events.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod configure;
+mod events;
+mod inspect;
+mod serve;
+mod sign;
+mod util;
+
+#[derive(Parser)]
+#[command(
+    name = "twilio-webhooks",
+    version,
+    about = "Twilio webhooks, locally: serve the four endpoints with an embedded store, sign test requests, inspect what was stored.",
+    after_help = "Start here: `twilio-webhooks serve`, then run the curl command it prints."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// One variant per subcommand (a new one, e.g. `configure`, is one more variant + module).
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole product locally: the sms, voice, status and fallback endpoints, the
+    /// worker and the sweeper, on an embedded SQLite store (no AWS, no Docker).
+    Serve(serve::ServeArgs),
+    /// Compute the X-Twilio-Signature Twilio would send for a request (and a curl command).
+    Sign(sign::SignArgs),
+    /// Print everything stored in a local data directory as JSON lines (events, states, jobs).
+    Inspect(inspect::InspectArgs),
+    /// Regenerate the signed sample API Gateway events in events/ (or check them with --check).
+    Events(events::EventsArgs),
+    /// Point a Twilio number's SMS, voice, fallback and status-callback URLs at this deployment
+    /// (Twilio REST API; credentials from the TWILIO_* environment variables).
+    Configure(configure::ConfigureArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Sign(args) => sign::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Events(args) => events::run(args),
+        Command::Configure(args) => configure::run_blocking(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

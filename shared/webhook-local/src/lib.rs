@@ -17,6 +17,8 @@ pub mod worker;
 pub use db::{Database, DirLock, OpenError, Recovery};
 pub use inspect::{InspectError, inspect};
 pub use queue::{JobId, QueueCounts, QueueSettings, SqliteQueue};
-pub use server::{BODY_LIMIT, ServeConfig, ServeError, Server, serve, shutdown_signal};
+pub use server::{
+    BODY_LIMIT, ServeConfig, ServeError, Server, serve, shutdown_signal, termination_signal,
+};
 pub use store::SqliteStore;
 pub use worker::{LoopSettings, WorkerLoop, run_worker};

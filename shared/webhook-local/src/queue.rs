@@ -246,7 +246,12 @@ pub struct QueueCounts {
     pub dead: i64,
 }
 
-fn dead_letter(tx: &rusqlite::Transaction<'_>, id: JobId, now: i64, reason: &str) -> Result<(), DbError> {
+fn dead_letter(
+    tx: &rusqlite::Transaction<'_>,
+    id: JobId,
+    now: i64,
+    reason: &str,
+) -> Result<(), DbError> {
     tx.execute(
         "INSERT OR REPLACE INTO dead_jobs (id, key, body, receive_count, died_at_ms, reason)
          SELECT id, key, body, receive_count, ?2, ?3 FROM jobs WHERE id = ?1",

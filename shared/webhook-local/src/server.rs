@@ -70,7 +70,9 @@ pub enum ServeError {
     Data(#[from] OpenError),
     #[error("cannot recover the local data: {0}")]
     Recover(String),
-    #[error("cannot listen on {addr}: address already in use (another server running? pick another port with --addr)")]
+    #[error(
+        "cannot listen on {addr}: address already in use (another server running? pick another port with --addr)"
+    )]
     AddrInUse { addr: SocketAddr },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -112,15 +114,16 @@ impl Server {
                 "recovered work left by a previous run that did not stop cleanly"
             );
         }
-        let listener = TcpListener::bind(config.addr)
-            .await
-            .map_err(|source| match source.kind() {
-                std::io::ErrorKind::AddrInUse => ServeError::AddrInUse { addr: config.addr },
-                _ => ServeError::Bind {
-                    addr: config.addr,
-                    source,
-                },
-            })?;
+        let listener =
+            TcpListener::bind(config.addr)
+                .await
+                .map_err(|source| match source.kind() {
+                    std::io::ErrorKind::AddrInUse => ServeError::AddrInUse { addr: config.addr },
+                    _ => ServeError::Bind {
+                        addr: config.addr,
+                        source,
+                    },
+                })?;
 
         let store = Arc::new(SqliteStore::new(db.clone()));
         let queue = Arc::new(SqliteQueue::new(db.clone()).with_settings(config.queue));
@@ -131,12 +134,10 @@ impl Server {
             config.policy,
             config.settings,
         );
-        let worker = config
-            .slow_work
-            .into_iter()
-            .fold(Worker::new(store.clone(), queue.clone(), config.worker), |w, work| {
-                w.with_work(work)
-            });
+        let worker = config.slow_work.into_iter().fold(
+            Worker::new(store.clone(), queue.clone(), config.worker),
+            |w, work| w.with_work(work),
+        );
         let worker = WorkerLoop::new(Arc::new(worker), queue)
             .with_store(store)
             .with_settings(config.worker_loop);
@@ -162,7 +163,10 @@ impl Server {
     }
 
     /// Serve until `shutdown` resolves, then finish in-flight requests and the in-flight job.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
         let (stop_worker, stop_rx) = watch::channel(false);
         let worker = tokio::spawn(self.worker.run(stop_rx));
         let served = axum::serve(self.listener, router(self.app))
@@ -182,8 +186,14 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     Server::bind(config).await?.run(shutdown_signal()).await
 }
 
-/// Resolves at Ctrl-C or (on Unix) SIGTERM.
+/// Resolves at Ctrl-C or (on Unix) SIGTERM, and logs which.
 pub async fn shutdown_signal() {
+    let name = termination_signal().await;
+    info!(signal = name, "shutting down");
+}
+
+/// Resolves at Ctrl-C or (on Unix) SIGTERM with the signal's name; logs nothing.
+pub async fn termination_signal() -> &'static str {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await
@@ -201,8 +211,8 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => info!("Ctrl-C received; shutting down"),
-        _ = term => info!("SIGTERM received; shutting down"),
+        _ = ctrl_c => "SIGINT",
+        _ = term => "SIGTERM",
     }
 }
 
@@ -226,7 +236,7 @@ fn webhook(endpoint: Endpoint) -> MethodRouter<Arc<App>> {
                         body: Bytes| async move {
         handle(&app, endpoint, method, uri, headers, body).await
     };
-    post(handler.clone()).get(handler)
+    post(handler).get(handler)
 }
 
 async fn handle(
@@ -241,7 +251,10 @@ async fn handle(
     let url = match signed_url(app.public_url.as_ref(), &uri, &headers) {
         Some(url) => url,
         None => {
-            warn!(endpoint = endpoint.as_str(), "request without a Host header refused");
+            warn!(
+                endpoint = endpoint.as_str(),
+                "request without a Host header refused"
+            );
             return (
                 StatusCode::BAD_REQUEST,
                 "missing Host header: the signed URL cannot be rebuilt\n",
@@ -300,7 +313,10 @@ fn to_response(reply: Reply) -> Response {
     let mut res = Response::new(Body::from(reply.body));
     *res.status_mut() =
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if let Some(ct) = reply.content_type.and_then(|ct| HeaderValue::from_str(&ct).ok()) {
+    if let Some(ct) = reply
+        .content_type
+        .and_then(|ct| HeaderValue::from_str(&ct).ok())
+    {
         res.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
     res

@@ -91,7 +91,9 @@ impl WorkerLoop {
                 }
             };
             if jobs.is_empty() {
-                let wait = s.idle_poll.min(next_sweep.saturating_duration_since(Instant::now()));
+                let wait = s
+                    .idle_poll
+                    .min(next_sweep.saturating_duration_since(Instant::now()));
                 tokio::select! {
                     _ = self.queue.notified() => {}
                     _ = tokio::time::sleep(wait) => {}
@@ -140,7 +142,10 @@ impl WorkerLoop {
     async fn sweep(&self) {
         match self.worker.sweep().await {
             Ok(0) => {}
-            Ok(n) => warn!(resent = n, "sweeper re-sent events that were never processed"),
+            Ok(n) => warn!(
+                resent = n,
+                "sweeper re-sent events that were never processed"
+            ),
             Err(e) => error!(error = %e, "sweep failed"),
         }
         if let Err(e) = self.queue.prune_done().await {

@@ -70,20 +70,35 @@ async fn queue_redelivers_after_the_visibility_timeout() {
     assert_eq!(got[0].1, j, "the job round-trips");
     let id = got[0].0;
     assert!(
-        q.receive(10, Duration::from_secs(30)).await.unwrap().is_empty(),
+        q.receive(10, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty(),
         "invisible while received"
     );
     now.fetch_add(29_999, Ordering::SeqCst);
-    assert!(q.receive(10, Duration::from_secs(30)).await.unwrap().is_empty());
+    assert!(
+        q.receive(10, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     now.fetch_add(1, Ordering::SeqCst);
     let again = q.receive(10, Duration::from_secs(30)).await.unwrap();
-    assert_eq!(again.len(), 1, "unacknowledged job comes back (crash recovery)");
+    assert_eq!(
+        again.len(),
+        1,
+        "unacknowledged job comes back (crash recovery)"
+    );
     assert_eq!(again[0].0, id);
 
     q.ack(id).await.unwrap();
     now.fetch_add(60_000, Ordering::SeqCst);
     assert!(
-        q.receive(10, Duration::from_secs(30)).await.unwrap().is_empty(),
+        q.receive(10, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty(),
         "an acknowledged job never comes back"
     );
     assert_eq!(q.counts().await.unwrap().pending, 0);
@@ -116,7 +131,10 @@ async fn nack_backs_off_then_dead_letters_after_5_receives() {
         q.nack(got[0].0, "boom").await.unwrap();
         if n < 5 {
             assert!(
-                q.receive(10, Duration::from_secs(30)).await.unwrap().is_empty(),
+                q.receive(10, Duration::from_secs(30))
+                    .await
+                    .unwrap()
+                    .is_empty(),
                 "backoff after a nack"
             );
             // Backoff is 1 s, 2 s, 4 s, 8 s.
@@ -124,7 +142,12 @@ async fn nack_backs_off_then_dead_letters_after_5_receives() {
         }
     }
     now.fetch_add(3_600_000, Ordering::SeqCst);
-    assert!(q.receive(10, Duration::from_secs(30)).await.unwrap().is_empty());
+    assert!(
+        q.receive(10, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let counts = q.counts().await.unwrap();
     assert_eq!((counts.pending, counts.dead), (0, 1));
 
@@ -147,7 +170,12 @@ async fn a_job_never_acknowledged_dies_after_5_receives() {
         assert_eq!(q.receive(1, Duration::from_secs(1)).await.unwrap().len(), 1);
         now.fetch_add(1000, Ordering::SeqCst);
     }
-    assert!(q.receive(1, Duration::from_secs(1)).await.unwrap().is_empty());
+    assert!(
+        q.receive(1, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(q.counts().await.unwrap().dead, 1);
 }
 
@@ -237,7 +265,10 @@ async fn recover_requeues_orphans_and_drops_dead_leases() {
     })
     .await
     .unwrap();
-    assert_eq!(q.receive(10, Duration::from_secs(300)).await.unwrap().len(), 1);
+    assert_eq!(
+        q.receive(10, Duration::from_secs(300)).await.unwrap().len(),
+        1
+    );
     store
         .begin_processing(&leased.key, now, now + 60_000)
         .await
@@ -336,7 +367,10 @@ async fn the_worker_loop_processes_what_the_pipeline_accepts_and_stops_cleanly()
             );
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "worker did not drain: {lines:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker did not drain: {lines:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.send(true).unwrap();
@@ -346,7 +380,13 @@ async fn the_worker_loop_processes_what_the_pipeline_accepts_and_stops_cleanly()
         .unwrap();
 }
 
-async fn start_server(dir: &TempDir) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+async fn start_server(
+    dir: &TempDir,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let config = ServeConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         dir.0.clone(),
@@ -380,7 +420,11 @@ async fn the_server_answers_from_the_pipeline_and_guards_its_inputs() {
     let (addr, stop, task) = start_server(&dir).await;
     let client = reqwest::Client::new();
 
-    let health = client.get(format!("http://{addr}/healthz")).send().await.unwrap();
+    let health = client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
     assert_eq!(health.text().await.unwrap(), "ok");
 
@@ -410,7 +454,11 @@ async fn the_server_answers_from_the_pipeline_and_guards_its_inputs() {
     );
     let second = post().send().await.unwrap();
     assert_eq!(second.status(), 200);
-    assert_eq!(second.text().await.unwrap(), body, "duplicate replays the reply");
+    assert_eq!(
+        second.text().await.unwrap(),
+        body,
+        "duplicate replays the reply"
+    );
 
     let bad = client
         .post(format!("http://{addr}/sms"))
@@ -467,4 +515,76 @@ async fn a_second_server_on_the_same_data_directory_is_refused() {
     assert!(err.to_string().contains("in use"), "{err}");
     stop.send(()).unwrap();
     task.await.unwrap();
+}
+
+struct AlwaysFails;
+
+#[async_trait::async_trait]
+impl webhook_pipeline::SlowWork for AlwaysFails {
+    fn name(&self) -> &'static str {
+        "always-fails"
+    }
+
+    async fn run(
+        &self,
+        _event: &webhook_pipeline::EventRecord,
+    ) -> Result<(), webhook_pipeline::worker::WorkError> {
+        Err(webhook_pipeline::worker::WorkError("CRM is down".into()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_loop_dead_letters_a_job_that_keeps_failing() {
+    let dir = TempDir::new();
+    let db = Database::open_dir(&dir.0).unwrap();
+    let store = Arc::new(SqliteStore::new(db.clone()));
+    let queue = Arc::new(SqliteQueue::new(db).with_settings(QueueSettings {
+        backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(20),
+        ..Default::default()
+    }));
+    let worker = Arc::new(
+        Worker::new(store.clone(), queue.clone(), WorkerSettings::default())
+            .with_work(Arc::new(AlwaysFails)),
+    );
+    let e = sample_event("failing");
+    let now = webhook_pipeline::system_clock()();
+    let t = ClaimTimes {
+        now_ms: now,
+        lock_until_ms: now + 30_000,
+        expires_at_s: now / 1000 + 3600,
+    };
+    store.claim(&e, "a", t).await.unwrap();
+    queue.enqueue(&Job { event: e.clone() }).await.unwrap();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(
+        WorkerLoop::new(worker, queue.clone())
+            .with_settings(LoopSettings {
+                idle_poll: Duration::from_millis(10),
+                ..Default::default()
+            })
+            .run(stop_rx),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while queue.counts().await.unwrap().dead == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let lines = inspect(&dir.0).unwrap();
+    let dead: Vec<_> = lines.iter().filter(|v| v["type"] == "job").collect();
+    assert_eq!(dead.len(), 1, "{lines:?}");
+    assert_eq!(dead[0]["status"], "dead");
+    assert_eq!(dead[0]["receive_count"], 5);
+    assert!(
+        dead[0]["reason"].as_str().unwrap().contains("CRM is down"),
+        "{dead:?}"
+    );
+    let event = lines.iter().find(|v| v["type"] == "event").unwrap();
+    assert_eq!(event["processed"], false, "left for the sweeper");
+    assert_eq!(event["lease_until"], 0, "lease dropped after each failure");
 }

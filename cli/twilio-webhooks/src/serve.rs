@@ -1,0 +1,190 @@
+//! `twilio-webhooks serve`.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, ValueEnum};
+use twilio_webhook::url::PublicBaseUrl;
+use twilio_webhook::{AuthToken, FormParams, sign};
+use webhook_local::{ServeConfig, Server, shutdown_signal, termination_signal};
+use webhook_pipeline::config::{FORWARD_URL, var};
+use webhook_pipeline::forward::HttpForwarder;
+use webhook_pipeline::samples::{MESSAGE_SID, inbound_sms};
+use webhook_pipeline::{ReplyPolicy, Settings};
+
+use crate::sign::curl_form;
+use crate::util::{CliResult, token_or_test, warn_test_token};
+
+#[derive(Args)]
+#[command(after_help = "\
+Environment:
+  TWILIO_AUTH_TOKEN       auth token (same as --auth-token)
+  SMS_AUTO_REPLY, VOICE_GREETING, VOICE_FORWARD_TO, STATUS_CALLBACK_URL, FALLBACK_VOICE_MESSAGE
+                          the reply policy, as in the Lambda functions
+  FORWARD_URL             POST every processed event (JSON) there
+  RUST_LOG                log filter (default: info)")]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    addr: SocketAddr,
+    /// Directory of the embedded database (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".local-data")]
+    data: PathBuf,
+    /// The public URL Twilio calls when it is not http://<Host header> (a tunnel such as
+    /// https://abc.ngrok.app, a reverse proxy): signatures are checked against
+    /// <public-url><path>?<query>.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<PublicBaseUrl>,
+    /// Twilio auth token used to check X-Twilio-Signature; the public test token when unset.
+    #[arg(
+        long,
+        value_name = "T",
+        env = "TWILIO_AUTH_TOKEN",
+        hide_env_values = true
+    )]
+    auth_token: Option<String>,
+    /// Log format (logs go to stderr).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+pub fn run(args: ServeArgs) -> CliResult {
+    init_logs(args.log_format);
+    let (token, is_test) = token_or_test(args.auth_token);
+    let mut config = ServeConfig::new(args.addr, args.data.clone(), AuthToken::new(token.clone()));
+    config.public_url = args.public_url.clone();
+    config.policy = ReplyPolicy::from_env();
+    config.settings = Settings::default();
+    let forward_url = var(FORWARD_URL);
+    if let Some(url) = &forward_url {
+        config
+            .slow_work
+            .push(Arc::new(HttpForwarder::new(url.clone())));
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        let server = Server::bind(config).await.map_err(|e| e.to_string())?;
+        let addr = server
+            .local_addr()
+            .map_err(|e| format!("cannot read the bound address: {e}"))?;
+        if is_test {
+            warn_test_token(true);
+        }
+        tracing::info!(%addr, data = %args.data.display(), "listening");
+        if let Some(url) = &forward_url {
+            // Without the query string, which may carry a secret.
+            let shown = url.split(['?', '#']).next().unwrap_or_default();
+            tracing::info!(url = %shown, "forwarding every processed event (FORWARD_URL)");
+        }
+        print_banner(addr, &args.data, args.public_url.as_ref(), &token);
+        // A second Ctrl-C / SIGTERM while draining: stop waiting.
+        tokio::spawn(async {
+            termination_signal().await;
+            termination_signal().await;
+            eprintln!("second signal: exiting without waiting for the worker");
+            std::process::exit(130);
+        });
+        server
+            .run(shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn init_logs(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+            .init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// What to paste where in the Twilio console, and a request to try right now.
+fn print_banner(
+    addr: SocketAddr,
+    data: &std::path::Path,
+    public: Option<&PublicBaseUrl>,
+    token: &str,
+) {
+    // A wildcard address is reachable (and signed) as localhost.
+    let local = if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    let base = match public {
+        Some(p) => p.as_str().to_owned(),
+        None => format!("http://{local}"),
+    };
+    let url = |path: &str| format!("{base}{path}");
+    let sms_url = url("/sms");
+    let params = inbound_sms(MESSAGE_SID, "Hello from curl");
+    let form = FormParams::from_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
+    let signature = sign(&AuthToken::new(token), &sms_url, &form);
+
+    println!(
+        "twilio-webhooks serve: listening on http://{addr} (data: {})",
+        data.display()
+    );
+    println!();
+    println!("Webhook URLs for the Twilio console (Phone Numbers > your number), all HTTP POST:");
+    println!("  Messaging  \"A message comes in\"      {}", url("/sms"));
+    println!(
+        "  Messaging  \"Primary handler fails\"   {}",
+        url("/fallback")
+    );
+    println!("  Voice      \"A call comes in\"         {}", url("/voice"));
+    println!(
+        "  Voice      \"Primary handler fails\"   {}",
+        url("/fallback")
+    );
+    println!(
+        "  Voice      \"Call status changes\"     {}",
+        url("/status")
+    );
+    println!("  StatusCallback of messages you send  {}", url("/status"));
+    if public.is_none() {
+        println!();
+        println!(
+            "Twilio cannot reach this machine directly: start a tunnel to port {} and",
+            addr.port()
+        );
+        println!(
+            "restart with --public-url https://<your-tunnel-host> (signatures cover the URL)."
+        );
+    }
+    println!();
+    println!("Try it: a signed inbound SMS (run it twice: the duplicate gets the same reply):");
+    println!("  {}", curl_form(&sms_url, &signature, &form));
+    println!();
+    println!(
+        "See what was stored: twilio-webhooks inspect --data {}",
+        crate::util::shell_quote(&data.display().to_string())
+    );
+    println!("Stop with Ctrl-C (the job in progress is finished first).");
+    println!();
+}

@@ -1,0 +1,165 @@
+//! `sign`, `inspect` and `--help` of the real binary.
+
+use std::process::{Command, Output};
+
+use twilio_webhook::signature::sign_json;
+use twilio_webhook::{AuthToken, FormParams, sign};
+use webhook_pipeline::samples::TEST_AUTH_TOKEN;
+
+const BIN: &str = env!("CARGO_BIN_EXE_twilio-webhooks");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("TWILIO_AUTH_TOKEN")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [&[][..], &["serve"], &["sign"], &["inspect"], &["events"]] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let out = run(&args);
+        assert!(out.status.success(), "{args:?}");
+        assert!(stdout(&out).contains("Usage: twilio-webhooks"), "{args:?}");
+    }
+}
+
+#[test]
+fn a_bad_flag_is_refused_by_clap() {
+    let out = run(&["serve", "--addr", "not-an-address"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--addr"));
+    let out = run(&["serve", "--public-url", "ftp://x"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn sign_matches_the_library_and_prints_curl() {
+    let url = "http://127.0.0.1:3000/sms?x=1";
+    let out = run(&[
+        "sign",
+        "--url",
+        url,
+        "-d",
+        "MessageSid=SM1",
+        "-d",
+        "Body=it's a b&c",
+        "-d",
+        "Body=",
+    ]);
+    assert!(out.status.success());
+    let form =
+        FormParams::from_pairs([("MessageSid", "SM1"), ("Body", "it's a b&c"), ("Body", "")]);
+    let want = sign(&AuthToken::new(TEST_AUTH_TOKEN), url, &form);
+    assert_eq!(stdout(&out).trim(), want);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("test token"),
+        "warns about the test token"
+    );
+
+    let token = Command::new(BIN)
+        .args(["sign", "--url", url, "-d", "MessageSid=SM1"])
+        .env("TWILIO_AUTH_TOKEN", "my-token")
+        .output()
+        .unwrap();
+    let mine = sign(
+        &AuthToken::new("my-token"),
+        url,
+        &FormParams::from_pairs([("MessageSid", "SM1")]),
+    );
+    assert_eq!(stdout(&token).trim(), mine);
+    assert!(token.stderr.is_empty());
+
+    let curl = run(&["sign", "--url", url, "-d", "MessageSid=SM1", "--curl"]);
+    let line = stdout(&curl);
+    assert!(line.starts_with("curl "), "{line}");
+    assert!(line.contains(&format!(
+        "'X-Twilio-Signature: {}'",
+        sign(
+            &AuthToken::new(TEST_AUTH_TOKEN),
+            url,
+            &FormParams::from_pairs([("MessageSid", "SM1")])
+        )
+    )));
+    assert!(line.contains("--data-raw MessageSid=SM1"), "{line}");
+
+    let bad = run(&["sign", "--url", url, "-d", "novalue"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("KEY=VALUE"));
+}
+
+#[test]
+fn sign_json_puts_the_body_hash_in_the_url() {
+    let file =
+        std::env::temp_dir().join(format!("twilio-webhooks-sign-{}.json", std::process::id()));
+    std::fs::write(&file, br#"{"hello":"world"}"#).unwrap();
+    let out = run(&[
+        "sign",
+        "--url",
+        "https://example.com/hook?a=1",
+        "--json-body",
+        file.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(&file);
+    assert!(out.status.success());
+    let (url, sig) = sign_json(
+        &AuthToken::new(TEST_AUTH_TOKEN),
+        "https://example.com/hook?a=1",
+        br#"{"hello":"world"}"#,
+    );
+    assert_eq!(stdout(&out), format!("{url}\n{sig}\n"));
+}
+
+#[test]
+fn inspect_without_data_is_one_clear_line() {
+    let dir = std::env::temp_dir().join(format!("twilio-webhooks-none-{}", std::process::id()));
+    let out = run(&["inspect", "--data", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no local data"), "{stderr}");
+}
+
+#[test]
+fn events_are_written_then_checked() {
+    let dir = std::env::temp_dir().join(format!("twilio-webhooks-events-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+
+    let missing = run(&["events", "--dir", d, "--check"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("missing"));
+
+    let wrote = run(&["events", "--dir", d]);
+    assert!(wrote.status.success());
+    let files = stdout(&wrote);
+    assert_eq!(
+        files.lines().count(),
+        webhook_pipeline::events::all_events().len()
+    );
+    let ok = run(&["events", "--dir", d, "--check"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let stale = dir.join("sms.http-api.json");
+    std::fs::write(&stale, "{}\n").unwrap();
+    let out = run(&["events", "--dir", d, "--check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sms.http-api.json"), "{stderr}");
+    assert!(
+        !stderr.contains("sms.rest-api.json"),
+        "only the stale file: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
