@@ -34,6 +34,20 @@ impl PartialEq for FormParams {
 
 impl Eq for FormParams {}
 
+/// Serialized as `[[key, value], ...]`: order, duplicates and blanks survive storage.
+impl serde::Serialize for FormParams {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FormParams {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let pairs = <Vec<(String, String)>>::deserialize(d)?;
+        Ok(Self::from_pairs(pairs))
+    }
+}
+
 impl std::fmt::Debug for FormParams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("FormParams")

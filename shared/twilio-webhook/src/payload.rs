@@ -520,13 +520,16 @@ fn num(p: &FormParams, key: &'static str) -> Result<Option<u32>, PayloadError> {
     }
 }
 
-fn geo(p: &FormParams, prefix: &str) -> Geo {
-    let field = |suffix: &str| opt(p, &format!("{prefix}{suffix}"));
+/// `[City, State, Zip, Country]` parameter names of one side (static: no formatting per request).
+const FROM_GEO: [&str; 4] = ["FromCity", "FromState", "FromZip", "FromCountry"];
+const TO_GEO: [&str; 4] = ["ToCity", "ToState", "ToZip", "ToCountry"];
+
+fn geo(p: &FormParams, keys: [&str; 4]) -> Geo {
     Geo {
-        city: field("City"),
-        state: field("State"),
-        zip: field("Zip"),
-        country: field("Country"),
+        city: opt(p, keys[0]),
+        state: opt(p, keys[1]),
+        zip: opt(p, keys[2]),
+        country: opt(p, keys[3]),
     }
 }
 
@@ -558,8 +561,8 @@ impl InboundMessage {
             num_media,
             num_segments: num(p, "NumSegments")?,
             media,
-            from_geo: geo(p, "From"),
-            to_geo: geo(p, "To"),
+            from_geo: geo(p, FROM_GEO),
+            to_geo: geo(p, TO_GEO),
             profile_name: opt(p, "ProfileName"),
             wa_id: opt(p, "WaId").map(PhoneNumber),
             opt_out_type: opt(p, "OptOutType").map(OptOutType::from),
@@ -581,8 +584,8 @@ impl InboundCall {
             forwarded_from: opt(p, "ForwardedFrom").map(PhoneNumber),
             caller_name: opt(p, "CallerName"),
             parent_call_sid: opt_sid(p, "ParentCallSid", CallSid::parse)?,
-            from_geo: geo(p, "From"),
-            to_geo: geo(p, "To"),
+            from_geo: geo(p, FROM_GEO),
+            to_geo: geo(p, TO_GEO),
             raw: p.clone(),
         })
     }

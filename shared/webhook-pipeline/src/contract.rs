@@ -19,11 +19,11 @@ pub fn sample_event(tag: &str) -> EventRecord {
         kind: "inbound_message".into(),
         endpoint: Endpoint::Sms,
         url: "https://example.com/sms".into(),
-        params: vec![
-            ("MessageSid".into(), "SM1".into()),
-            ("Body".into(), "héllo & <ünïcode> 🎉".into()),
-            ("Body".into(), String::new()),
-        ],
+        params: twilio_webhook::FormParams::from_pairs([
+            ("MessageSid", "SM1"),
+            ("Body", "héllo & <ünïcode> 🎉"),
+            ("Body", ""),
+        ]),
         idempotency_token: Some("token-1".into()),
         received_at: NOW,
         reply: Reply::text(200, "<Response/>"),

@@ -12,14 +12,14 @@ use crate::worker::{SlowWork, WorkError};
 /// The event as JSON: parameters as an object (repeated keys become arrays).
 pub fn normalized(event: &EventRecord) -> Value {
     let mut params = Map::new();
-    for (k, v) in &event.params {
+    for (k, v) in event.params.iter() {
         match params.get_mut(k) {
             None => {
-                params.insert(k.clone(), Value::String(v.clone()));
+                params.insert(k.to_owned(), Value::String(v.to_owned()));
             }
-            Some(Value::Array(a)) => a.push(Value::String(v.clone())),
+            Some(Value::Array(a)) => a.push(Value::String(v.to_owned())),
             Some(existing) => {
-                *existing = Value::Array(vec![existing.take(), Value::String(v.clone())])
+                *existing = Value::Array(vec![existing.take(), Value::String(v.to_owned())])
             }
         }
     }

@@ -130,11 +130,7 @@ impl Pipeline {
             kind: webhook.kind().to_owned(),
             endpoint,
             url: verified.url().to_owned(),
-            params: webhook
-                .raw()
-                .iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
+            params: webhook.raw().clone(),
             idempotency_token: header(IDEMPOTENCY_HEADER).map(str::to_owned),
             received_at: (self.clock)(),
             reply,

@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use twilio_webhook::FormParams;
 use twilio_webhook::payload::Endpoint;
 
 use crate::reply::Reply;
@@ -31,7 +32,7 @@ pub struct EventRecord {
     /// The URL Twilio signed.
     pub url: String,
     /// Every parameter Twilio sent, in order.
-    pub params: Vec<(String, String)>,
+    pub params: FormParams,
     /// `I-Twilio-Idempotency-Token` of the attempt that was stored.
     pub idempotency_token: Option<String>,
     /// Unix milliseconds.
