@@ -80,7 +80,9 @@ impl Pipeline {
                 if status >= 500 {
                     error!(endpoint = endpoint.as_str(), status, error = %e, "webhook failed");
                 } else {
-                    warn!(endpoint = endpoint.as_str(), status, error = %e, "webhook refused");
+                    // The URL checked is the first thing to compare with the Twilio console
+                    // when signatures fail (proxy, custom domain, stage). It holds no secret.
+                    warn!(endpoint = endpoint.as_str(), status, error = %e, url = %req.url, "webhook refused");
                 }
                 e.to_reply()
             }
