@@ -198,7 +198,8 @@ fn event_files() -> Vec<String> {
                 .to_string_lossy()
                 .into_owned()
         })
-        .filter(|n| n.ends_with(".json"))
+        // Webhook events only; `event-worker.*.json` are the worker's SQS and schedule events.
+        .filter(|n| n.ends_with(".json") && !n.starts_with("event-worker."))
         .collect();
     names.sort();
     names

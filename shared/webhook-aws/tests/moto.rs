@@ -578,3 +578,36 @@ async fn dynamodb_store_passes_the_contract() {
     let aws = setup(5).await;
     webhook_pipeline::contract::run_all(aws.store()).await;
 }
+
+#[tokio::test]
+async fn the_sample_worker_events_drive_the_worker_function() {
+    let aws = setup(5).await;
+    let (clock, _) = fixed_clock();
+    let worker = aws.worker(clock.clone());
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../events");
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap()
+    };
+    // The job refers to a record the webhook function wrote first.
+    let sqs = read("event-worker.sqs.json");
+    let job: Job = serde_json::from_str(sqs["Records"][0]["body"].as_str().unwrap()).unwrap();
+    let t = ClaimTimes {
+        now_ms: job.event.received_at,
+        lock_until_ms: job.event.received_at + 30_000,
+        expires_at_s: i64::MAX / 2000,
+    };
+    aws.store().claim(&job.event, "webhook", t).await.unwrap();
+    let out = worker.handle(sqs).await.unwrap();
+    assert_eq!(out, serde_json::json!({"batchItemFailures": []}));
+    assert!(
+        !aws.item(&job.event.key)
+            .await
+            .unwrap()
+            .contains_key("pending")
+    );
+    let out = worker
+        .handle(read("event-worker.schedule.json"))
+        .await
+        .unwrap();
+    assert_eq!(out, serde_json::json!({"swept": 0}));
+}

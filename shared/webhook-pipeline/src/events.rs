@@ -52,7 +52,7 @@ pub fn rest_api_url(endpoint: Endpoint) -> String {
 
 /// Every sample event: `(file name, event)`, in a fixed order.
 pub fn all_events() -> Vec<(String, Value)> {
-    samples::all()
+    let mut events: Vec<(String, Value)> = samples::all()
         .iter()
         .enumerate()
         .flat_map(|(n, sample)| {
@@ -67,7 +67,68 @@ pub fn all_events() -> Vec<(String, Value)> {
                 ),
             ]
         })
-        .collect()
+        .collect();
+    events.push(("event-worker.sqs.json".into(), worker_sqs_event()));
+    events.push((
+        "event-worker.schedule.json".into(),
+        sorted(schedule_event()),
+    ));
+    events
+}
+
+/// An SQS batch with the job the sms sample becomes, as the event source mapping delivers it.
+fn worker_sqs_event() -> Value {
+    use std::sync::Arc;
+    let sample = samples::all()
+        .into_iter()
+        .find(|s| s.name == "sms")
+        .expect("sms sample");
+    let url = http_api_url(sample.endpoint);
+    let req = samples::signed_request(TEST_AUTH_TOKEN, &url, &sample.params);
+    let pipeline = crate::Pipeline::new(
+        twilio_webhook::Validator::new(AuthToken::new(TEST_AUTH_TOKEN)),
+        Arc::new(crate::memory::MemoryStore::default()),
+        Arc::new(crate::memory::MemoryQueue::default()),
+        crate::ReplyPolicy::default(),
+        crate::Settings::default(),
+    )
+    .with_clock(Arc::new(|| TIME_EPOCH_MS));
+    let (_, event) = pipeline
+        .accept(sample.endpoint, &req)
+        .expect("the sample is valid");
+    let body = serde_json::to_string(&crate::store::Job { event }).expect("a job serializes");
+    sorted(json!({
+        "Records": [{
+            "messageId": "6f1a5a4e-0000-4000-8000-000000000001",
+            "receiptHandle": "AQEBsample-receipt-handle",
+            "body": body,
+            "attributes": {
+                "ApproximateReceiveCount": "1",
+                "SentTimestamp": TIME_EPOCH_MS.to_string(),
+                "SenderId": "AROAEXAMPLE:sms-webhook",
+                "ApproximateFirstReceiveTimestamp": TIME_EPOCH_MS.to_string()
+            },
+            "messageAttributes": {},
+            "eventSource": "aws:sqs",
+            "eventSourceARN": format!("arn:aws:sqs:us-east-1:{ACCOUNT_ID}:twilio-work"),
+            "awsRegion": "us-east-1"
+        }]
+    }))
+}
+
+/// The EventBridge tick that runs the sweeper.
+fn schedule_event() -> Value {
+    json!({
+        "version": "0",
+        "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": ACCOUNT_ID,
+        "time": "2026-11-27T14:00:00Z",
+        "region": "us-east-1",
+        "resources": [format!("arn:aws:events:us-east-1:{ACCOUNT_ID}:rule/twilio-webhooks-sweep")],
+        "detail": {}
+    })
 }
 
 /// Write every event to `dir` (created if needed); returns the paths written.
