@@ -31,21 +31,24 @@ use crate::config::{EVENT_TABLE, TWILIO_AUTH_TOKEN_SECRET_ARN, WORK_QUEUE_URL, r
 use crate::dynamo::DynamoStore;
 use crate::sqs::SqsQueue;
 
-/// JSON logs for CloudWatch (text with `LOG_FORMAT=text`), filtered by `RUST_LOG`.
+/// JSON logs for CloudWatch (text with `LOG_FORMAT=text`), filtered by `RUST_LOG`
+/// (`info`, `warn,webhook_pipeline=debug`...). `Targets` instead of `EnvFilter`: the same
+/// syntax minus regex field filters, and no regex engine in every function binary.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let filter: Targets = var("RUST_LOG")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .without_time();
+    let registry = tracing_subscriber::registry().with(filter);
     let _ = if var(config::LOG_FORMAT).as_deref() == Some("text") {
-        builder.without_time().try_init()
+        registry.with(fmt).try_init()
     } else {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .without_time()
+        registry
+            .with(fmt.json().flatten_event(true).with_current_span(false))
             .try_init()
     };
 }
