@@ -78,16 +78,18 @@ where
         Ok(v) => Ok(Conditional::Done(v)),
         Err(SdkError::ServiceError(se)) => match old(se.err()) {
             Some(item) => Ok(Conditional::Failed(item)),
-            None => Err(StoreError(format!(
-                "DynamoDB: {}",
-                aws_sdk_dynamodb::error::DisplayErrorContext(SdkError::ServiceError(se))
-            ))),
+            None => Err(sdk_error(SdkError::ServiceError(se))),
         },
-        Err(e) => Err(StoreError(format!(
-            "DynamoDB: {}",
-            aws_sdk_dynamodb::error::DisplayErrorContext(e)
-        ))),
+        Err(e) => Err(sdk_error(e)),
     }
+}
+
+/// An SDK failure with its whole cause chain (the top-level message alone is "service error").
+fn sdk_error(e: impl std::error::Error) -> StoreError {
+    StoreError(format!(
+        "DynamoDB: {}",
+        aws_sdk_dynamodb::error::DisplayErrorContext(e)
+    ))
 }
 
 fn put_failed(e: &PutItemError) -> Option<Option<Item>> {
@@ -241,12 +243,7 @@ impl EventStore for DynamoStore {
                 .limit((limit - out.len()).min(100) as i32)
                 .send()
                 .await
-                .map_err(|e| {
-                    StoreError(format!(
-                        "DynamoDB: {}",
-                        aws_sdk_dynamodb::error::DisplayErrorContext(e)
-                    ))
-                })?;
+                .map_err(sdk_error)?;
             for item in page.items() {
                 out.push((event_of(item)?, get_n(item, "sweeps").unwrap_or(0) as u32));
             }
@@ -281,12 +278,7 @@ impl EventStore for DynamoStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| {
-                StoreError(format!(
-                    "DynamoDB: {}",
-                    aws_sdk_dynamodb::error::DisplayErrorContext(e)
-                ))
-            })?;
+            .map_err(sdk_error)?;
         let Some(item) = r.item() else {
             return Ok(None);
         };
