@@ -9,13 +9,15 @@
 # Prints a markdown report on stdout (progress on stderr) and writes results.json beside this
 # script.
 #
-# Usage: scripts/bench/load/run.sh [--duration S] [--warmup S] [--connections N]
-#                                  [--log-level L] [--no-build] [--skip-express] [--keep]
+# Usage: scripts/bench/load/run.sh [--quick] [--duration S] [--warmup S] [--connections N]
+#                                  [--requests N] [--log-level L] [--no-build] [--skip-express]
+#                                  [--keep]
 #   --duration S      measured run per server, seconds (default 10)
 #   --warmup S        unmeasured run first, seconds (default 2; its Sids are verified too)
 #   --connections N   keep-alive connections of the generator (default 32)
 #   --requests N      pre-signed requests per run: the cap on a run (default 600000)
 #   --log-level L     RUST_LOG of serve (default warn: info logs 2 lines per request)
+#   --quick           smoke run: --warmup 1 --duration 3
 #   --no-build        use the binaries already in target/release
 #   --skip-express    only measure serve
 #   --keep            keep the data directory (its path is printed)
@@ -45,6 +47,7 @@ while (($#)); do
         --connections) connections=${2:?}; shift ;;
         --requests) requests=${2:?}; shift ;;
         --log-level) log_level=${2:?}; shift ;;
+        --quick) warmup=1; duration=3 ;;
         --no-build) build=0 ;;
         --skip-express) express=0 ;;
         --keep) keep=1 ;;
@@ -99,6 +102,10 @@ wait_healthy() { # port pid
     return 1
 }
 
+machine_ticks() { # "busy total" jiffies of the whole machine
+    awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
+}
+
 cpu_ticks() { # pid: utime+stime in clock ticks (USER_HZ = 100)
     awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
 }
@@ -111,13 +118,16 @@ load() {
         --requests "$requests" --sid-tag "$4" --sids-out "$work/$name.warm.sids" --check \
         >"$work/$name.warm.json"
     log "$name: ${duration}s, $connections connections"
-    local t0 t1
+    local t0 t1 m0 m1
     t0=$(cpu_ticks "$pid")
+    m0=$(machine_ticks)
     "$loadgen_bin" --url "$url" --connections "$connections" --duration "$duration" \
         --requests "$requests" --sid-tag "$5" --sids-out "$work/$name.sids" \
         >"$work/$name.json"
+    m1=$(machine_ticks)
     t1=$(cpu_ticks "$pid")
     echo $(((t1 - t0))) >"$work/$name.server_ticks"
+    echo "$m0 $m1" >"$work/$name.machine_ticks"
     log "$name: $(cat "$work/$name.json")"
 }
 
@@ -131,13 +141,17 @@ try:
             model = line.split(":", 1)[1].strip(); break
 except OSError:
     pass
-fs = subprocess.run(["stat", "-f", "-c", "%T", sys.argv[1]], capture_output=True, text=True).stdout.strip()
+fs = subprocess.run(["df", "--output=fstype", sys.argv[1]], capture_output=True, text=True).stdout.split()[-1:]
+fs = fs[0] if fs else "?"
 node = subprocess.run([os.environ.get("NODE", "node"), "--version"], capture_output=True, text=True).stdout.strip()
 json.dump({"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
            "data_fs": fs, "node": node}, open(sys.argv[1] + "/machine.json", "w"))
 EOF
 }
 info
+# Anything else running (a build...) takes cores from the measurement: say so in the results.
+m0=$(machine_ticks); sleep 1; m1=$(machine_ticks)
+echo "$m0 $m1" >"$work/idle.machine_ticks"
 
 # --- serve -------------------------------------------------------------------------------------
 data=$work/data
@@ -210,9 +224,18 @@ def run(name):
     r["server_cpu_s"] = ticks / 100
     r["server_cpu_pct_of_one_core"] = round(ticks / r["duration_s"], 1)
     r["server_cpu_us_per_request"] = round(ticks * 1e4 / max(r["requests"], 1), 1)
+    r["machine_busy_pct"] = busy_pct(f"{work}/{name}.machine_ticks")
+    # CPU that neither the server nor the generator used: another process competing.
+    r["other_cpu_pct_of_one_core"] = round(max(0.0, r["machine_busy_pct"] * machine["cpus"]
+        - r["server_cpu_pct_of_one_core"] - r["gen_cpu_pct_of_one_core"]), 1)
     return r
 
+def busy_pct(path):
+    b0, t0, b1, t1 = map(int, open(path).read().split())
+    return round(100 * (b1 - b0) / max(t1 - t0, 1), 1)
+
 serve, express = run("serve"), run("express")
+machine["busy_pct_before_start"] = busy_pct(f"{work}/idle.machine_ticks")
 
 # Verification of serve's store: every Sid with a 200 (warm-up, checks and measured run) is one
 # event record, processed, folded once into its state record, and had exactly one job, received
@@ -300,8 +323,17 @@ print(f"{connections} keep-alive connections, closed loop, {duration} s after a 
       "signed inbound SMS, 20 % byte-for-byte duplicates of earlier requests. "
       "Server, worker and generator share the cores.")
 print()
-print("| server | req/s | p50 ms | p99 ms | p99.9 ms | errors | non-200 | server CPU | generator CPU | verified |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+if machine["busy_pct_before_start"] > 10:
+    print(f"**Warning: the machine was {machine['busy_pct_before_start']} % busy before the run "
+          "(another process): the numbers below are low.**")
+    print()
+for name, r in (("serve", serve), ("express", express)):
+    if r and r["other_cpu_pct_of_one_core"] > 15:
+        print(f"**Warning: other processes used {r['other_cpu_pct_of_one_core']:.0f} % of a core "
+              f"during the {name} run: its numbers are low. Run again on a quiet machine.**")
+        print()
+print("| server | req/s | p50 ms | p99 ms | p99.9 ms | errors | non-200 | server CPU | generator CPU | both cores busy | verified |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 for name, r in (("`twilio-webhooks serve` (SQLite)", serve), (f"Express + `twilio.webhook()` ({machine['node']})", express)):
     if not r:
         continue
@@ -314,12 +346,15 @@ for name, r in (("`twilio-webhooks serve` (SQLite)", serve), (f"Express + `twili
         ver = "n/a (stores nothing)"
     print(f"| {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | "
           f"{r['errors']} | {non200} | {r['server_cpu_pct_of_one_core']:.0f} % "
-          f"({r['server_cpu_us_per_request']} µs/req) | {r['gen_cpu_pct_of_one_core']:.0f} % | {ver} |")
+          f"({r['server_cpu_us_per_request']} µs/req) | {r['gen_cpu_pct_of_one_core']:.0f} % | "
+          f"{r['machine_busy_pct']:.0f} % | {ver} |")
 print()
 if serve:
     v = serve["verification"]
     print(f"serve: {v['event_records']} event records, {v['state_records']} state records; "
           f"worker drained {v['drain_s_after_load']} s after the load stopped; "
           f"{v['events_without_a_200_seen']} records without a 200 seen by the generator.")
+print("CPU columns: % of one core during the measured run (server includes its worker); "
+      "'both cores busy': the whole machine, 100 % = both cores saturated.")
 print(f"Results: {out_path}")
 EOF

@@ -18,14 +18,14 @@ pub enum InspectError {
 }
 
 /// Every event record, state record, queued job and dead job of a data directory, in one
-/// consistent snapshot (safe while `serve` runs).
+/// consistent snapshot (safe while `serve` runs: a read transaction never waits for it).
 pub fn inspect(data_dir: &Path) -> Result<Vec<Value>, InspectError> {
     let db = Database::open_existing_dir(data_dir)?;
-    Ok(db.call_sync(snapshot)?)
+    Ok(db.read_sync(snapshot)?)
 }
 
-fn snapshot(c: &mut Connection) -> Result<Vec<Value>, DbError> {
-    let tx = c.transaction()?;
+/// Runs inside the database thread's read transaction.
+fn snapshot(tx: &mut Connection) -> Result<Vec<Value>, DbError> {
     let mut out = Vec::new();
 
     let mut stmt = tx.prepare(
@@ -127,6 +127,5 @@ fn snapshot(c: &mut Connection) -> Result<Vec<Value>, DbError> {
         out.push(job);
     }
     drop(stmt);
-    tx.commit()?;
     Ok(out)
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 use tokio::sync::Notify;
 use webhook_pipeline::{Clock, Job, StoreError, WorkQueue, system_clock};
 
@@ -85,14 +85,17 @@ impl SqliteQueue {
         let invisible_until = now.saturating_add(visibility.as_millis() as i64);
         let max = i64::from(self.settings.max_receives);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        Ok(self
+        let received = self
             .db
-            .call(move |c| {
-                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            .call(move |tx| {
                 let ready: Vec<(JobId, String, i64)> = {
+                    // The ids first, from the index alone: sorting every visible job with its
+                    // body to keep `limit` of them made each receive cost the whole backlog.
                     let mut stmt = tx.prepare_cached(
-                        "SELECT id, body, receive_count FROM jobs
-                         WHERE done = 0 AND visible_at_ms <= ?1 ORDER BY id LIMIT ?2",
+                        "SELECT id, body, receive_count FROM jobs WHERE id IN (
+                             SELECT id FROM jobs WHERE done = 0 AND visible_at_ms <= ?1
+                             ORDER BY id LIMIT ?2)
+                         ORDER BY id",
                     )?;
                     stmt.query_map(params![now, limit], |r| {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -103,27 +106,34 @@ impl SqliteQueue {
                 for (id, body, count) in ready {
                     if count >= max {
                         let reason = format!("received {count} times without being acknowledged");
-                        dead_letter(&tx, id, now, &reason)?;
+                        dead_letter(tx, id, now, &reason)?;
                         continue;
                     }
-                    let job = match serde_json::from_str::<Job>(&body) {
-                        Ok(job) => job,
-                        Err(e) => {
-                            dead_letter(&tx, id, now, &format!("unreadable job: {e}"))?;
-                            continue;
-                        }
-                    };
-                    tx.execute(
+                    tx.prepare_cached(
                         "UPDATE jobs SET receive_count = receive_count + 1, visible_at_ms = ?2
                          WHERE id = ?1",
-                        params![id, invisible_until],
-                    )?;
-                    out.push((id, job));
+                    )?
+                    .execute(params![id, invisible_until])?;
+                    out.push((id, body));
                 }
-                tx.commit()?;
                 Ok(out)
             })
-            .await?)
+            .await?;
+        // Parsed here, not on the database thread every call waits for. A job that cannot be
+        // read is dead-lettered at once (if that fails, it comes back after `visibility`).
+        let mut out = Vec::with_capacity(received.len());
+        for (id, body) in received {
+            match serde_json::from_str::<Job>(&body) {
+                Ok(job) => out.push((id, job)),
+                Err(e) => {
+                    let reason = format!("unreadable job: {e}");
+                    self.db
+                        .call(move |c| dead_letter(c, id, now, &reason))
+                        .await?;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The job is done: it is never received again.
@@ -131,11 +141,9 @@ impl SqliteQueue {
         let now = (self.clock)();
         Ok(self
             .db
-            .call(move |c| {
-                c.execute(
-                    "UPDATE jobs SET done = 1, acked_at_ms = ?2 WHERE id = ?1",
-                    params![id, now],
-                )?;
+            .call_last_write(move |c| {
+                c.prepare_cached("UPDATE jobs SET done = 1, acked_at_ms = ?2 WHERE id = ?1")?
+                    .execute(params![id, now])?;
                 Ok(())
             })
             .await?)
@@ -149,26 +157,21 @@ impl SqliteQueue {
         let reason = reason.to_owned();
         Ok(self
             .db
-            .call(move |c| {
-                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let count: Option<i64> = rusqlite::OptionalExtension::optional(tx.query_row(
-                    "SELECT receive_count FROM jobs WHERE id = ?1 AND done = 0",
-                    [id],
-                    |r| r.get(0),
-                ))?;
+            .call(move |tx| {
+                let count: Option<i64> = tx
+                    .prepare_cached("SELECT receive_count FROM jobs WHERE id = ?1 AND done = 0")?
+                    .query_row([id], |r| r.get(0))
+                    .optional()?;
                 if let Some(count) = count {
                     if count >= i64::from(s.max_receives) {
-                        dead_letter(&tx, id, now, &reason)?;
+                        dead_letter(tx, id, now, &reason)?;
                     } else {
                         let exp = u32::try_from(count.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
                         let delay = s.backoff.saturating_mul(1 << exp).min(s.max_backoff);
-                        tx.execute(
-                            "UPDATE jobs SET visible_at_ms = ?2 WHERE id = ?1",
-                            params![id, now.saturating_add(delay.as_millis() as i64)],
-                        )?;
+                        tx.prepare_cached("UPDATE jobs SET visible_at_ms = ?2 WHERE id = ?1")?
+                            .execute(params![id, now.saturating_add(delay.as_millis() as i64)])?;
                     }
                 }
-                tx.commit()?;
                 Ok(())
             })
             .await?)
@@ -180,12 +183,12 @@ impl SqliteQueue {
         let at = (self.clock)().saturating_add(delay.as_millis() as i64);
         Ok(self
             .db
-            .call(move |c| {
-                c.execute(
+            .call_last_write(move |c| {
+                c.prepare_cached(
                     "UPDATE jobs SET visible_at_ms = ?2, receive_count = MAX(receive_count - 1, 0)
                      WHERE id = ?1 AND done = 0",
-                    params![id, at],
-                )?;
+                )?
+                .execute(params![id, at])?;
                 Ok(())
             })
             .await?)
@@ -195,7 +198,7 @@ impl SqliteQueue {
     pub async fn next_visible_at(&self) -> Result<Option<i64>, StoreError> {
         Ok(self
             .db
-            .call(|c| {
+            .call_last_write(|c| {
                 Ok(c.query_row(
                     "SELECT MIN(visible_at_ms) FROM jobs WHERE done = 0",
                     [],
@@ -209,7 +212,7 @@ impl SqliteQueue {
     pub async fn counts(&self) -> Result<QueueCounts, StoreError> {
         Ok(self
             .db
-            .call(|c| {
+            .call_last_write(|c| {
                 Ok(c.query_row(
                     "SELECT (SELECT COUNT(*) FROM jobs WHERE done = 0),
                             (SELECT COUNT(*) FROM dead_jobs)",
@@ -230,7 +233,7 @@ impl SqliteQueue {
         let before = (self.clock)() - self.settings.keep_done.as_millis() as i64;
         Ok(self
             .db
-            .call(move |c| {
+            .call_last_write(move |c| {
                 Ok(c.execute(
                     "DELETE FROM jobs WHERE done = 1 AND acked_at_ms < ?1",
                     [before],
@@ -247,7 +250,7 @@ pub struct QueueCounts {
 }
 
 fn dead_letter(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     id: JobId,
     now: i64,
     reason: &str,
@@ -269,11 +272,11 @@ impl WorkQueue for SqliteQueue {
         let key = job.event.key.clone();
         let now = (self.clock)();
         self.db
-            .call(move |c| {
-                c.execute(
+            .call_last_write(move |c| {
+                c.prepare_cached(
                     "INSERT INTO jobs (key, body, visible_at_ms) VALUES (?1, ?2, ?3)",
-                    params![key, body, now],
-                )?;
+                )?
+                .execute(params![key, body, now])?;
                 Ok(())
             })
             .await?;

@@ -43,6 +43,9 @@ pub struct ServeConfig {
     pub worker_loop: LoopSettings,
     pub queue: QueueSettings,
     /// Slow work run for each event after the state fold (e.g. the `FORWARD_URL` forwarder).
+    /// With any, the worker processes one job at a time whatever `worker_loop.concurrency`
+    /// says: a crash then repeats the slow work of at most one job. Without, all the worker
+    /// does is idempotent database updates, and jobs are processed concurrently.
     pub slow_work: Vec<Arc<dyn SlowWork>>,
 }
 
@@ -134,13 +137,18 @@ impl Server {
             config.policy,
             config.settings,
         );
+        let has_slow_work = !config.slow_work.is_empty();
         let worker = config.slow_work.into_iter().fold(
             Worker::new(store.clone(), queue.clone(), config.worker),
             |w, work| w.with_work(work),
         );
+        let mut loop_settings = config.worker_loop;
+        if has_slow_work {
+            loop_settings.concurrency = 1;
+        }
         let worker = WorkerLoop::new(Arc::new(worker), queue)
             .with_store(store)
-            .with_settings(config.worker_loop);
+            .with_settings(loop_settings);
         Ok(Self {
             listener,
             app: Arc::new(App {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 use webhook_pipeline::state::StateRecord;
 use webhook_pipeline::store::ClaimTimes;
 use webhook_pipeline::{Claim, EventRecord, EventStore, Processing, Reply, StoreError};
@@ -37,11 +37,12 @@ impl SqliteStore {
         Ok(self
             .db
             .call(move |c| {
-                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let n = tx.execute("DELETE FROM events WHERE expires_at_s <= ?1", [now_s])?
-                    + tx.execute("DELETE FROM states WHERE expires_at_s <= ?1", [now_s])?;
-                tx.commit()?;
-                Ok(n)
+                Ok(
+                    c.prepare_cached("DELETE FROM events WHERE expires_at_s <= ?1")?
+                        .execute([now_s])?
+                        + c.prepare_cached("DELETE FROM states WHERE expires_at_s <= ?1")?
+                            .execute([now_s])?,
+                )
             })
             .await?)
     }
@@ -59,54 +60,63 @@ impl EventStore for SqliteStore {
         let reply_json = serde_json::to_string(&event.reply).map_err(StoreError::new)?;
         let (key, kind, received_at) = (event.key.clone(), event.kind.clone(), event.received_at);
         let attempt = attempt.to_owned();
-        Ok(self
+        // Each call is atomic on the database thread (see `Database::call`): the check and the
+        // insert cannot interleave with another claim.
+        let stored_reply = self
             .db
-            .call(move |c| {
-                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let live = tx
-                    .query_row(
+            .call_last_write(move |c| {
+                let live = c
+                    .prepare_cached(
                         "SELECT reply, processed FROM events
                          WHERE key = ?1 AND expires_at_s * 1000 > ?2
                            AND (processed = 1 OR lock_until_ms > ?2)",
-                        params![key, t.now_ms],
-                        |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)),
-                    )
+                    )?
+                    .query_row(params![key, t.now_ms], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
+                    })
                     .optional()?;
-                if let Some((reply, processed)) = live {
-                    let reply: Reply = serde_json::from_str(&reply)?;
-                    return Ok(Claim::Duplicate { reply, processed });
+                if live.is_some() {
+                    return Ok(live);
                 }
-                tx.execute(
+                c.prepare_cached(
                     "INSERT OR REPLACE INTO events
                      (key, kind, received_at, event, reply, attempt, lock_until_ms, expires_at_s,
                       processed, processed_at_ms, lease_until_ms, sweeps)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, NULL, 0, 0)",
-                    params![
-                        key,
-                        kind,
-                        received_at,
-                        event_json,
-                        reply_json,
-                        attempt,
-                        t.lock_until_ms,
-                        t.expires_at_s
-                    ],
-                )?;
-                tx.commit()?;
-                Ok(Claim::New)
+                )?
+                .execute(params![
+                    key,
+                    kind,
+                    received_at,
+                    event_json,
+                    reply_json,
+                    attempt,
+                    t.lock_until_ms,
+                    t.expires_at_s
+                ])?;
+                Ok(None)
             })
-            .await?)
+            .await?;
+        // Parsed here rather than on the database thread, which every call waits for.
+        match stored_reply {
+            None => Ok(Claim::New),
+            Some((reply, processed)) => Ok(Claim::Duplicate {
+                reply: serde_json::from_str::<Reply>(&reply)
+                    .map_err(|e| StoreError::new(DbError::Json(e)))?,
+                processed,
+            }),
+        }
     }
 
     async fn release(&self, key: &str, attempt: &str) -> Result<(), StoreError> {
         let (key, attempt) = (key.to_owned(), attempt.to_owned());
         Ok(self
             .db
-            .call(move |c| {
-                c.execute(
+            .call_last_write(move |c| {
+                c.prepare_cached(
                     "UPDATE events SET lock_until_ms = 0 WHERE key = ?1 AND attempt = ?2",
-                    params![key, attempt],
-                )?;
+                )?
+                .execute(params![key, attempt])?;
                 Ok(())
             })
             .await?)
@@ -121,28 +131,21 @@ impl EventStore for SqliteStore {
         let key = key.to_owned();
         Ok(self
             .db
-            .call(move |c| {
-                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let row = tx
-                    .query_row(
-                        "SELECT processed, lease_until_ms FROM events WHERE key = ?1",
-                        [&key],
-                        |r| Ok((r.get::<_, bool>(0)?, r.get::<_, i64>(1)?)),
-                    )
+            .call_last_write(move |c| {
+                let row = c
+                    .prepare_cached("SELECT processed, lease_until_ms FROM events WHERE key = ?1")?
+                    .query_row([&key], |r| Ok((r.get::<_, bool>(0)?, r.get::<_, i64>(1)?)))
                     .optional()?;
                 let outcome = match row {
                     None => Processing::Missing,
                     Some((true, _)) => Processing::AlreadyDone,
                     Some((false, lease)) if lease > now_ms => Processing::Busy,
                     Some(_) => {
-                        tx.execute(
-                            "UPDATE events SET lease_until_ms = ?2 WHERE key = ?1",
-                            params![key, lease_until_ms],
-                        )?;
+                        c.prepare_cached("UPDATE events SET lease_until_ms = ?2 WHERE key = ?1")?
+                            .execute(params![key, lease_until_ms])?;
                         Processing::Ready
                     }
                 };
-                tx.commit()?;
                 Ok(outcome)
             })
             .await?)
@@ -152,11 +155,11 @@ impl EventStore for SqliteStore {
         let key = key.to_owned();
         Ok(self
             .db
-            .call(move |c| {
-                c.execute(
+            .call_last_write(move |c| {
+                c.prepare_cached(
                     "UPDATE events SET processed = 1, processed_at_ms = ?2 WHERE key = ?1",
-                    params![key, now_ms],
-                )?;
+                )?
+                .execute(params![key, now_ms])?;
                 Ok(())
             })
             .await?)
@@ -166,8 +169,9 @@ impl EventStore for SqliteStore {
         let key = key.to_owned();
         Ok(self
             .db
-            .call(move |c| {
-                c.execute("UPDATE events SET lease_until_ms = 0 WHERE key = ?1", [key])?;
+            .call_last_write(move |c| {
+                c.prepare_cached("UPDATE events SET lease_until_ms = 0 WHERE key = ?1")?
+                    .execute([key])?;
                 Ok(())
             })
             .await?)
@@ -181,7 +185,7 @@ impl EventStore for SqliteStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         Ok(self
             .db
-            .call(move |c| {
+            .call_last_write(move |c| {
                 let mut stmt = c.prepare_cached(
                     "SELECT event, sweeps FROM events
                      WHERE processed = 0 AND lock_until_ms < ?1
@@ -204,11 +208,11 @@ impl EventStore for SqliteStore {
         let key = key.to_owned();
         Ok(self
             .db
-            .call(move |c| {
-                c.execute(
+            .call_last_write(move |c| {
+                c.prepare_cached(
                     "UPDATE events SET lock_until_ms = ?2, sweeps = sweeps + 1 WHERE key = ?1",
-                    params![key, lock_until_ms],
-                )?;
+                )?
+                .execute(params![key, lock_until_ms])?;
                 Ok(())
             })
             .await?)
@@ -218,13 +222,10 @@ impl EventStore for SqliteStore {
         let id = id.to_owned();
         Ok(self
             .db
-            .call(move |c| {
+            .call_last_write(move |c| {
                 let row = c
-                    .query_row(
-                        "SELECT state, version FROM states WHERE id = ?1",
-                        [id],
-                        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
-                    )
+                    .prepare_cached("SELECT state, version FROM states WHERE id = ?1")?
+                    .query_row([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
                     .optional()?;
                 match row {
                     None => Ok(None),
@@ -247,18 +248,20 @@ impl EventStore for SqliteStore {
         let json = serde_json::to_string(state).map_err(StoreError::new)?;
         let saved = self
             .db
-            .call(move |c| -> Result<usize, DbError> {
+            .call_last_write(move |c| -> Result<usize, DbError> {
                 Ok(match expected {
-                    None => c.execute(
-                        "INSERT INTO states (id, state, version, expires_at_s)
-                         VALUES (?1, ?2, 1, ?3) ON CONFLICT (id) DO NOTHING",
-                        params![id, json, expires_at_s],
-                    )?,
-                    Some(v) => c.execute(
-                        "UPDATE states SET state = ?2, version = version + 1, expires_at_s = ?3
-                         WHERE id = ?1 AND version = ?4",
-                        params![id, json, expires_at_s, v as i64],
-                    )?,
+                    None => c
+                        .prepare_cached(
+                            "INSERT INTO states (id, state, version, expires_at_s)
+                             VALUES (?1, ?2, 1, ?3) ON CONFLICT (id) DO NOTHING",
+                        )?
+                        .execute(params![id, json, expires_at_s])?,
+                    Some(v) => c
+                        .prepare_cached(
+                            "UPDATE states SET state = ?2, version = version + 1,
+                             expires_at_s = ?3 WHERE id = ?1 AND version = ?4",
+                        )?
+                        .execute(params![id, json, expires_at_s, v as i64])?,
                 })
             })
             .await?;

@@ -17,6 +17,11 @@ use crate::store::SqliteStore;
 pub struct LoopSettings {
     /// Jobs taken per receive.
     pub batch: usize,
+    /// Jobs of a batch processed at the same time. Their database calls share transactions
+    /// (see `Database`), so under load this is what lets the worker keep up; jobs of one batch
+    /// may finish in any order (as with SQS). A crash repeats the slow work of the jobs in
+    /// flight, so `serve` uses 1 when there is slow work (see `ServeConfig::slow_work`).
+    pub concurrency: usize,
     /// How long a received job stays invisible; longer than processing one batch.
     pub visibility: Duration,
     /// How often the sweeper runs (EventBridge's 1 minute in the cloud).
@@ -30,7 +35,8 @@ pub struct LoopSettings {
 impl Default for LoopSettings {
     fn default() -> Self {
         Self {
-            batch: 10,
+            batch: 64,
+            concurrency: 64,
             visibility: Duration::from_secs(300),
             sweep_every: Duration::from_secs(60),
             idle_poll: Duration::from_secs(1),
@@ -68,7 +74,7 @@ impl WorkerLoop {
         self
     }
 
-    /// Run until `shutdown` turns true (or its sender is dropped). A job being processed is
+    /// Run until `shutdown` turns true (or its sender is dropped). Jobs being processed are
     /// finished first; jobs received but not started are put back for the next start.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let s = self.settings;
@@ -101,12 +107,25 @@ impl WorkerLoop {
                 }
                 continue;
             }
-            let mut jobs = jobs.into_iter();
-            for (id, job) in jobs.by_ref() {
-                self.handle(id, &job).await;
-                if stopping(&shutdown) {
-                    break;
+            let mut jobs = jobs.into_iter().peekable();
+            let mut running = tokio::task::JoinSet::new();
+            while jobs.peek().is_some() && !stopping(&shutdown) {
+                if running.len() >= s.concurrency.max(1) {
+                    joined(running.join_next().await);
+                    continue;
                 }
+                let (id, job) = jobs.next().expect("peeked");
+                running.spawn(handle(
+                    self.worker.clone(),
+                    self.queue.clone(),
+                    s.busy_delay,
+                    id,
+                    job,
+                ));
+            }
+            // Jobs already started are finished, even when stopping.
+            while let Some(r) = running.join_next().await {
+                joined(Some(r));
             }
             for (id, _) in jobs {
                 if let Err(e) = self.queue.defer(id, Duration::ZERO).await {
@@ -115,28 +134,6 @@ impl WorkerLoop {
             }
         }
         info!("worker stopped");
-    }
-
-    async fn handle(&self, id: JobId, job: &webhook_pipeline::Job) {
-        let result = match self.worker.process(job).await {
-            Ok(outcome) => {
-                if outcome == Outcome::Skipped {
-                    debug!(key = %job.event.key, "job skipped (already processed or expired)");
-                }
-                self.queue.ack(id).await
-            }
-            Err(WorkerError::Busy(key)) => {
-                debug!(%key, "another worker holds the record; looking again later");
-                self.queue.defer(id, self.settings.busy_delay).await
-            }
-            Err(e) => {
-                warn!(key = %job.event.key, job = id, error = %e, "job failed; it will be retried");
-                self.queue.nack(id, &e.to_string()).await
-            }
-        };
-        if let Err(e) = result {
-            error!(job = id, error = %e, "could not settle a job (it comes back after its visibility timeout)");
-        }
     }
 
     async fn sweep(&self) {
@@ -158,6 +155,42 @@ impl WorkerLoop {
                 Err(e) => warn!(error = %e, "could not purge expired records"),
             }
         }
+    }
+}
+
+/// Process one job, then ack, nack or defer it.
+async fn handle(
+    worker: Arc<Worker>,
+    queue: Arc<SqliteQueue>,
+    busy_delay: Duration,
+    id: JobId,
+    job: webhook_pipeline::Job,
+) {
+    let result = match worker.process(&job).await {
+        Ok(outcome) => {
+            if outcome == Outcome::Skipped {
+                debug!(key = %job.event.key, "job skipped (already processed or expired)");
+            }
+            queue.ack(id).await
+        }
+        Err(WorkerError::Busy(key)) => {
+            debug!(%key, "another worker holds the record; looking again later");
+            queue.defer(id, busy_delay).await
+        }
+        Err(e) => {
+            warn!(key = %job.event.key, job = id, error = %e, "job failed; it will be retried");
+            queue.nack(id, &e.to_string()).await
+        }
+    };
+    if let Err(e) = result {
+        error!(job = id, error = %e, "could not settle a job (it comes back after its visibility timeout)");
+    }
+}
+
+fn joined(r: Option<Result<(), tokio::task::JoinError>>) {
+    if let Some(Err(e)) = r {
+        // The job stays invisible until its visibility timeout, then comes back.
+        error!(error = %e, "job task failed");
     }
 }
 
