@@ -8,7 +8,8 @@ use webhook_pipeline::config::{ConfigError, var};
 pub const EVENT_TABLE: &str = "EVENT_TABLE";
 pub const WORK_QUEUE_URL: &str = "WORK_QUEUE_URL";
 pub const PUBLIC_BASE_URL: &str = "PUBLIC_BASE_URL";
-/// Secrets Manager secret: the bare auth token, or `{"auth_token": ..., "secondary_auth_token": ...}`.
+/// Secrets Manager secret: the bare auth token, or
+/// `{"auth_token": ..., "secondary_auth_token": ..., "shared_keys": {"<key id>": "<secret>"}}`.
 pub const TWILIO_AUTH_TOKEN_SECRET_ARN: &str = "TWILIO_AUTH_TOKEN_SECRET_ARN";
 /// For local runs (`cargo lambda watch`) only; production reads the secret.
 pub const TWILIO_AUTH_TOKEN: &str = "TWILIO_AUTH_TOKEN";
@@ -51,14 +52,23 @@ pub fn validator_from_secret(secret: &str) -> Result<Validator, ConfigError> {
     struct Tokens {
         auth_token: String,
         secondary_auth_token: Option<String>,
+        /// Webhooks SharedKeys by key id (`X-Twilio-Webhooks-Signature-Settings: key=<id>`).
+        #[serde(default)]
+        shared_keys: std::collections::BTreeMap<String, String>,
     }
-    let t: Tokens = serde_json::from_str(secret)
-        .map_err(|_| bad("JSON secret needs an \"auth_token\" string field"))?;
-    Ok(Validator::new(AuthToken::new(t.auth_token)).with_secondary(
+    let t: Tokens = serde_json::from_str(secret).map_err(|_| {
+        bad("JSON secret needs an \"auth_token\" string (optional: \"secondary_auth_token\", \"shared_keys\": {id: secret})")
+    })?;
+    let validator = Validator::new(AuthToken::new(t.auth_token)).with_secondary(
         t.secondary_auth_token
             .filter(|s| !s.is_empty())
             .map(AuthToken::new),
-    ))
+    );
+    Ok(t.shared_keys
+        .into_iter()
+        .fold(validator, |v, (id, secret)| {
+            v.with_shared_key(id, AuthToken::new(secret))
+        }))
 }
 
 /// Tokens from plain environment variables (local development).
@@ -79,6 +89,31 @@ mod tests {
         assert!(validator_from_secret("abc").is_ok());
         assert!(validator_from_secret(r#"{"auth_token":"a","secondary_auth_token":"b"}"#).is_ok());
         assert!(validator_from_secret(r#"{"token":"a"}"#).is_err());
+        // A SharedKey from the secret validates an HMAC-SHA256 webhook naming it.
+        use twilio_webhook::signature::{Algorithm, SignedRequest, sign_with};
+        let v = validator_from_secret(r#"{"auth_token":"a","shared_keys":{"k1":"s1","k2":"s2"}}"#)
+            .unwrap();
+        let url = "https://h.example.com/sms";
+        let sig = sign_with(
+            Algorithm::HmacSha256,
+            &AuthToken::new("s2"),
+            url,
+            &Default::default(),
+        );
+        let req = SignedRequest {
+            method: "POST",
+            url,
+            content_type: None,
+            body: b"",
+            signature: Some(&sig),
+            signature_settings: Some("key=k2,algorithm=HMAC_SHA256"),
+        };
+        assert!(v.verify(&req).is_ok());
+        let req = SignedRequest {
+            signature_settings: Some("key=k1,algorithm=HMAC_SHA256"),
+            ..req
+        };
+        assert!(v.verify(&req).is_err());
         assert!(validator_from_secret("  ").is_err());
     }
 }
