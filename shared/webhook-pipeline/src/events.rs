@@ -352,9 +352,9 @@ mod tests {
     }
 
     #[test]
-    fn two_files_per_sample_with_unique_names() {
+    fn two_files_per_sample_and_two_worker_events_with_unique_names() {
         let events = all_events();
-        assert_eq!(events.len(), 2 * samples::all().len());
+        assert_eq!(events.len(), 2 * samples::all().len() + 2);
         let mut names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
         names.sort_unstable();
         names.dedup();
