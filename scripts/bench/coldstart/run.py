@@ -259,24 +259,10 @@ def serve_aws() -> None:
     kw = dict(endpoint_url=endpoint, region_name=REGION,
               aws_access_key_id="test", aws_secret_access_key="test")
     ddb, sqs = boto3.client("dynamodb", **kw), boto3.client("sqs", **kw)
-    # Same design as scripts/local_aws.py / template.yaml.
-    ddb.create_table(
-        TableName=EVENT_TABLE, BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[{"AttributeName": n, "AttributeType": t}
-                              for n, t in [("pk", "S"), ("pending", "S"), ("lock_until", "N")]],
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[{
-            "IndexName": "pending-index",
-            "KeySchema": [{"AttributeName": "pending", "KeyType": "HASH"},
-                          {"AttributeName": "lock_until", "KeyType": "RANGE"}],
-            "Projection": {"ProjectionType": "ALL"}}])
-    ddb.update_time_to_live(TableName=EVENT_TABLE, TimeToLiveSpecification={
-        "Enabled": True, "AttributeName": "expires_at"})
-    dlq = sqs.create_queue(QueueName="twilio-dlq")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    work = sqs.create_queue(QueueName="twilio-work", Attributes={
-        "VisibilityTimeout": "180",
-        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"})})["QueueUrl"]
+    # Same design as template.yaml: one definition, in scripts/local_aws.py.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from local_aws import create_resources
+    work = create_resources(ddb, sqs, EVENT_TABLE)
     # The Python baseline's Powertools idempotency table (its documented layout).
     ddb.create_table(
         TableName=IDEMPOTENCY_TABLE, BillingMode="PAY_PER_REQUEST",
