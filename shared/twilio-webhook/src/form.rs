@@ -58,30 +58,74 @@ impl std::fmt::Debug for FormParams {
 
 impl FormParams {
     /// Parse a raw body. Never panics; rejects bad escapes and invalid UTF-8.
+    ///
+    /// One pass over the body: runs of literal bytes are copied whole, and only `&`, `=`, `%`
+    /// and `+` stop the scan (this runs on every request, before the signature check).
     pub fn parse(body: &[u8]) -> Result<Self, FormError> {
         if body.len() > MAX_BODY_BYTES {
             return Err(FormError::TooLarge(body.len()));
         }
-        let mut buf = Vec::with_capacity(body.len());
-        let mut spans = Vec::with_capacity(body.iter().filter(|b| **b == b'&').count() + 1);
-        let mut offset = 0;
-        for pair in body.split(|b| *b == b'&') {
-            if !pair.is_empty() {
-                let (k, v) = match pair.iter().position(|b| *b == b'=') {
-                    Some(i) => (&pair[..i], &pair[i + 1..]),
-                    None => (pair, &[][..]),
-                };
-                let start = buf.len();
-                decode_into(k, offset, &mut buf)?;
-                let key_end = buf.len();
-                decode_into(v, offset + k.len() + 1, &mut buf)?;
-                spans.push((start as u32, key_end as u32, buf.len() as u32));
+        // Decoding never grows the text, so one allocation holds it all; the 16 spare bytes
+        // let short runs be copied as one fixed 16-byte move instead of a memcpy call.
+        let n = body.len();
+        let mut out = vec![0u8; n + 16];
+        let mut w = 0;
+        let mut spans = Vec::with_capacity(24);
+        let (mut i, mut pair_start, mut start, mut key_end) = (0, 0, 0, None);
+        loop {
+            let run = body[i..]
+                .iter()
+                .position(|b| SPECIAL[*b as usize])
+                .unwrap_or(n - i);
+            // `w <= i` always, so both 16-byte windows are in bounds whenever the input's is.
+            if run <= 16 && i + 16 <= n {
+                out[w..w + 16].copy_from_slice(&body[i..i + 16]);
+            } else {
+                out[w..w + run].copy_from_slice(&body[i..i + run]);
             }
-            offset += pair.len() + 1;
+            (i, w) = (i + run, w + run);
+            match body.get(i) {
+                // An empty pair (`&&`, a leading or trailing `&`) is no parameter.
+                None | Some(b'&') => {
+                    if i > pair_start {
+                        spans.push((start, key_end.unwrap_or(w as u32), w as u32));
+                    }
+                    if i == n {
+                        break;
+                    }
+                    i += 1;
+                    (pair_start, start, key_end) = (i, w as u32, None);
+                }
+                Some(b'=') => {
+                    // Only the first `=` of a pair separates; later ones belong to the value.
+                    match key_end {
+                        None => key_end = Some(w as u32),
+                        Some(_) => {
+                            out[w] = b'=';
+                            w += 1;
+                        }
+                    }
+                    i += 1;
+                }
+                Some(b'+') => {
+                    out[w] = b' ';
+                    (i, w) = (i + 1, w + 1);
+                }
+                Some(_) => {
+                    let hex = |at: usize| body.get(at).map_or(0xff, |b| HEX[*b as usize]);
+                    let (h, l) = (hex(i + 1), hex(i + 2));
+                    if (h | l) > 0xf {
+                        return Err(FormError::BadEscape(i));
+                    }
+                    out[w] = h << 4 | l;
+                    (i, w) = (i + 3, w + 1);
+                }
+            }
         }
+        out.truncate(w);
         // One UTF-8 check for everything, then each key and value must also be whole on its
         // own (`%C3` as a key and `%A9` as its value are valid only together).
-        let buf = String::from_utf8(buf)
+        let buf = String::from_utf8(out)
             .map_err(|e| FormError::InvalidUtf8(e.utf8_error().valid_up_to()))?;
         let split = |i: u32| !buf.is_char_boundary(i as usize);
         if let Some(&(_, k, e)) = spans.iter().find(|&&(_, k, e)| split(k) || split(e)) {
@@ -123,6 +167,14 @@ impl FormParams {
         })
     }
 
+    /// Parameter `i` as `(key, key followed by its value)`: the two are adjacent in the
+    /// buffer, so the signature check hashes a parameter with one call.
+    pub(crate) fn raw_pair(&self, i: usize) -> (&[u8], &[u8]) {
+        let (s, k, e) = self.spans[i];
+        let buf = self.buf.as_bytes();
+        (&buf[s as usize..k as usize], &buf[s as usize..e as usize])
+    }
+
     pub fn len(&self) -> usize {
         self.spans.len()
     }
@@ -139,39 +191,32 @@ impl FormParams {
     }
 }
 
-/// Percent-decode `raw` (with `+` as space) onto `out`. Runs without escapes are copied
-/// whole; UTF-8 is checked once for the whole buffer by the caller.
-fn decode_into(raw: &[u8], at: usize, out: &mut Vec<u8>) -> Result<(), FormError> {
-    let mut i = 0;
-    while i < raw.len() {
-        let run = raw[i..]
-            .iter()
-            .position(|b| matches!(b, b'%' | b'+'))
-            .unwrap_or(raw.len() - i);
-        out.extend_from_slice(&raw[i..i + run]);
-        i += run;
-        match raw.get(i) {
-            Some(b'+') => {
-                out.push(b' ');
-                i += 1;
-            }
-            Some(_) => {
-                let hex = raw.get(i + 1..i + 3).ok_or(FormError::BadEscape(at + i))?;
-                match (hex_val(hex[0]), hex_val(hex[1])) {
-                    (Some(h), Some(l)) => out.push(h << 4 | l),
-                    _ => return Err(FormError::BadEscape(at + i)),
-                }
-                i += 3;
-            }
-            None => {}
-        }
-    }
-    Ok(())
-}
+/// The bytes that end a run of literal bytes in a form body.
+static SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'&' as usize] = true;
+    t[b'=' as usize] = true;
+    t[b'%' as usize] = true;
+    t[b'+' as usize] = true;
+    t
+};
 
-fn hex_val(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
+/// Value of a hex digit, or 0xff.
+static HEX: [u8; 256] = {
+    let mut t = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {

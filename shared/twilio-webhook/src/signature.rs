@@ -204,32 +204,36 @@ impl Keyed {
         }
     }
 
-    /// Constant-time check of `expected` against the HMAC of `parts` concatenated.
-    fn verify(&self, parts: &[&[u8]], expected: &[u8]) -> bool {
+    /// Constant-time check of `expected` against the HMAC of the signed string.
+    fn verify(&self, url: &str, tail: &SignedTail<'_>, expected: &[u8]) -> bool {
         match self {
             Self::Sha1(m) => {
                 let mut m = m.clone();
-                parts.iter().for_each(|p| m.update(p));
+                m.update(url.as_bytes());
+                tail.for_each(|p| m.update(p));
                 m.verify_slice(expected).is_ok()
             }
             Self::Sha256(m) => {
                 let mut m = m.clone();
-                parts.iter().for_each(|p| m.update(p));
+                m.update(url.as_bytes());
+                tail.for_each(|p| m.update(p));
                 m.verify_slice(expected).is_ok()
             }
         }
     }
 
-    fn sign(&self, parts: &[&[u8]]) -> Vec<u8> {
+    fn sign(&self, url: &str, tail: &SignedTail<'_>) -> Vec<u8> {
         match self {
             Self::Sha1(m) => {
                 let mut m = m.clone();
-                parts.iter().for_each(|p| m.update(p));
+                m.update(url.as_bytes());
+                tail.for_each(|p| m.update(p));
                 m.finalize().into_bytes().to_vec()
             }
             Self::Sha256(m) => {
                 let mut m = m.clone();
-                parts.iter().for_each(|p| m.update(p));
+                m.update(url.as_bytes());
+                tail.for_each(|p| m.update(p));
                 m.finalize().into_bytes().to_vec()
             }
         }
@@ -300,28 +304,61 @@ impl Validator {
     /// Verify a request; on success the parsed parameters come back inside a [`VerifiedRequest`].
     pub fn verify(&self, req: &SignedRequest<'_>) -> Result<VerifiedRequest, SignatureError> {
         let body = Body::classify(req)?;
-        let signature = req
-            .signature
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .ok_or(SignatureError::MissingSignature)?;
+        let signature = present(req.signature)?;
         let url = strip_fragment(req.url);
 
         // Only form POST parameters are appended; GET and JSON sign the URL alone.
-        let (params, json_body, tail) = match body {
-            Body::None => (query_params(url), None, Vec::new()),
-            Body::Form(p) => {
-                let tail = signed_params(&p);
-                (p, None, tail)
-            }
+        let (params, json_body, signs_params) = match body {
+            Body::None => (query_params(url), None, false),
+            Body::Form(p) => (p, None, true),
             Body::Json(raw) => {
                 check_body_hash(url, raw)?;
                 let text = std::str::from_utf8(raw)
                     .map_err(|e| FormError::InvalidUtf8(e.valid_up_to()))?;
-                (FormParams::default(), Some(text.to_owned()), Vec::new())
+                (FormParams::default(), Some(text.to_owned()), false)
             }
         };
+        let key = self.check(
+            url,
+            signs_params.then_some(&params),
+            signature,
+            req.signature_settings,
+        )?;
+        Ok(VerifiedRequest {
+            url: url.to_owned(),
+            params,
+            json_body,
+            key,
+        })
+    }
 
+    /// Verify a form POST whose body was already parsed (by a web framework's form extractor,
+    /// say). Same checks as [`Validator::verify`]; the parameters are signed as given.
+    pub fn verify_form(
+        &self,
+        url: &str,
+        params: FormParams,
+        signature: Option<&str>,
+        signature_settings: Option<&str>,
+    ) -> Result<VerifiedRequest, SignatureError> {
+        let url = strip_fragment(url);
+        let key = self.check(url, Some(&params), present(signature)?, signature_settings)?;
+        Ok(VerifiedRequest {
+            url: url.to_owned(),
+            params,
+            json_body: None,
+            key,
+        })
+    }
+
+    /// Which secret, if any, signed `url` (+ `params`) with `signature`.
+    fn check(
+        &self,
+        url: &str,
+        params: Option<&FormParams>,
+        signature: &str,
+        signature_settings: Option<&str>,
+    ) -> Result<KeyUsed, SignatureError> {
         // A signature that is not even base64 of a plausible length cannot match anything.
         let mut expected = [0u8; 64];
         let expected = match BASE64.decode_slice(signature, &mut expected) {
@@ -329,7 +366,7 @@ impl Validator {
             Err(_) => return Err(SignatureError::InvalidSignature),
         };
 
-        let (secrets, alg): (&[Secret], Algorithm) = match req.signature_settings {
+        let (secrets, alg): (&[Secret], Algorithm) = match signature_settings {
             None => (&self.tokens, Algorithm::HmacSha1),
             Some(settings) => {
                 let (id, alg) = parse_settings(settings)?;
@@ -345,29 +382,30 @@ impl Validator {
             }
         };
 
+        let tail = SignedTail::new(params);
         let matches = |candidate: &str| {
             secrets.iter().find(|secret| {
                 let keyed = match alg {
                     Algorithm::HmacSha1 => &secret.sha1,
                     Algorithm::HmacSha256 => secret.sha256.as_ref().unwrap_or(&secret.sha1),
                 };
-                keyed.verify(&[candidate.as_bytes(), &tail], expected)
+                keyed.verify(candidate, &tail, expected)
             })
         };
         // The URL as given matches almost always: build the port/credential variants only
         // when it does not.
-        let found =
-            matches(url).or_else(|| url_candidates(url).iter().skip(1).find_map(|c| matches(c)));
-        match found {
-            Some(secret) => Ok(VerifiedRequest {
-                url: url.to_owned(),
-                params,
-                json_body,
-                key: secret.used.clone(),
-            }),
-            None => Err(SignatureError::InvalidSignature),
-        }
+        matches(url)
+            .or_else(|| url_candidates(url).iter().skip(1).find_map(|c| matches(c)))
+            .map(|secret| secret.used.clone())
+            .ok_or(SignatureError::InvalidSignature)
     }
+}
+
+fn present(signature: Option<&str>) -> Result<&str, SignatureError> {
+    signature
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or(SignatureError::MissingSignature)
 }
 
 enum Body<'a> {
@@ -449,18 +487,74 @@ fn parse_settings(header: &str) -> Result<(&str, Algorithm), SignatureError> {
     Ok((key.ok_or(SignatureError::MalformedSettings)?, alg))
 }
 
-/// The parameter part of the signed string: keys by bytes, each key's values sorted and
-/// de-duplicated. Sorting (key, value) pairs and dropping equal pairs gives exactly that.
-fn signed_params(params: &FormParams) -> Vec<u8> {
-    let mut pairs: Vec<(&str, &str)> = params.iter().collect();
-    pairs.sort_unstable();
-    pairs.dedup();
-    let mut out = Vec::with_capacity(pairs.iter().map(|(k, v)| k.len() + v.len()).sum());
-    for (k, v) in pairs {
-        out.extend_from_slice(k.as_bytes());
-        out.extend_from_slice(v.as_bytes());
+/// The parameter part of the signed string, in signing order: keys by bytes, a repeated key's
+/// values sorted and de-duplicated (sorting whole pairs and skipping equal ones gives exactly
+/// that). Hashed straight from the parsed buffer, never copied into one string.
+struct SignedTail<'a> {
+    params: Option<&'a FormParams>,
+    /// Parameter indexes in signing order.
+    order: Vec<u64>,
+}
+
+impl<'a> SignedTail<'a> {
+    fn new(params: Option<&'a FormParams>) -> Self {
+        let Some(p) = params else {
+            return Self {
+                params,
+                order: Vec::new(),
+            };
+        };
+        let full = |a: &u64, b: &u64| {
+            let (a, b) = (p.raw_pair(*a as usize), p.raw_pair(*b as usize));
+            a.0.cmp(b.0).then_with(|| a.1.cmp(b.1))
+        };
+        let order = if p.len() <= usize::from(u8::MAX) {
+            // Sort plain integers (the standard library sorts those without branches): the
+            // first 7 key bytes, zero-padded and big-endian, above the index. Zero padding keeps
+            // the order exact (a prefix sorts first); keys that tie on 7 bytes, or contain a zero
+            // byte, are then put in order by their bytes.
+            let mut packed: Vec<u64> = (0..p.len())
+                .map(|i| {
+                    let key = p.raw_pair(i).0;
+                    let head = (0..7).fold(0, |h, j| h << 8 | u64::from(*key.get(j).unwrap_or(&0)));
+                    head << 8 | i as u64
+                })
+                .collect();
+            packed.sort_unstable();
+            let mut group = 0;
+            for i in 1..=packed.len() {
+                if i == packed.len() || packed[i] >> 8 != packed[group] >> 8 {
+                    let tie = &mut packed[group..i];
+                    if tie.len() > 1 {
+                        tie.iter_mut().for_each(|x| *x &= 0xff);
+                        tie.sort_unstable_by(full);
+                    }
+                    group = i;
+                }
+            }
+            packed.iter_mut().for_each(|x| *x &= 0xff);
+            packed
+        } else {
+            let mut order: Vec<u64> = (0..p.len() as u64).collect();
+            order.sort_unstable_by(full);
+            order
+        };
+        Self { params, order }
     }
-    out
+
+    fn for_each(&self, mut f: impl FnMut(&[u8])) {
+        let Some(p) = self.params else { return };
+        let mut last: Option<(&[u8], &[u8])> = None;
+        for &i in &self.order {
+            let (key, pair) = p.raw_pair(i as usize);
+            // A repeated identical pair is signed once: same key length and the same bytes.
+            if last.is_some_and(|(k, kv)| kv == pair && k.len() == key.len()) {
+                continue;
+            }
+            f(pair);
+            last = Some((key, pair));
+        }
+    }
 }
 
 /// The URL as given, then with the port removed (if it has one) or the scheme's default port
@@ -510,7 +604,7 @@ pub fn sign(token: &AuthToken, url: &str, params: &FormParams) -> String {
 /// Sign with an explicit algorithm (SharedKey signatures).
 pub fn sign_with(alg: Algorithm, secret: &AuthToken, url: &str, params: &FormParams) -> String {
     let keyed = Keyed::new(alg, secret);
-    BASE64.encode(keyed.sign(&[strip_fragment(url).as_bytes(), &signed_params(params)]))
+    BASE64.encode(keyed.sign(strip_fragment(url), &SignedTail::new(Some(params))))
 }
 
 /// For a JSON webhook: the URL with `bodySHA256` appended, and its signature.
@@ -573,6 +667,29 @@ mod tests {
                 Some("AAAAAAAAAAAAAAAAAAAAAAAAAAA=")
             )),
             Err(SignatureError::InvalidSignature)
+        );
+    }
+
+    #[test]
+    fn verify_form_checks_already_parsed_params_like_verify() {
+        let v = Validator::new("12345".into());
+        let sig = sign(&"12345".into(), URL, &params());
+        let ok = v.verify_form(URL, params(), Some(&sig), None).unwrap();
+        assert_eq!(ok.params(), &params());
+        assert_eq!(ok.key_used(), &KeyUsed::Primary);
+        let mut other = params();
+        other = FormParams::from_pairs(
+            other
+                .iter()
+                .map(|(k, v)| (k, if k == "Digits" { "9" } else { v })),
+        );
+        assert_eq!(
+            v.verify_form(URL, other, Some(&sig), None),
+            Err(SignatureError::InvalidSignature)
+        );
+        assert_eq!(
+            v.verify_form(URL, params(), None, None),
+            Err(SignatureError::MissingSignature)
         );
     }
 
