@@ -55,8 +55,8 @@ pub fn init_tracing() {
 
 /// SDK config with limits that fit inside Twilio's 15 s: a refused connection fails in
 /// about a second instead of going through long retries.
-pub async fn aws_config() -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
+pub async fn aws_config() -> Result<SdkConfig, ConfigError> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_millis(1000))
@@ -64,9 +64,27 @@ pub async fn aws_config() -> SdkConfig {
                 .operation_timeout(Duration::from_secs(5))
                 .build(),
         )
-        .retry_config(RetryConfig::standard().with_max_attempts(2))
-        .load()
-        .await
+        .retry_config(RetryConfig::standard().with_max_attempts(2));
+    if config::trust_store()? == config::TrustStore::Amazon {
+        loader = loader.http_client(amazon_roots_client());
+    }
+    Ok(loader.load().await)
+}
+
+/// The SDK's default HTTPS client (rustls + aws-lc), trusting only the Amazon roots built in.
+pub fn amazon_roots_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
+    let roots = TrustStore::empty()
+        .with_native_roots(false)
+        .with_pem_certificate(config::AMAZON_ROOTS_PEM);
+    let context = TlsContext::builder()
+        .with_trust_store(roots)
+        .build()
+        .expect("a trust store of PEM certificates always builds");
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+        .tls_context(context)
+        .build_https()
 }
 
 /// The auth token(s): from Secrets Manager when `TWILIO_AUTH_TOKEN_SECRET_ARN` is set, else
@@ -141,7 +159,7 @@ impl WebhookApp {
 /// `main` of the four webhook functions.
 pub async fn run_webhook(endpoint: Endpoint) -> Result<(), Error> {
     init_tracing();
-    let sdk = aws_config().await;
+    let sdk = aws_config().await?;
     let app = Arc::new(WebhookApp::from_env(&sdk).await?);
     info!(endpoint = endpoint.as_str(), "cold start complete");
     lambda_http::run(service_fn(move |req: Request| {
@@ -222,7 +240,7 @@ impl WorkerApp {
 /// `main` of the event-worker function.
 pub async fn run_worker() -> Result<(), Error> {
     init_tracing();
-    let sdk = aws_config().await;
+    let sdk = aws_config().await?;
     let app = Arc::new(WorkerApp::from_env(&sdk).await?);
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: LambdaEvent<Value>| {

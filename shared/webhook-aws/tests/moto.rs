@@ -92,7 +92,7 @@ async fn sdk(endpoint: &str) -> SdkConfig {
         std::env::set_var("AWS_REGION", "us-east-1");
         std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     }
-    let base = webhook_aws::aws_config().await;
+    let base = webhook_aws::aws_config().await.expect("SDK config");
     base.into_builder().endpoint_url(endpoint).build()
 }
 
