@@ -14,7 +14,7 @@ pub mod server;
 pub mod store;
 pub mod worker;
 
-pub use db::{Database, DirLock, OpenError, Recovery};
+pub use db::{DB_FILE, Database, DirLock, OpenError, Recovery};
 pub use inspect::{InspectError, inspect};
 pub use queue::{JobId, QueueCounts, QueueSettings, SqliteQueue};
 pub use server::{

@@ -7,9 +7,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::Notify;
-use webhook_pipeline::{Clock, Job, StoreError, WorkQueue, system_clock};
+use webhook_pipeline::store::ClaimTimes;
+use webhook_pipeline::{
+    Claim, Clock, EventRecord, Job, Outbox, StoreError, WorkQueue, system_clock,
+};
 
 use crate::db::{Database, DbError};
+use crate::store::{ClaimRow, claim_outcome};
 
 /// Row id of a job in the `jobs` table.
 pub type JobId = i64;
@@ -88,22 +92,38 @@ impl SqliteQueue {
         let received = self
             .db
             .call(move |tx| {
-                let ready: Vec<(JobId, String, i64)> = {
+                // A job enqueued by the outbox has an empty body: its event is the record's.
+                let ready: Vec<(JobId, String, Option<String>, i64)> = {
                     // The ids first, from the index alone: sorting every visible job with its
                     // body to keep `limit` of them made each receive cost the whole backlog.
                     let mut stmt = tx.prepare_cached(
-                        "SELECT id, body, receive_count FROM jobs WHERE id IN (
+                        "SELECT j.id, j.body, e.event, j.receive_count FROM jobs j
+                         LEFT JOIN events e ON j.body = '' AND e.key = j.key
+                         WHERE j.id IN (
                              SELECT id FROM jobs WHERE done = 0 AND visible_at_ms <= ?1
                              ORDER BY id LIMIT ?2)
-                         ORDER BY id",
+                         ORDER BY j.id",
                     )?;
                     stmt.query_map(params![now, limit], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                     })?
                     .collect::<Result<_, _>>()?
                 };
                 let mut out = Vec::with_capacity(ready.len());
-                for (id, body, count) in ready {
+                for (id, body, event, count) in ready {
+                    let body = match (body.is_empty(), event) {
+                        (false, _) => Body::Job(body),
+                        (true, Some(event)) => Body::Event(event),
+                        (true, None) => {
+                            // Its record expired and was purged: nothing is left to process.
+                            tracing::debug!(job = id, "job's event record is gone; acknowledged");
+                            tx.prepare_cached(
+                                "UPDATE jobs SET done = 1, acked_at_ms = ?2 WHERE id = ?1",
+                            )?
+                            .execute(params![id, now])?;
+                            continue;
+                        }
+                    };
                     if count >= max {
                         let reason = format!("received {count} times without being acknowledged");
                         dead_letter(tx, id, now, &reason)?;
@@ -123,7 +143,11 @@ impl SqliteQueue {
         // read is dead-lettered at once (if that fails, it comes back after `visibility`).
         let mut out = Vec::with_capacity(received.len());
         for (id, body) in received {
-            match serde_json::from_str::<Job>(&body) {
+            let job = match body {
+                Body::Job(body) => serde_json::from_str::<Job>(&body),
+                Body::Event(event) => serde_json::from_str(&event).map(|event| Job { event }),
+            };
+            match job {
                 Ok(job) => out.push((id, job)),
                 Err(e) => {
                     let reason = format!("unreadable job: {e}");
@@ -249,20 +273,63 @@ pub struct QueueCounts {
     pub dead: i64,
 }
 
+/// What a received job carries: a [`Job`] as JSON, or (outbox jobs) its event record's JSON.
+enum Body {
+    Job(String),
+    Event(String),
+}
+
 fn dead_letter(
     tx: &rusqlite::Connection,
     id: JobId,
     now: i64,
     reason: &str,
 ) -> Result<(), DbError> {
+    // An outbox job's body is its record's event: the dead letter keeps a copy of it.
     tx.execute(
         "INSERT OR REPLACE INTO dead_jobs (id, key, body, receive_count, died_at_ms, reason)
-         SELECT id, key, body, receive_count, ?2, ?3 FROM jobs WHERE id = ?1",
+         SELECT j.id, j.key,
+                CASE WHEN j.body = '' THEN COALESCE('{\"event\":' || e.event || '}', '')
+                     ELSE j.body END,
+                j.receive_count, ?2, ?3
+         FROM jobs j LEFT JOIN events e ON e.key = j.key WHERE j.id = ?1",
         params![id, now, reason],
     )?;
     tx.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
     tracing::error!(job = id, %reason, "job moved to the dead-letter table");
     Ok(())
+}
+
+/// The request path's one call: the record and its job in one transaction. This queue's
+/// database holds the store's tables too (one file, see `Database`).
+#[async_trait]
+impl Outbox for SqliteQueue {
+    async fn claim_and_enqueue(
+        &self,
+        event: &EventRecord,
+        attempt: &str,
+        t: ClaimTimes,
+    ) -> Result<Claim, StoreError> {
+        let row = ClaimRow::new(event, attempt, t)?;
+        let stored = self
+            .db
+            .call(move |c| {
+                let live = row.claim(c)?;
+                if live.is_none() {
+                    // Empty body: the worker reads the event from the record (one copy of it).
+                    c.prepare_cached(
+                        "INSERT INTO jobs (key, body, visible_at_ms) VALUES (?1, '', ?2)",
+                    )?
+                    .execute(params![row.key(), t.now_ms])?;
+                }
+                Ok(live)
+            })
+            .await?;
+        if stored.is_none() {
+            self.notify.notify_one();
+        }
+        claim_outcome(stored)
+    }
 }
 
 #[async_trait]

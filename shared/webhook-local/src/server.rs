@@ -136,7 +136,8 @@ impl Server {
             queue.clone(),
             config.policy,
             config.settings,
-        );
+        )
+        .with_outbox(queue.clone());
         let has_slow_work = !config.slow_work.is_empty();
         let worker = config.slow_work.into_iter().fold(
             Worker::new(store.clone(), queue.clone(), config.worker),

@@ -48,6 +48,91 @@ impl SqliteStore {
     }
 }
 
+/// An event record ready to be claimed on the database thread (serialized beforehand: the
+/// database thread is what every call waits for).
+pub(crate) struct ClaimRow {
+    key: String,
+    kind: String,
+    received_at: i64,
+    event_json: String,
+    reply_json: String,
+    attempt: String,
+    t: ClaimTimes,
+}
+
+impl ClaimRow {
+    pub(crate) fn new(
+        event: &EventRecord,
+        attempt: &str,
+        t: ClaimTimes,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            key: event.key.clone(),
+            kind: event.kind.clone(),
+            received_at: event.received_at,
+            event_json: serde_json::to_string(event).map_err(StoreError::new)?,
+            reply_json: serde_json::to_string(&event.reply).map_err(StoreError::new)?,
+            attempt: attempt.to_owned(),
+            t,
+        })
+    }
+
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Insert the record unless a live one has its key; `Some((reply, processed))` of the live
+    /// one if so. Its only write is its last statement.
+    pub(crate) fn claim(
+        &self,
+        c: &rusqlite::Connection,
+    ) -> Result<Option<(String, bool)>, DbError> {
+        let t = self.t;
+        let live = c
+            .prepare_cached(
+                "SELECT reply, processed FROM events
+                 WHERE key = ?1 AND expires_at_s * 1000 > ?2
+                   AND (processed = 1 OR lock_until_ms > ?2)",
+            )?
+            .query_row(params![self.key, t.now_ms], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
+            })
+            .optional()?;
+        if live.is_some() {
+            return Ok(live);
+        }
+        c.prepare_cached(
+            "INSERT OR REPLACE INTO events
+             (key, kind, received_at, event, reply, attempt, lock_until_ms, expires_at_s,
+              processed, processed_at_ms, lease_until_ms, sweeps)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, NULL, 0, 0)",
+        )?
+        .execute(params![
+            self.key,
+            self.kind,
+            self.received_at,
+            self.event_json,
+            self.reply_json,
+            self.attempt,
+            t.lock_until_ms,
+            t.expires_at_s
+        ])?;
+        Ok(None)
+    }
+}
+
+/// The [`Claim`] for what [`ClaimRow::claim`] found, parsed off the database thread.
+pub(crate) fn claim_outcome(stored: Option<(String, bool)>) -> Result<Claim, StoreError> {
+    match stored {
+        None => Ok(Claim::New),
+        Some((reply, processed)) => Ok(Claim::Duplicate {
+            reply: serde_json::from_str::<Reply>(&reply)
+                .map_err(|e| StoreError::new(DbError::Json(e)))?,
+            processed,
+        }),
+    }
+}
+
 #[async_trait]
 impl EventStore for SqliteStore {
     async fn claim(
@@ -56,56 +141,11 @@ impl EventStore for SqliteStore {
         attempt: &str,
         t: ClaimTimes,
     ) -> Result<Claim, StoreError> {
-        let event_json = serde_json::to_string(event).map_err(StoreError::new)?;
-        let reply_json = serde_json::to_string(&event.reply).map_err(StoreError::new)?;
-        let (key, kind, received_at) = (event.key.clone(), event.kind.clone(), event.received_at);
-        let attempt = attempt.to_owned();
+        let row = ClaimRow::new(event, attempt, t)?;
         // Each call is atomic on the database thread (see `Database::call`): the check and the
         // insert cannot interleave with another claim.
-        let stored_reply = self
-            .db
-            .call_last_write(move |c| {
-                let live = c
-                    .prepare_cached(
-                        "SELECT reply, processed FROM events
-                         WHERE key = ?1 AND expires_at_s * 1000 > ?2
-                           AND (processed = 1 OR lock_until_ms > ?2)",
-                    )?
-                    .query_row(params![key, t.now_ms], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
-                    })
-                    .optional()?;
-                if live.is_some() {
-                    return Ok(live);
-                }
-                c.prepare_cached(
-                    "INSERT OR REPLACE INTO events
-                     (key, kind, received_at, event, reply, attempt, lock_until_ms, expires_at_s,
-                      processed, processed_at_ms, lease_until_ms, sweeps)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, NULL, 0, 0)",
-                )?
-                .execute(params![
-                    key,
-                    kind,
-                    received_at,
-                    event_json,
-                    reply_json,
-                    attempt,
-                    t.lock_until_ms,
-                    t.expires_at_s
-                ])?;
-                Ok(None)
-            })
-            .await?;
-        // Parsed here rather than on the database thread, which every call waits for.
-        match stored_reply {
-            None => Ok(Claim::New),
-            Some((reply, processed)) => Ok(Claim::Duplicate {
-                reply: serde_json::from_str::<Reply>(&reply)
-                    .map_err(|e| StoreError::new(DbError::Json(e)))?,
-                processed,
-            }),
-        }
+        let stored = self.db.call_last_write(move |c| row.claim(c)).await?;
+        claim_outcome(stored)
     }
 
     async fn release(&self, key: &str, attempt: &str) -> Result<(), StoreError> {

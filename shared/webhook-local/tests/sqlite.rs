@@ -18,7 +18,7 @@ use webhook_pipeline::samples::{self, TEST_AUTH_TOKEN};
 use webhook_pipeline::store::ClaimTimes;
 use webhook_pipeline::worker::WorkerSettings;
 use webhook_pipeline::{
-    Claim, Clock, EventStore, Job, Pipeline, ReplyPolicy, Settings, WorkQueue, Worker,
+    Claim, Clock, EventStore, Job, Outbox, Pipeline, ReplyPolicy, Settings, WorkQueue, Worker,
 };
 
 /// A fresh data directory under the system temp dir, removed on drop.
@@ -240,6 +240,83 @@ async fn events_states_and_jobs_survive_a_reopen() {
     let got = q.receive(10, Duration::from_secs(30)).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].1.event, e);
+}
+
+#[tokio::test]
+async fn outbox_claims_and_enqueues_in_one_call_and_the_job_carries_the_record() {
+    let dir = TempDir::new();
+    let db = Database::open_dir(&dir.0).unwrap();
+    let (clock, now) = manual_clock(1_800_000_000_000);
+    let store = SqliteStore::new(db.clone());
+    let q = SqliteQueue::new(db.clone()).with_clock(clock);
+    let at = |now: i64| ClaimTimes {
+        now_ms: now,
+        lock_until_ms: now + 30_000,
+        expires_at_s: now / 1000 + 3600,
+    };
+    let t0 = now.load(Ordering::SeqCst);
+    let event = sample_event("outbox");
+    assert_eq!(
+        q.claim_and_enqueue(&event, "a", at(t0)).await.unwrap(),
+        Claim::New
+    );
+    // A duplicate gets the stored reply and no second job.
+    assert_eq!(
+        q.claim_and_enqueue(&event, "b", at(t0 + 1)).await.unwrap(),
+        Claim::Duplicate {
+            reply: event.reply.clone(),
+            processed: false
+        }
+    );
+    assert_eq!(q.counts().await.unwrap().pending, 1);
+    let got = q.receive(10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].1.event, event,
+        "the job is the record, read back whole"
+    );
+
+    // Never acknowledged: its dead letter keeps the event, though the job row held none.
+    for _ in 1..5 {
+        now.fetch_add(31_000, Ordering::SeqCst);
+        assert_eq!(
+            q.receive(10, Duration::from_secs(30)).await.unwrap().len(),
+            1
+        );
+    }
+    now.fetch_add(31_000, Ordering::SeqCst);
+    assert!(
+        q.receive(10, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let body: String = db_body(&dir.0);
+    let dead: Job = serde_json::from_str(&body).unwrap();
+    assert_eq!(dead.event, event);
+
+    // A job whose record expired and was purged is acknowledged, not handed to the worker.
+    let gone = sample_event("purged");
+    let t1 = now.load(Ordering::SeqCst);
+    assert_eq!(
+        q.claim_and_enqueue(&gone, "a", at(t1)).await.unwrap(),
+        Claim::New
+    );
+    assert_eq!(store.purge_expired(t1 + 3_601_000).await.unwrap(), 2);
+    assert!(
+        q.receive(10, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(q.counts().await.unwrap().pending, 0);
+}
+
+/// The body of the one dead letter, read with a plain connection.
+fn db_body(dir: &std::path::Path) -> String {
+    let c = rusqlite::Connection::open(dir.join(webhook_local::DB_FILE)).unwrap();
+    c.query_row("SELECT body FROM dead_jobs", [], |r| r.get(0))
+        .unwrap()
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use crate::config::Settings;
 use crate::error::PipelineError;
 use crate::reply::{Reply, ReplyPolicy};
 use crate::state::StateUpdate;
-use crate::store::{Claim, ClaimTimes, EventRecord, EventStore, Job, WorkQueue};
+use crate::store::{Claim, ClaimTimes, EventRecord, EventStore, Job, Outbox, WorkQueue};
 
 /// Unix milliseconds; injectable so tests can move time (lock and TTL expiry).
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -43,6 +43,8 @@ pub struct Pipeline {
     validator: Validator,
     store: Arc<dyn EventStore>,
     queue: Arc<dyn WorkQueue>,
+    /// When set, used instead of `store.claim` + `queue.enqueue`.
+    outbox: Option<Arc<dyn Outbox>>,
     policy: ReplyPolicy,
     settings: Settings,
     clock: Clock,
@@ -60,10 +62,18 @@ impl Pipeline {
             validator,
             store,
             queue,
+            outbox: None,
             policy,
             settings,
             clock: system_clock(),
         }
+    }
+
+    /// Record and enqueue new events with one [`Outbox`] call (the store and queue must be the
+    /// outbox's own: the worker and the sweeper still use them).
+    pub fn with_outbox(mut self, outbox: Arc<dyn Outbox>) -> Self {
+        self.outbox = Some(outbox);
+        self
     }
 
     pub fn with_clock(mut self, clock: Clock) -> Self {
@@ -141,7 +151,8 @@ impl Pipeline {
         Ok((webhook, event))
     }
 
-    /// Record once and enqueue: 2 sequential round trips for a new event, 1 for a duplicate.
+    /// Record once and enqueue: 2 sequential round trips for a new event, 1 for a duplicate
+    /// (1 and 1 with an [`Outbox`]).
     async fn record(&self, event: &EventRecord) -> Result<Reply, PipelineError> {
         let now = (self.clock)();
         let attempt = uuid::Uuid::new_v4().to_string();
@@ -150,15 +161,18 @@ impl Pipeline {
             lock_until_ms: now + self.settings.lock.as_millis() as i64,
             expires_at_s: now / 1000 + self.settings.event_ttl.as_secs() as i64,
         };
-        match self
-            .store
-            .claim(event, &attempt, times)
-            .await
-            .map_err(PipelineError::Store)?
-        {
+        let claim = match &self.outbox {
+            Some(outbox) => outbox.claim_and_enqueue(event, &attempt, times).await,
+            None => self.store.claim(event, &attempt, times).await,
+        };
+        match claim.map_err(PipelineError::Store)? {
             Claim::Duplicate { reply, processed } => {
                 info!(key = %event.key, processed, "duplicate webhook: replaying the stored reply");
                 Ok(reply)
+            }
+            Claim::New if self.outbox.is_some() => {
+                info!(key = %event.key, kind = %event.kind, "webhook accepted");
+                Ok(event.reply.clone())
             }
             Claim::New => {
                 let job = Job {

@@ -145,3 +145,18 @@ pub trait EventStore: Send + Sync {
 pub trait WorkQueue: Send + Sync {
     async fn enqueue(&self, job: &Job) -> Result<(), StoreError>;
 }
+
+/// Optional third port: claim and, if new, enqueue in one atomic call (the transactional
+/// outbox). For adapters whose store and queue live in one database (SQLite): one call instead
+/// of two on the request path, and no moment where a record is claimed but not enqueued. With
+/// DynamoDB + SQS the pipeline calls [`EventStore::claim`] then [`WorkQueue::enqueue`].
+#[async_trait]
+pub trait Outbox: Send + Sync {
+    /// [`EventStore::claim`]; on [`Claim::New`] the event's job is already enqueued.
+    async fn claim_and_enqueue(
+        &self,
+        event: &EventRecord,
+        attempt: &str,
+        t: ClaimTimes,
+    ) -> Result<Claim, StoreError>;
+}

@@ -8,8 +8,12 @@ use twilio_webhook::payload::Endpoint;
 use twilio_webhook::{AuthToken, Validator};
 use webhook_pipeline::memory::{MemoryQueue, MemoryStore};
 use webhook_pipeline::samples::{self, CALL_SID, MESSAGE_SID, TEST_AUTH_TOKEN, signed_request};
+use webhook_pipeline::store::ClaimTimes;
 use webhook_pipeline::worker::{Outcome, WorkerSettings};
-use webhook_pipeline::{Clock, EventStore, Pipeline, ReplyPolicy, Settings, Worker};
+use webhook_pipeline::{
+    Claim, Clock, EventRecord, EventStore, Job, Outbox, Pipeline, ReplyPolicy, Settings,
+    StoreError, WorkQueue, Worker,
+};
 
 const URL: &str = "https://hooks.example.com/sms";
 
@@ -405,4 +409,73 @@ async fn auto_reply_is_not_sent_to_opt_out_keywords() {
 #[tokio::test]
 async fn memory_store_passes_the_contract() {
     webhook_pipeline::contract::run_all(Arc::new(MemoryStore::default())).await;
+}
+
+/// An [`Outbox`] over the memory adapters that counts its calls and can be made to fail.
+struct CountingOutbox {
+    store: Arc<MemoryStore>,
+    queue: Arc<MemoryQueue>,
+    calls: std::sync::atomic::AtomicUsize,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Outbox for CountingOutbox {
+    async fn claim_and_enqueue(
+        &self,
+        event: &EventRecord,
+        attempt: &str,
+        t: ClaimTimes,
+    ) -> Result<Claim, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::new("database is locked"));
+        }
+        let claim = self.store.claim(event, attempt, t).await?;
+        if claim == Claim::New {
+            self.queue
+                .enqueue(&Job {
+                    event: event.clone(),
+                })
+                .await?;
+        }
+        Ok(claim)
+    }
+}
+
+#[tokio::test]
+async fn with_an_outbox_a_new_event_is_one_call_and_duplicates_are_not_enqueued() {
+    let store = Arc::new(MemoryStore::default());
+    let queue = Arc::new(MemoryQueue::default());
+    let outbox = Arc::new(CountingOutbox {
+        store: store.clone(),
+        queue: queue.clone(),
+        calls: Default::default(),
+        fail: Default::default(),
+    });
+    let pipeline = Pipeline::new(
+        Validator::new(AuthToken::new(TEST_AUTH_TOKEN)),
+        store.clone(),
+        queue.clone(),
+        ReplyPolicy::default(),
+        Settings::default(),
+    )
+    .with_outbox(outbox.clone());
+    let first = pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(outbox.calls.load(Ordering::SeqCst), 1);
+    assert_eq!((store.len(), queue.len()), (1, 1));
+    assert_eq!(
+        pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await,
+        first
+    );
+    assert_eq!(queue.len(), 1, "a duplicate is never enqueued");
+    // The outbox failing is a store failure: 503, so Twilio retries.
+    outbox.fail.store(true, Ordering::SeqCst);
+    let other = "SM00000000000000000000000000000002";
+    assert_eq!(
+        pipeline.handle(Endpoint::Sms, &sms(other)).await.status,
+        503
+    );
+    assert_eq!((store.len(), queue.len()), (1, 1));
 }
