@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `serve` allocates per request (body, JSON, records) on several threads: mimalloc's
+/// thread-local heaps cost a fraction of glibc malloc's (BENCHMARKS.md, local server load).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod configure;
 mod events;
 mod inspect;
