@@ -9,6 +9,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -201,7 +202,7 @@ impl Database {
             conn.execute_batch(SCHEMA)?;
             // Checkpoints run on their own thread (below): on this one, each stalled every
             // call waiting behind it for the copy of ~1000 pages and two fsyncs.
-            // After a restart, the WAL file is cut back to 64 MiB.
+            // After a rewind, the WAL file is cut back to 64 MiB.
             conn.execute_batch(
                 "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;",
             )
@@ -211,18 +212,20 @@ impl Database {
             source,
         })?;
         let (tx, rx) = mpsc::channel::<Box<dyn Op>>();
+        let rewind = Arc::new(AtomicBool::new(false));
+        let writer_rewind = rewind.clone();
         let name = format!(
             "sqlite {}",
             path.file_name().unwrap_or_default().to_string_lossy()
         );
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || run_ops(conn, rx))
+            .spawn(move || run_ops(conn, rx, &writer_rewind))
             .map_err(|e| OpenError::Dir {
                 path: path.clone(),
                 source: e,
             })?;
-        let checkpointer = Checkpointer::start(&path).map_err(|source| OpenError::Db {
+        let checkpointer = Checkpointer::start(&path, rewind).map_err(|source| OpenError::Db {
             path: path.clone(),
             source,
         })?;
@@ -257,7 +260,17 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
     {
-        self.call_kind(Kind::Writes, f).await
+        self.call_kind(Kind::Writes, Lane::Background, f).await
+    }
+
+    /// [`Database::call`] for a webhook request waiting on it: it goes ahead of background work
+    /// (the worker, the sweeper), which fills the rest of each transaction.
+    pub(crate) async fn call_for_request<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        self.call_kind(Kind::Writes, Lane::Request, f).await
     }
 
     /// [`Database::call`] for an `f` whose only write, if any, is its last statement: when it
@@ -268,10 +281,21 @@ impl Database {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
     {
-        self.call_kind(Kind::LastStatementWrites, f).await
+        self.call_kind(Kind::LastStatementWrites, Lane::Background, f)
+            .await
     }
 
-    async fn call_kind<T, F>(&self, kind: Kind, f: F) -> Result<T, DbError>
+    /// [`Database::call_last_write`] in the request lane (see [`Database::call_for_request`]).
+    pub(crate) async fn call_last_write_for_request<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        self.call_kind(Kind::LastStatementWrites, Lane::Request, f)
+            .await
+    }
+
+    async fn call_kind<T, F>(&self, kind: Kind, lane: Lane, f: F) -> Result<T, DbError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
@@ -281,6 +305,7 @@ impl Database {
             f: Some(f),
             out: None,
             kind,
+            lane,
             deliver: move |r| {
                 let _ = tx.send(r);
             },
@@ -300,6 +325,7 @@ impl Database {
             f: Some(f),
             out: None,
             kind: Kind::Read,
+            lane: Lane::Request,
             deliver: move |r| {
                 let _ = tx.send(r);
             },
@@ -398,25 +424,25 @@ fn busy_or(e: rusqlite::Error, dir: &Path, path: &Path) -> OpenError {
 
 /// How often the checkpointer copies committed WAL frames into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
-/// WAL size (frames of 4 KiB) above which the checkpointer makes the writer start it over.
-const RESTART_AT_FRAMES: i64 = 16 * 1024;
-/// Frames left to copy below which the blocking restart is short enough to run.
-const RESTART_TAIL_FRAMES: i64 = 512;
+/// WAL size (frames of 4 KiB) above which the writer is asked to rewind it.
+const REWIND_AT_FRAMES: i64 = 16 * 1024;
 
 /// A thread with its own connection that checkpoints the WAL every [`CHECKPOINT_EVERY`].
 ///
-/// PASSIVE checkpoints copy committed frames beside the writer without blocking it. But the
-/// WAL only starts over when a write begins while everything is copied, which under steady
-/// load never happens: so once it passes [`RESTART_AT_FRAMES`] (64 MiB), the checkpointer
-/// copies until little is left and then runs a RESTART checkpoint, which holds the writer
-/// back for that short tail only (about a millisecond) and makes its next write rewind the WAL.
+/// PASSIVE checkpoints copy committed frames beside the writer without blocking it. But the WAL
+/// only starts over when the writer begins a transaction at a moment when every frame has been
+/// copied, which under steady load does not happen by itself. So once the WAL passes
+/// [`REWIND_AT_FRAMES`] (64 MiB), the checkpointer raises `rewind`: between two transactions
+/// the writer then copies the few frames written since the last checkpoint itself, and its next
+/// transaction rewinds the WAL. (A RESTART checkpoint would do the same by making the writer
+/// wait on SQLite's busy handler, which sleeps 1, 2, 5, 10 ms: a latency spike.)
 struct Checkpointer {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Checkpointer {
-    fn start(path: &Path) -> rusqlite::Result<Self> {
+    fn start(path: &Path, rewind: Arc<AtomicBool>) -> rusqlite::Result<Self> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         let (stop, stopped) = mpsc::channel::<()>();
@@ -426,7 +452,7 @@ impl Checkpointer {
                 while let Err(mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(CHECKPOINT_EVERY)
                 {
-                    if let Err(e) = checkpoint(&conn) {
+                    if let Err(e) = checkpoint(&conn, &rewind) {
                         tracing::warn!(error = %e, "SQLite checkpoint failed; retrying");
                     }
                 }
@@ -439,25 +465,24 @@ impl Checkpointer {
     }
 }
 
-/// One round of the checkpointer (see [`Checkpointer`]).
-fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
-    // (busy, frames in the WAL, frames copied)
-    let passive = || {
-        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        })
-    };
-    let (mut log, mut copied) = passive()?;
-    if log < RESTART_AT_FRAMES {
-        return Ok(());
-    }
-    for _ in 0..8 {
-        if log - copied <= RESTART_TAIL_FRAMES {
+/// One round of the checkpointer (see [`Checkpointer`]). While a rewind is wanted it copies
+/// every 200 µs, so that what the writer has left to copy itself stays a few frames.
+fn checkpoint(conn: &Connection, rewind: &AtomicBool) -> rusqlite::Result<()> {
+    for _ in 0..2000 {
+        let frames = passive_checkpoint(conn)?;
+        let wanted = frames >= REWIND_AT_FRAMES;
+        rewind.store(wanted, Ordering::Relaxed);
+        if !wanted {
             break;
         }
-        (log, copied) = passive()?;
+        std::thread::sleep(Duration::from_micros(200));
     }
-    conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+    Ok(())
+}
+
+/// Copy what can be copied without waiting; returns the number of frames in the WAL.
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
 }
 
 impl Drop for Checkpointer {
@@ -480,9 +505,17 @@ enum Kind {
     Writes,
 }
 
+/// Who waits for a call: the request lane goes first (see [`run_ops`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Request,
+    Background,
+}
+
 /// One call waiting for the database thread.
 trait Op: Send {
     fn kind(&self) -> Kind;
+    fn lane(&self) -> Lane;
     /// Run the call (inside the batch's transaction); `false` if it failed.
     fn run(&mut self, c: &mut Connection) -> bool;
     /// Hand the answer over: the call's own result if the transaction committed (`None`).
@@ -493,6 +526,7 @@ struct Call<T, F, D> {
     f: Option<F>,
     out: Option<Result<T, DbError>>,
     kind: Kind,
+    lane: Lane,
     deliver: D,
 }
 
@@ -504,6 +538,10 @@ where
 {
     fn kind(&self) -> Kind {
         self.kind
+    }
+
+    fn lane(&self) -> Lane {
+        self.lane
     }
 
     fn run(&mut self, c: &mut Connection) -> bool {
@@ -529,16 +567,41 @@ where
     }
 }
 
-/// The database thread: take every call waiting (up to [`MAX_BATCH`]), run them in one
-/// transaction, commit, answer them, repeat until every [`Database`] handle is gone.
-fn run_ops(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Op>>) {
+/// Background calls in one transaction at most: a request's call waits for at most this much
+/// of the worker's work (a worker batch is 64 jobs of ~5 calls each).
+const MAX_BACKGROUND_PER_BATCH: usize = 32;
+
+/// The database thread: take every call waiting, run them in one transaction, commit, answer
+/// them, repeat until every [`Database`] handle is gone. Request calls all go in (up to
+/// [`MAX_BATCH`]); background calls fill up to [`MAX_BACKGROUND_PER_BATCH`] places and the
+/// rest wait for the next transactions, so a burst from the worker never delays a webhook by
+/// more than a short transaction.
+fn run_ops(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Op>>, rewind: &AtomicBool) {
+    let mut waiting: std::collections::VecDeque<Box<dyn Op>> = Default::default();
     let mut batch: Vec<Box<dyn Op>> = Vec::with_capacity(MAX_BATCH);
-    while let Ok(op) = rx.recv() {
-        batch.push(op);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+    loop {
+        if rewind.swap(false, Ordering::Relaxed) {
+            // The checkpointer is nearly caught up: copy the rest (see `Checkpointer`).
+            if let Err(e) = passive_checkpoint(&conn) {
+                tracing::warn!(error = %e, "SQLite checkpoint before a WAL rewind failed");
+            }
+        }
+        if waiting.is_empty() {
+            match rx.recv() {
+                Ok(op) => waiting.push_back(op),
+                Err(_) => return,
+            }
+        }
+        waiting.extend(rx.try_iter().take(MAX_BATCH));
+        let mut background = 0;
+        let mut i = 0;
+        while i < waiting.len() && batch.len() < MAX_BATCH {
+            let take = waiting[i].lane() == Lane::Request || background < MAX_BACKGROUND_PER_BATCH;
+            if take {
+                background += usize::from(waiting[i].lane() == Lane::Background);
+                batch.extend(waiting.remove(i));
+            } else {
+                i += 1;
             }
         }
         let not_committed = run_batch(&mut conn, &mut batch).err();
@@ -686,6 +749,61 @@ mod tests {
             .filter(|r| *r.as_ref().unwrap())
             .count();
         assert_eq!(won, 1);
+        drop(db);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_call_does_not_wait_behind_a_burst_of_background_calls() {
+        let (db, dir) = temp_db();
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let burst: Vec<_> = (0..400)
+            .map(|_| {
+                let (db, done) = (db.clone(), done.clone());
+                tokio::spawn(async move {
+                    db.call(move |_| {
+                        std::thread::sleep(Duration::from_millis(1));
+                        done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        Ok(())
+                    })
+                    .await
+                })
+            })
+            .collect();
+        // Let the burst reach the database thread first.
+        while done.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        db.call_for_request(|_| Ok(())).await.unwrap();
+        let ahead = done.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            ahead <= 3 * MAX_BACKGROUND_PER_BATCH,
+            "{ahead} background calls ran before the request's"
+        );
+        for b in burst {
+            b.await.unwrap().unwrap();
+        }
+        drop(db);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_checkpointer_copies_commits_into_the_database_file() {
+        let (db, dir) = temp_db();
+        for i in 0..50i64 {
+            db.call(move |c| Ok(c.execute("INSERT INTO t (v) VALUES (?1)", [i])?))
+                .await
+                .unwrap();
+        }
+        let file = || std::fs::metadata(dir.join(DB_FILE)).unwrap().len();
+        let before = file();
+        // No autocheckpoint on the writer: only the checkpointer thread can grow the file.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while file() == before && std::time::Instant::now() < deadline {
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
+        }
+        assert!(file() > before, "nothing was checkpointed");
+        assert_eq!(values(&db), (0..50).collect::<Vec<_>>());
         drop(db);
         let _ = std::fs::remove_dir_all(dir);
     }

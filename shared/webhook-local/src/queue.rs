@@ -173,6 +173,25 @@ impl SqliteQueue {
             .await?)
     }
 
+    /// [`SqliteQueue::ack`] for many jobs in one call (the worker settles a batch at once).
+    pub async fn ack_many(&self, ids: Vec<JobId>) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let now = (self.clock)();
+        Ok(self
+            .db
+            .call(move |c| {
+                let mut stmt =
+                    c.prepare_cached("UPDATE jobs SET done = 1, acked_at_ms = ?2 WHERE id = ?1")?;
+                for id in ids {
+                    stmt.execute(params![id, now])?;
+                }
+                Ok(())
+            })
+            .await?)
+    }
+
     /// The job failed: visible again after a backoff that grows with its receives, or
     /// dead-lettered if it used up its receives.
     pub async fn nack(&self, id: JobId, reason: &str) -> Result<(), StoreError> {
@@ -313,7 +332,7 @@ impl Outbox for SqliteQueue {
         let row = ClaimRow::new(event, attempt, t)?;
         let stored = self
             .db
-            .call(move |c| {
+            .call_for_request(move |c| {
                 let live = row.claim(c)?;
                 if live.is_none() {
                     // Empty body: the worker reads the event from the record (one copy of it).
@@ -339,7 +358,7 @@ impl WorkQueue for SqliteQueue {
         let key = job.event.key.clone();
         let now = (self.clock)();
         self.db
-            .call_last_write(move |c| {
+            .call_last_write_for_request(move |c| {
                 c.prepare_cached(
                     "INSERT INTO jobs (key, body, visible_at_ms) VALUES (?1, ?2, ?3)",
                 )?

@@ -144,7 +144,10 @@ impl EventStore for SqliteStore {
         let row = ClaimRow::new(event, attempt, t)?;
         // Each call is atomic on the database thread (see `Database::call`): the check and the
         // insert cannot interleave with another claim.
-        let stored = self.db.call_last_write(move |c| row.claim(c)).await?;
+        let stored = self
+            .db
+            .call_last_write_for_request(move |c| row.claim(c))
+            .await?;
         claim_outcome(stored)
     }
 
@@ -152,7 +155,7 @@ impl EventStore for SqliteStore {
         let (key, attempt) = (key.to_owned(), attempt.to_owned());
         Ok(self
             .db
-            .call_last_write(move |c| {
+            .call_last_write_for_request(move |c| {
                 c.prepare_cached(
                     "UPDATE events SET lock_until_ms = 0 WHERE key = ?1 AND attempt = ?2",
                 )?

@@ -109,9 +109,13 @@ impl WorkerLoop {
             }
             let mut jobs = jobs.into_iter().peekable();
             let mut running = tokio::task::JoinSet::new();
+            // Done jobs are acknowledged together once the batch is over: one database call
+            // instead of one each. A crash before that redelivers them, and the worker then
+            // finds them processed (Outcome::Skipped) and acknowledges them again.
+            let mut done = Vec::new();
             while jobs.peek().is_some() && !stopping(&shutdown) {
                 if running.len() >= s.concurrency.max(1) {
-                    joined(running.join_next().await);
+                    done.extend(joined(running.join_next().await));
                     continue;
                 }
                 let (id, job) = jobs.next().expect("peeked");
@@ -125,7 +129,10 @@ impl WorkerLoop {
             }
             // Jobs already started are finished, even when stopping.
             while let Some(r) = running.join_next().await {
-                joined(Some(r));
+                done.extend(joined(Some(r)));
+            }
+            if let Err(e) = self.queue.ack_many(done).await {
+                error!(error = %e, "could not acknowledge jobs (they come back after their visibility timeout)");
             }
             for (id, _) in jobs {
                 if let Err(e) = self.queue.defer(id, Duration::ZERO).await {
@@ -158,20 +165,20 @@ impl WorkerLoop {
     }
 }
 
-/// Process one job, then ack, nack or defer it.
+/// Process one job, then nack or defer it; `Some(id)` when it is done and must be acknowledged.
 async fn handle(
     worker: Arc<Worker>,
     queue: Arc<SqliteQueue>,
     busy_delay: Duration,
     id: JobId,
     job: webhook_pipeline::Job,
-) {
+) -> Option<JobId> {
     let result = match worker.process(&job).await {
         Ok(outcome) => {
             if outcome == Outcome::Skipped {
                 debug!(key = %job.event.key, "job skipped (already processed or expired)");
             }
-            queue.ack(id).await
+            return Some(id);
         }
         Err(WorkerError::Busy(key)) => {
             debug!(%key, "another worker holds the record; looking again later");
@@ -185,12 +192,18 @@ async fn handle(
     if let Err(e) = result {
         error!(job = id, error = %e, "could not settle a job (it comes back after its visibility timeout)");
     }
+    None
 }
 
-fn joined(r: Option<Result<(), tokio::task::JoinError>>) {
-    if let Some(Err(e)) = r {
-        // The job stays invisible until its visibility timeout, then comes back.
-        error!(error = %e, "job task failed");
+/// The job to acknowledge, if the task ended with one.
+fn joined(r: Option<Result<Option<JobId>, tokio::task::JoinError>>) -> Option<JobId> {
+    match r? {
+        Ok(done) => done,
+        Err(e) => {
+            // The job stays invisible until its visibility timeout, then comes back.
+            error!(error = %e, "job task failed");
+            None
+        }
     }
 }
 
