@@ -866,8 +866,10 @@ def check_table(t, facts, rep):
         gk = [(k.get("AttributeName"), k.get("KeyType")) for k in as_list(g.get("KeySchema"))]
         if gk != [(GSI_HASH[0], "HASH"), (GSI_RANGE[0], "RANGE")]:
             rep.error(f"{GSI_NAME}: KeySchema must be {GSI_HASH[0]} HASH, {GSI_RANGE[0]} RANGE, got {gk}")
-        if (g.get("Projection") or {}).get("ProjectionType") != "ALL":
-            rep.error(f"{GSI_NAME}: ProjectionType must be ALL")
+        proj = g.get("Projection") or {}
+        if (proj.get("ProjectionType"), proj.get("NonKeyAttributes")) != ("INCLUDE", ["sweeps"]):
+            rep.error(f"{GSI_NAME}: Projection must be INCLUDE [sweeps] (the sweeper reads it; "
+                      f"ALL would copy every event into the index), got {proj}")
     for name, typ in (PARTITION_KEY, GSI_HASH, GSI_RANGE):
         if attrs.get(name) != typ:
             rep.error(f"{TABLE}: attribute {name} must be defined as {typ}, got {attrs.get(name)}")

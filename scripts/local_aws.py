@@ -20,7 +20,7 @@ def create_resources(ddb, sqs, table: str) -> str:
                 "IndexName": "pending-index",
                 "KeySchema": [{"AttributeName": "pending", "KeyType": "HASH"},
                               {"AttributeName": "lock_until", "KeyType": "RANGE"}],
-                "Projection": {"ProjectionType": "ALL"}}])
+                "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["sweeps"]}}])
         ddb.update_time_to_live(TableName=table, TimeToLiveSpecification={
             "Enabled": True, "AttributeName": "expires_at"})
     dlq = sqs.create_queue(QueueName="twilio-dlq")["QueueUrl"]

@@ -5,8 +5,8 @@
 //! | event | dedup key (`sms#SM...`) | `event` (JSON), `attempt`, `lock_until` (ms), `expires_at` (s, TTL), `pending` ("1" until processed), `lease_until` (ms), `processed_at` (ms), `sweeps` |
 //! | state | `state#` + id (`state#msg#SM...`) | `state` (JSON), `version`, `expires_at` |
 //!
-//! GSI `pending-index` (`pending` / `lock_until`) is sparse: only unprocessed events are in it,
-//! which is what the sweeper queries. Expiry is always checked in conditions because TTL
+//! GSI `pending-index` (`pending` / `lock_until`, projecting only `sweeps`) is sparse: only
+//! unprocessed events are in it, which is what the sweeper queries. Expiry is always checked in conditions because TTL
 //! deletes items up to days late.
 
 use std::collections::HashMap;
@@ -32,6 +32,20 @@ pub struct DynamoStore {
 }
 
 impl DynamoStore {
+    /// The record under `key` if it is still unprocessed (strongly consistent read).
+    async fn pending_record(&self, key: &str) -> Result<Option<Item>, StoreError> {
+        let r = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        Ok(r.item.filter(|item| item.contains_key("pending")))
+    }
+
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,
@@ -244,8 +258,16 @@ impl EventStore for DynamoStore {
                 .send()
                 .await
                 .map_err(sdk_error)?;
-            for item in page.items() {
-                out.push((event_of(item)?, get_n(item, "sweeps").unwrap_or(0) as u32));
+            // The index holds keys and `sweeps` only (a small index entry per write instead
+            // of a copy of the event): the record itself is read back, and skipped if it was
+            // processed in the meantime.
+            for entry in page.items() {
+                let Some(key) = get_s(entry, PK) else {
+                    continue;
+                };
+                if let Some(item) = self.pending_record(key).await? {
+                    out.push((event_of(&item)?, get_n(entry, "sweeps").unwrap_or(0) as u32));
+                }
             }
             match page.last_evaluated_key() {
                 Some(k) if out.len() < limit => start = Some(k.clone()),

@@ -138,8 +138,10 @@ async fn setup(max_receives: u32) -> Aws {
                 .key_schema(key("pending", KeyType::Hash))
                 .key_schema(key("lock_until", KeyType::Range))
                 .projection(
+                    // As template.yaml: keys and `sweeps` only.
                     Projection::builder()
-                        .projection_type(ProjectionType::All)
+                        .projection_type(ProjectionType::Include)
+                        .non_key_attributes("sweeps")
                         .build(),
                 )
                 .build()
