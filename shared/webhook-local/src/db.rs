@@ -568,8 +568,8 @@ where
 }
 
 /// Background calls in one transaction at most: a request's call waits for at most this much
-/// of the worker's work (a worker batch is 64 jobs of ~5 calls each).
-const MAX_BACKGROUND_PER_BATCH: usize = 32;
+/// of the worker's work (a worker batch is 256 jobs of ~4 calls each).
+const MAX_BACKGROUND_PER_BATCH: usize = 64;
 
 /// The database thread: take every call waiting, run them in one transaction, commit, answer
 /// them, repeat until every [`Database`] handle is gone. Request calls all go in (up to

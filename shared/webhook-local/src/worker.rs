@@ -15,7 +15,8 @@ use crate::store::SqliteStore;
 
 #[derive(Debug, Clone, Copy)]
 pub struct LoopSettings {
-    /// Jobs taken per receive.
+    /// Jobs taken per receive. Large, because each job's calls wait for the request lane
+    /// (see `Database`): with 64 the worker fell behind under load (BENCHMARKS.md).
     pub batch: usize,
     /// Jobs of a batch processed at the same time. Their database calls share transactions
     /// (see `Database`), so under load this is what lets the worker keep up; jobs of one batch
@@ -35,8 +36,8 @@ pub struct LoopSettings {
 impl Default for LoopSettings {
     fn default() -> Self {
         Self {
-            batch: 64,
-            concurrency: 64,
+            batch: 256,
+            concurrency: 256,
             visibility: Duration::from_secs(300),
             sweep_every: Duration::from_secs(60),
             idle_poll: Duration::from_secs(1),
