@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
+use axum::serve::ListenerExt as _;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
@@ -15,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use twilio_webhook::payload::Endpoint;
 use twilio_webhook::url::{PublicBaseUrl, from_parts};
 use twilio_webhook::{AuthToken, Validator};
@@ -178,7 +179,13 @@ impl Server {
     ) -> Result<(), ServeError> {
         let (stop_worker, stop_rx) = watch::channel(false);
         let worker = tokio::spawn(self.worker.run(stop_rx));
-        let served = axum::serve(self.listener, router(self.app))
+        // Small replies, sent at once: Nagle's algorithm would only hold them back.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
+        let served = axum::serve(listener, router(self.app))
             .with_graceful_shutdown(shutdown)
             .await;
         info!("HTTP server stopped; letting the worker finish its current job");
