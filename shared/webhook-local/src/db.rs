@@ -465,14 +465,16 @@ impl Checkpointer {
     }
 }
 
-/// One round of the checkpointer (see [`Checkpointer`]). While a rewind is wanted it copies
-/// every 200 µs, so that what the writer has left to copy itself stays a few frames.
+/// One round of the checkpointer (see [`Checkpointer`]). While a rewind is wanted and the
+/// writer keeps adding frames, it copies every 200 µs, so that what the writer has left to copy
+/// itself stays a few frames. Once everything is copied, the writer's next transaction rewinds
+/// the WAL: there is nothing left to do until then (an idle server must not spin here).
 fn checkpoint(conn: &Connection, rewind: &AtomicBool) -> rusqlite::Result<()> {
     for _ in 0..2000 {
-        let frames = passive_checkpoint(conn)?;
+        let (frames, copied) = passive_checkpoint(conn)?;
         let wanted = frames >= REWIND_AT_FRAMES;
         rewind.store(wanted, Ordering::Relaxed);
-        if !wanted {
+        if !wanted || copied >= frames {
             break;
         }
         std::thread::sleep(Duration::from_micros(200));
@@ -480,9 +482,11 @@ fn checkpoint(conn: &Connection, rewind: &AtomicBool) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Copy what can be copied without waiting; returns the number of frames in the WAL.
-fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+/// Copy what can be copied without waiting: `(frames in the WAL, frames copied)`.
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(1)?, r.get(2)?))
+    })
 }
 
 impl Drop for Checkpointer {
