@@ -141,7 +141,8 @@ impl Server {
         .with_outbox(queue.clone());
         let has_slow_work = !config.slow_work.is_empty();
         let worker = config.slow_work.into_iter().fold(
-            Worker::new(store.clone(), queue.clone(), config.worker),
+            Worker::new(store.clone(), queue.clone(), config.worker)
+                .with_fold_in_one(store.clone()),
             |w, work| w.with_work(work),
         );
         let mut loop_settings = config.worker_loop;

@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 use webhook_pipeline::state::StateRecord;
 use webhook_pipeline::store::ClaimTimes;
-use webhook_pipeline::{Claim, EventRecord, EventStore, Processing, Reply, StoreError};
+use webhook_pipeline::{
+    Claim, EventRecord, EventStore, FoldInOne, Folded, Processing, Reply, StoreError,
+};
 
 use crate::db::{Database, DbError, OpenError};
 
@@ -309,5 +311,65 @@ impl EventStore for SqliteStore {
             })
             .await?;
         Ok(saved == 1)
+    }
+}
+
+/// The worker's whole job for an event without slow work, in one transaction: the record is
+/// checked as `begin_processing` checks it, the state folded, the record marked processed.
+/// No lease is needed: nothing else runs inside the transaction.
+#[async_trait]
+impl FoldInOne for SqliteStore {
+    async fn process_in_one(
+        &self,
+        event: &EventRecord,
+        now_ms: i64,
+        state_expires_at_s: i64,
+    ) -> Result<Folded, StoreError> {
+        let key = event.key.clone();
+        let update = event.state_update.clone();
+        let received_at = event.received_at;
+        Ok(self
+            .db
+            .call(move |c| {
+                let row = c
+                    .prepare_cached("SELECT processed, lease_until_ms FROM events WHERE key = ?1")?
+                    .query_row([&key], |r| Ok((r.get::<_, bool>(0)?, r.get::<_, i64>(1)?)))
+                    .optional()?;
+                match row {
+                    None => return Ok(Folded::Missing),
+                    Some((true, _)) => return Ok(Folded::AlreadyDone),
+                    Some((false, lease)) if lease > now_ms => return Ok(Folded::Busy),
+                    Some(_) => {}
+                }
+                if let Some(u) = &update {
+                    let stored = c
+                        .prepare_cached("SELECT state FROM states WHERE id = ?1")?
+                        .query_row([&u.id], |r| r.get::<_, String>(0))
+                        .optional()?;
+                    let mut state: StateRecord = match &stored {
+                        Some(json) => serde_json::from_str(json)?,
+                        None => StateRecord::default(),
+                    };
+                    if state.apply(u, &key, received_at) {
+                        c.prepare_cached(
+                            "INSERT INTO states (id, state, version, expires_at_s)
+                             VALUES (?1, ?2, 1, ?3)
+                             ON CONFLICT (id) DO UPDATE SET state = excluded.state,
+                                 version = version + 1, expires_at_s = excluded.expires_at_s",
+                        )?
+                        .execute(params![
+                            u.id,
+                            serde_json::to_string(&state)?,
+                            state_expires_at_s
+                        ])?;
+                    }
+                }
+                c.prepare_cached(
+                    "UPDATE events SET processed = 1, processed_at_ms = ?2 WHERE key = ?1",
+                )?
+                .execute(params![key, now_ms])?;
+                Ok(Folded::Processed)
+            })
+            .await?)
     }
 }

@@ -18,7 +18,8 @@ use webhook_pipeline::samples::{self, TEST_AUTH_TOKEN};
 use webhook_pipeline::store::ClaimTimes;
 use webhook_pipeline::worker::WorkerSettings;
 use webhook_pipeline::{
-    Claim, Clock, EventStore, Job, Outbox, Pipeline, ReplyPolicy, Settings, WorkQueue, Worker,
+    Claim, Clock, EventStore, FoldInOne, Folded, Job, Outbox, Pipeline, ReplyPolicy, Settings,
+    WorkQueue, Worker,
 };
 
 /// A fresh data directory under the system temp dir, removed on drop.
@@ -310,6 +311,67 @@ async fn outbox_claims_and_enqueues_in_one_call_and_the_job_carries_the_record()
             .is_empty()
     );
     assert_eq!(q.counts().await.unwrap().pending, 0);
+}
+
+#[tokio::test]
+async fn fold_in_one_processes_once_and_respects_a_live_lease() {
+    let dir = TempDir::new();
+    let store = SqliteStore::new(Database::open_dir(&dir.0).unwrap());
+    let now = 1_800_000_000_000;
+    let t = ClaimTimes {
+        now_ms: now,
+        lock_until_ms: now + 30_000,
+        expires_at_s: now / 1000 + 3600,
+    };
+    let event = sample_event("fold");
+    let id = event.state_update.as_ref().unwrap().id.clone();
+    store.claim(&event, "a", t).await.unwrap();
+    assert_eq!(
+        store
+            .process_in_one(&event, now + 1, now / 1000 + 3600)
+            .await
+            .unwrap(),
+        Folded::Processed
+    );
+    let (state, version) = store.load_state(&id).await.unwrap().expect("state folded");
+    assert_eq!((state.latest_status.as_str(), version), ("received", 1));
+    // Processed once: a redelivery does nothing, and the record is no longer pending.
+    assert_eq!(
+        store
+            .process_in_one(&event, now + 2, now / 1000 + 3600)
+            .await
+            .unwrap(),
+        Folded::AlreadyDone
+    );
+    assert_eq!(store.load_state(&id).await.unwrap().unwrap().1, 1);
+    assert_eq!(
+        store
+            .begin_processing(&event.key, now + 3, now + 60_000)
+            .await
+            .unwrap(),
+        webhook_pipeline::Processing::AlreadyDone
+    );
+    // A record leased by a worker with slow work is left to it; a missing one is skipped.
+    let leased = sample_event("leased");
+    store.claim(&leased, "a", t).await.unwrap();
+    store
+        .begin_processing(&leased.key, now, now + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .process_in_one(&leased, now + 1, now / 1000 + 3600)
+            .await
+            .unwrap(),
+        Folded::Busy
+    );
+    assert_eq!(
+        store
+            .process_in_one(&sample_event("gone"), now, now / 1000 + 3600)
+            .await
+            .unwrap(),
+        Folded::Missing
+    );
 }
 
 /// The body of the one dead letter, read with a plain connection.

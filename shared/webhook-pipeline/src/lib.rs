@@ -19,5 +19,8 @@ pub use config::Settings;
 pub use error::PipelineError;
 pub use pipeline::{Clock, IncomingRequest, Pipeline, system_clock};
 pub use reply::{Reply, ReplyPolicy};
-pub use store::{Claim, EventRecord, EventStore, Job, Outbox, Processing, StoreError, WorkQueue};
+pub use store::{
+    Claim, EventRecord, EventStore, FoldInOne, Folded, Job, Outbox, Processing, StoreError,
+    WorkQueue,
+};
 pub use worker::{SlowWork, Worker};

@@ -160,3 +160,31 @@ pub trait Outbox: Send + Sync {
         t: ClaimTimes,
     ) -> Result<Claim, StoreError>;
 }
+
+/// What [`FoldInOne::process_in_one`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Folded {
+    /// Processed by this call: state folded, record marked processed.
+    Processed,
+    /// Already processed: acknowledge the message.
+    AlreadyDone,
+    /// Another worker holds a live lease: retry later.
+    Busy,
+    /// No record (expired): nothing to do.
+    Missing,
+}
+
+/// Optional port: process an event whose only work is its state fold in one atomic call:
+/// the checks of [`EventStore::begin_processing`], the fold, and
+/// [`EventStore::finish_processing`], with no lease in between. For stores with transactions
+/// (SQLite): one call instead of four. The worker uses it only when no slow work is configured
+/// (slow work must run between a lease and the finish).
+#[async_trait]
+pub trait FoldInOne: Send + Sync {
+    async fn process_in_one(
+        &self,
+        event: &EventRecord,
+        now_ms: i64,
+        state_expires_at_s: i64,
+    ) -> Result<Folded, StoreError>;
+}

@@ -9,7 +9,9 @@ use tracing::{error, info, warn};
 
 use crate::pipeline::{Clock, system_clock};
 use crate::state::StateRecord;
-use crate::store::{EventRecord, EventStore, Job, Processing, StoreError, WorkQueue};
+use crate::store::{
+    EventRecord, EventStore, FoldInOne, Folded, Job, Processing, StoreError, WorkQueue,
+};
 
 /// Slow work a user adds, run once per accepted event (after the state fold). Return an
 /// error to have the job retried (and, after the queue's max receives, dead-lettered).
@@ -72,6 +74,8 @@ pub struct Worker {
     store: Arc<dyn EventStore>,
     queue: Arc<dyn WorkQueue>,
     work: Vec<Arc<dyn SlowWork>>,
+    /// Used instead of lease → fold → finish while there is no slow work.
+    fold_in_one: Option<Arc<dyn FoldInOne>>,
     settings: WorkerSettings,
     clock: Clock,
 }
@@ -86,9 +90,17 @@ impl Worker {
             store,
             queue,
             work: Vec::new(),
+            fold_in_one: None,
             settings,
             clock: system_clock(),
         }
+    }
+
+    /// Process events with one [`FoldInOne`] call while no slow work is configured (it must
+    /// be the worker's own store).
+    pub fn with_fold_in_one(mut self, store: Arc<dyn FoldInOne>) -> Self {
+        self.fold_in_one = Some(store);
+        self
     }
 
     pub fn with_work(mut self, work: Arc<dyn SlowWork>) -> Self {
@@ -105,6 +117,17 @@ impl Worker {
     pub async fn process(&self, job: &Job) -> Result<Outcome, WorkerError> {
         let key = &job.event.key;
         let now = (self.clock)();
+        if let Some(store) = self.fold_in_one.as_ref().filter(|_| self.work.is_empty()) {
+            let expires = now / 1000 + self.settings.event_ttl.as_secs() as i64;
+            return match store.process_in_one(&job.event, now, expires).await? {
+                Folded::Processed => {
+                    info!(%key, kind = %job.event.kind, "event processed");
+                    Ok(Outcome::Processed)
+                }
+                Folded::AlreadyDone | Folded::Missing => Ok(Outcome::Skipped),
+                Folded::Busy => Err(WorkerError::Busy(key.clone())),
+            };
+        }
         let lease_until = now + self.settings.lease.as_millis() as i64;
         match self.store.begin_processing(key, now, lease_until).await? {
             Processing::Ready => {}

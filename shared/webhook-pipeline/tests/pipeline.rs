@@ -11,8 +11,8 @@ use webhook_pipeline::samples::{self, CALL_SID, MESSAGE_SID, TEST_AUTH_TOKEN, si
 use webhook_pipeline::store::ClaimTimes;
 use webhook_pipeline::worker::{Outcome, WorkerSettings};
 use webhook_pipeline::{
-    Claim, Clock, EventRecord, EventStore, Job, Outbox, Pipeline, ReplyPolicy, Settings,
-    StoreError, WorkQueue, Worker,
+    Claim, Clock, EventRecord, EventStore, FoldInOne, Folded, Job, Outbox, Pipeline, ReplyPolicy,
+    Settings, SlowWork, StoreError, WorkQueue, Worker,
 };
 
 const URL: &str = "https://hooks.example.com/sms";
@@ -478,4 +478,53 @@ async fn with_an_outbox_a_new_event_is_one_call_and_duplicates_are_not_enqueued(
         503
     );
     assert_eq!((store.len(), queue.len()), (1, 1));
+}
+
+/// A [`FoldInOne`] that only counts its calls and answers `Processed`.
+#[derive(Default)]
+struct CountingFold(std::sync::atomic::AtomicUsize);
+
+#[async_trait::async_trait]
+impl FoldInOne for CountingFold {
+    async fn process_in_one(&self, _: &EventRecord, _: i64, _: i64) -> Result<Folded, StoreError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(Folded::Processed)
+    }
+}
+
+struct NoopWork;
+
+#[async_trait::async_trait]
+impl SlowWork for NoopWork {
+    fn name(&self) -> &'static str {
+        "noop"
+    }
+    async fn run(&self, _: &EventRecord) -> Result<(), webhook_pipeline::worker::WorkError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_one_call_fold_is_used_only_without_slow_work() {
+    let r = rig(ReplyPolicy::default());
+    r.pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    let job = r.queue.pop().unwrap();
+    let fold = Arc::new(CountingFold::default());
+    let plain = Worker::new(r.store.clone(), r.queue.clone(), WorkerSettings::default())
+        .with_fold_in_one(fold.clone());
+    assert_eq!(plain.process(&job).await.unwrap(), Outcome::Processed);
+    assert_eq!(fold.0.load(Ordering::SeqCst), 1);
+    // Slow work must run under a lease: the worker takes the lease path instead.
+    let slow = Worker::new(r.store.clone(), r.queue.clone(), WorkerSettings::default())
+        .with_fold_in_one(fold.clone())
+        .with_work(Arc::new(NoopWork));
+    assert_eq!(slow.process(&job).await.unwrap(), Outcome::Processed);
+    assert_eq!(fold.0.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        r.store
+            .begin_processing(&job.event.key, 0, 1)
+            .await
+            .unwrap(),
+        webhook_pipeline::Processing::AlreadyDone
+    );
 }
