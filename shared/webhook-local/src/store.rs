@@ -135,6 +135,21 @@ pub(crate) fn claim_outcome(stored: Option<(String, bool)>) -> Result<Claim, Sto
     }
 }
 
+/// Whether the worker may process the record now (`Ready`), as `begin_processing` and
+/// `process_in_one` both decide it.
+fn record_status(c: &rusqlite::Connection, key: &str, now_ms: i64) -> Result<Processing, DbError> {
+    let row = c
+        .prepare_cached("SELECT processed, lease_until_ms FROM events WHERE key = ?1")?
+        .query_row([key], |r| Ok((r.get::<_, bool>(0)?, r.get::<_, i64>(1)?)))
+        .optional()?;
+    Ok(match row {
+        None => Processing::Missing,
+        Some((true, _)) => Processing::AlreadyDone,
+        Some((false, lease)) if lease > now_ms => Processing::Busy,
+        Some(_) => Processing::Ready,
+    })
+}
+
 #[async_trait]
 impl EventStore for SqliteStore {
     async fn claim(
@@ -177,20 +192,11 @@ impl EventStore for SqliteStore {
         Ok(self
             .db
             .call_last_write(move |c| {
-                let row = c
-                    .prepare_cached("SELECT processed, lease_until_ms FROM events WHERE key = ?1")?
-                    .query_row([&key], |r| Ok((r.get::<_, bool>(0)?, r.get::<_, i64>(1)?)))
-                    .optional()?;
-                let outcome = match row {
-                    None => Processing::Missing,
-                    Some((true, _)) => Processing::AlreadyDone,
-                    Some((false, lease)) if lease > now_ms => Processing::Busy,
-                    Some(_) => {
-                        c.prepare_cached("UPDATE events SET lease_until_ms = ?2 WHERE key = ?1")?
-                            .execute(params![key, lease_until_ms])?;
-                        Processing::Ready
-                    }
-                };
+                let outcome = record_status(c, &key, now_ms)?;
+                if outcome == Processing::Ready {
+                    c.prepare_cached("UPDATE events SET lease_until_ms = ?2 WHERE key = ?1")?
+                        .execute(params![key, lease_until_ms])?;
+                }
                 Ok(outcome)
             })
             .await?)
@@ -331,15 +337,11 @@ impl FoldInOne for SqliteStore {
         Ok(self
             .db
             .call(move |c| {
-                let row = c
-                    .prepare_cached("SELECT processed, lease_until_ms FROM events WHERE key = ?1")?
-                    .query_row([&key], |r| Ok((r.get::<_, bool>(0)?, r.get::<_, i64>(1)?)))
-                    .optional()?;
-                match row {
-                    None => return Ok(Folded::Missing),
-                    Some((true, _)) => return Ok(Folded::AlreadyDone),
-                    Some((false, lease)) if lease > now_ms => return Ok(Folded::Busy),
-                    Some(_) => {}
+                match record_status(c, &key, now_ms)? {
+                    Processing::Missing => return Ok(Folded::Missing),
+                    Processing::AlreadyDone => return Ok(Folded::AlreadyDone),
+                    Processing::Busy => return Ok(Folded::Busy),
+                    Processing::Ready => {}
                 }
                 if let Some(u) = &update {
                     let stored = c
