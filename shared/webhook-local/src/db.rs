@@ -2,10 +2,11 @@
 //! WAL mode, one connection owned by one thread that runs every call.
 //!
 //! Group commit: calls that arrive while a transaction is being written are run together in the
-//! next transaction, each inside its own savepoint (a failing call undoes only its own writes),
-//! and every caller gets its answer only after that transaction committed. So an answer still
-//! means "on disk" (as far as `synchronous = NORMAL` goes, see [`Database::open`]), and under
-//! load one WAL commit covers hundreds of calls instead of one.
+//! next transaction, and every caller gets its answer only after that transaction committed. So
+//! an answer still means "on disk" (as far as `synchronous = NORMAL` goes, see
+//! [`Database::open`]), and under load one WAL commit covers hundreds of calls instead of one.
+//! A call that fails must undo only its own writes: then the whole transaction is rolled back
+//! and every call of it runs again, each in a transaction of its own (see [`run_and_answer`]).
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -192,7 +193,7 @@ impl Database {
             if !mode.eq_ignore_ascii_case("wal") {
                 tracing::warn!(%mode, "SQLite refused WAL mode");
             }
-            // Savepoint journals in memory; a page cache that holds the pages a batch touches
+            // Statement journals in memory; a page cache that holds the pages a batch touches
             // (the default 2 MB makes every batch re-read pages it wrote a moment ago).
             conn.execute_batch(
                 "PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY;
@@ -254,11 +255,12 @@ impl Database {
 
     /// Run `f` on the database thread, inside a transaction (`f` must not open one), and
     /// answer once that transaction committed. `f`'s writes are all kept or, if it returns an
-    /// error, all undone.
+    /// error, all undone. `f` may run more than once (when another call of its transaction
+    /// failed, see [`run_and_answer`]): only its last run counts.
     pub(crate) async fn call<T, F>(&self, f: F) -> Result<T, DbError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
+        F: FnMut(&mut Connection) -> Result<T, DbError> + Send + 'static,
     {
         self.call_kind(Kind::Writes, Lane::Background, f).await
     }
@@ -268,41 +270,19 @@ impl Database {
     pub(crate) async fn call_for_request<T, F>(&self, f: F) -> Result<T, DbError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
+        F: FnMut(&mut Connection) -> Result<T, DbError> + Send + 'static,
     {
         self.call_kind(Kind::Writes, Lane::Request, f).await
-    }
-
-    /// [`Database::call`] for an `f` whose only write, if any, is its last statement: when it
-    /// fails, SQLite has already undone that statement and there is nothing else to undo, so
-    /// no savepoint is needed (each one costs a copy of every page it touches again).
-    pub(crate) async fn call_last_write<T, F>(&self, f: F) -> Result<T, DbError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
-    {
-        self.call_kind(Kind::LastStatementWrites, Lane::Background, f)
-            .await
-    }
-
-    /// [`Database::call_last_write`] in the request lane (see [`Database::call_for_request`]).
-    pub(crate) async fn call_last_write_for_request<T, F>(&self, f: F) -> Result<T, DbError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
-    {
-        self.call_kind(Kind::LastStatementWrites, Lane::Request, f)
-            .await
     }
 
     async fn call_kind<T, F>(&self, kind: Kind, lane: Lane, f: F) -> Result<T, DbError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
+        F: FnMut(&mut Connection) -> Result<T, DbError> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.send(Box::new(Call {
-            f: Some(f),
+            f,
             out: None,
             kind,
             lane,
@@ -318,11 +298,11 @@ impl Database {
     /// consistent snapshot that never blocks or waits for a writer in another process.
     pub(crate) fn read_sync<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
+        f: impl FnMut(&mut Connection) -> Result<T, DbError> + Send + 'static,
     ) -> Result<T, DbError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(Box::new(Call {
-            f: Some(f),
+            f,
             out: None,
             kind: Kind::Read,
             lane: Lane::Request,
@@ -498,14 +478,11 @@ impl Drop for Checkpointer {
     }
 }
 
-/// What a call does, which decides how it is run in a batch.
+/// What a call does, which decides how its transaction begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     /// Reads only: a batch of reads takes no write lock.
     Read,
-    /// Writes with its last statement only: a failure leaves nothing to undo.
-    LastStatementWrites,
-    /// Anything else: run inside a savepoint, rolled back if it fails.
     Writes,
 }
 
@@ -520,14 +497,15 @@ enum Lane {
 trait Op: Send {
     fn kind(&self) -> Kind;
     fn lane(&self) -> Lane;
-    /// Run the call (inside the batch's transaction); `false` if it failed.
+    /// Run the call (inside a transaction); `false` if it failed. May run again after a
+    /// rollback: the last run's result is the answer.
     fn run(&mut self, c: &mut Connection) -> bool;
-    /// Hand the answer over: the call's own result if the transaction committed (`None`).
+    /// Hand the answer over: the call's own result if its transaction committed (`None`).
     fn finish(self: Box<Self>, not_committed: Option<&str>);
 }
 
 struct Call<T, F, D> {
-    f: Option<F>,
+    f: F,
     out: Option<Result<T, DbError>>,
     kind: Kind,
     lane: Lane,
@@ -537,7 +515,7 @@ struct Call<T, F, D> {
 impl<T, F, D> Op for Call<T, F, D>
 where
     T: Send,
-    F: FnOnce(&mut Connection) -> Result<T, DbError> + Send,
+    F: FnMut(&mut Connection) -> Result<T, DbError> + Send,
     D: FnOnce(Result<T, DbError>) + Send,
 {
     fn kind(&self) -> Kind {
@@ -549,10 +527,7 @@ where
     }
 
     fn run(&mut self, c: &mut Connection) -> bool {
-        let Some(f) = self.f.take() else {
-            return false;
-        };
-        let out = std::panic::catch_unwind(AssertUnwindSafe(|| f(c)))
+        let out = std::panic::catch_unwind(AssertUnwindSafe(|| (self.f)(c)))
             .unwrap_or_else(|_| Err(DbError::Join("database call panicked".into())));
         let ok = out.is_ok();
         self.out = Some(out);
@@ -608,10 +583,7 @@ fn run_ops(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Op>>, rewind: &Atomi
                 i += 1;
             }
         }
-        let not_committed = run_batch(&mut conn, &mut batch).err();
-        for op in batch.drain(..) {
-            op.finish(not_committed.as_deref());
-        }
+        run_and_answer(&mut conn, &mut batch);
     }
 }
 
@@ -619,39 +591,55 @@ fn exec(c: &Connection, sql: &str) -> rusqlite::Result<()> {
     c.prepare_cached(sql)?.execute([]).map(drop)
 }
 
-/// One transaction for the whole batch, a savepoint around each call that needs one (none when
-/// the call is alone: its failure rolls the transaction back). `Err` when nothing was committed.
-fn run_batch(c: &mut Connection, batch: &mut [Box<dyn Op>]) -> Result<(), String> {
+/// Run `batch` in one transaction and answer every call. Calls are not fenced off from each
+/// other by savepoints: those copied every page a call touched into a journal, which cost a
+/// fifth of the throughput under load (BENCHMARKS.md). Instead, when a call fails, the whole
+/// transaction is rolled back and each call runs again alone, so the failing one is undone and
+/// answered with its own error while the others commit. Calls only fail on a broken database
+/// (I/O, a corrupt row), so the rerun is rare.
+fn run_and_answer(c: &mut Connection, batch: &mut Vec<Box<dyn Op>>) {
+    match run_batch(c, batch) {
+        Err(BatchError::CallFailed) if batch.len() > 1 => {
+            for mut op in batch.drain(..) {
+                let result = run_batch(c, std::slice::from_mut(&mut op));
+                op.finish(result.err().map(|e| e.to_string()).as_deref());
+            }
+        }
+        result => {
+            let not_committed = result.err().map(|e| e.to_string());
+            for op in batch.drain(..) {
+                op.finish(not_committed.as_deref());
+            }
+        }
+    }
+}
+
+/// Why a transaction kept nothing.
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error("a call of the transaction failed")]
+    CallFailed,
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// One transaction for `batch`; on any error it is rolled back and nothing is kept.
+fn run_batch(c: &mut Connection, batch: &mut [Box<dyn Op>]) -> Result<(), BatchError> {
     let begin = if batch.iter().any(|op| op.kind() != Kind::Read) {
         "BEGIN IMMEDIATE"
     } else {
         "BEGIN DEFERRED"
     };
-    exec(c, begin).map_err(|e| e.to_string())?;
-    let alone = batch.len() == 1;
+    exec(c, begin)?;
     let result = (|| {
         for op in batch.iter_mut() {
-            let guarded = !alone && op.kind() == Kind::Writes;
-            if guarded {
-                exec(c, "SAVEPOINT call").map_err(|e| e.to_string())?;
-            }
-            let ok = op.run(c);
-            if !ok && c.is_autocommit() {
-                // SQLite rolled the whole transaction back (I/O error, disk full...).
-                return Err("SQLite rolled the transaction back".to_owned());
-            }
-            if !ok && alone {
-                return Err("the call failed".to_owned());
-            }
-            if guarded {
-                if !ok {
-                    exec(c, "ROLLBACK TO call").map_err(|e| e.to_string())?;
-                }
-                exec(c, "RELEASE call").map_err(|e| e.to_string())?;
+            if !op.run(c) {
+                return Err(BatchError::CallFailed);
             }
         }
-        exec(c, "COMMIT").map_err(|e| e.to_string())
+        Ok(exec(c, "COMMIT")?)
     })();
+    // (SQLite may already have rolled back by itself, after an I/O error or a full disk.)
     if result.is_err() && !c.is_autocommit() {
         if let Err(e) = c.execute_batch("ROLLBACK") {
             tracing::error!(error = %e, "SQLite rollback failed");
@@ -723,6 +711,37 @@ mod tests {
         }
         let kept: Vec<i64> = (0..200).filter(|i| i % 3 != 0 && i % 7 != 0).collect();
         assert_eq!(values(&db), kept);
+        drop(db);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn answers_come_from_the_run_that_was_committed() {
+        let (db, dir) = temp_db();
+        // Each call inserts a row and answers how many rows it sees; every fifth fails after
+        // its insert. Answers taken from a run that was rolled back would count rows that
+        // are not kept: the kept calls must see exactly 1, 2, ... in some order.
+        let calls = (0..200i64).map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.call(move |c| {
+                    c.execute("INSERT INTO t (v) VALUES (?1)", [i])?;
+                    if i % 5 == 0 {
+                        return Err(DbError::Join(format!("call {i} fails")));
+                    }
+                    Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))?)
+                })
+                .await
+            })
+        });
+        let mut seen: Vec<i64> = futures_join(calls)
+            .await
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=160).collect::<Vec<_>>());
+        assert_eq!(values(&db).len(), 160);
         drop(db);
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -165,7 +165,7 @@ impl SqliteQueue {
         let now = (self.clock)();
         Ok(self
             .db
-            .call_last_write(move |c| {
+            .call(move |c| {
                 c.prepare_cached("UPDATE jobs SET done = 1, acked_at_ms = ?2 WHERE id = ?1")?
                     .execute(params![id, now])?;
                 Ok(())
@@ -184,7 +184,7 @@ impl SqliteQueue {
             .call(move |c| {
                 let mut stmt =
                     c.prepare_cached("UPDATE jobs SET done = 1, acked_at_ms = ?2 WHERE id = ?1")?;
-                for id in ids {
+                for id in &ids {
                     stmt.execute(params![id, now])?;
                 }
                 Ok(())
@@ -226,7 +226,7 @@ impl SqliteQueue {
         let at = (self.clock)().saturating_add(delay.as_millis() as i64);
         Ok(self
             .db
-            .call_last_write(move |c| {
+            .call(move |c| {
                 c.prepare_cached(
                     "UPDATE jobs SET visible_at_ms = ?2, receive_count = MAX(receive_count - 1, 0)
                      WHERE id = ?1 AND done = 0",
@@ -241,7 +241,7 @@ impl SqliteQueue {
     pub async fn next_visible_at(&self) -> Result<Option<i64>, StoreError> {
         Ok(self
             .db
-            .call_last_write(|c| {
+            .call(|c| {
                 Ok(c.query_row(
                     "SELECT MIN(visible_at_ms) FROM jobs WHERE done = 0",
                     [],
@@ -255,7 +255,7 @@ impl SqliteQueue {
     pub async fn counts(&self) -> Result<QueueCounts, StoreError> {
         Ok(self
             .db
-            .call_last_write(|c| {
+            .call(|c| {
                 Ok(c.query_row(
                     "SELECT (SELECT COUNT(*) FROM jobs WHERE done = 0),
                             (SELECT COUNT(*) FROM dead_jobs)",
@@ -276,7 +276,7 @@ impl SqliteQueue {
         let before = (self.clock)() - self.settings.keep_done.as_millis() as i64;
         Ok(self
             .db
-            .call_last_write(move |c| {
+            .call(move |c| {
                 Ok(c.execute(
                     "DELETE FROM jobs WHERE done = 1 AND acked_at_ms < ?1",
                     [before],
@@ -358,7 +358,7 @@ impl WorkQueue for SqliteQueue {
         let key = job.event.key.clone();
         let now = (self.clock)();
         self.db
-            .call_last_write_for_request(move |c| {
+            .call_for_request(move |c| {
                 c.prepare_cached(
                     "INSERT INTO jobs (key, body, visible_at_ms) VALUES (?1, ?2, ?3)",
                 )?

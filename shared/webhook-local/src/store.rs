@@ -161,10 +161,7 @@ impl EventStore for SqliteStore {
         let row = ClaimRow::new(event, attempt, t)?;
         // Each call is atomic on the database thread (see `Database::call`): the check and the
         // insert cannot interleave with another claim.
-        let stored = self
-            .db
-            .call_last_write_for_request(move |c| row.claim(c))
-            .await?;
+        let stored = self.db.call_for_request(move |c| row.claim(c)).await?;
         claim_outcome(stored)
     }
 
@@ -172,7 +169,7 @@ impl EventStore for SqliteStore {
         let (key, attempt) = (key.to_owned(), attempt.to_owned());
         Ok(self
             .db
-            .call_last_write_for_request(move |c| {
+            .call_for_request(move |c| {
                 c.prepare_cached(
                     "UPDATE events SET lock_until_ms = 0 WHERE key = ?1 AND attempt = ?2",
                 )?
@@ -191,7 +188,7 @@ impl EventStore for SqliteStore {
         let key = key.to_owned();
         Ok(self
             .db
-            .call_last_write(move |c| {
+            .call(move |c| {
                 let outcome = record_status(c, &key, now_ms)?;
                 if outcome == Processing::Ready {
                     c.prepare_cached("UPDATE events SET lease_until_ms = ?2 WHERE key = ?1")?
@@ -206,7 +203,7 @@ impl EventStore for SqliteStore {
         let key = key.to_owned();
         Ok(self
             .db
-            .call_last_write(move |c| {
+            .call(move |c| {
                 c.prepare_cached(
                     "UPDATE events SET processed = 1, processed_at_ms = ?2 WHERE key = ?1",
                 )?
@@ -220,9 +217,9 @@ impl EventStore for SqliteStore {
         let key = key.to_owned();
         Ok(self
             .db
-            .call_last_write(move |c| {
+            .call(move |c| {
                 c.prepare_cached("UPDATE events SET lease_until_ms = 0 WHERE key = ?1")?
-                    .execute([key])?;
+                    .execute([&key])?;
                 Ok(())
             })
             .await?)
@@ -236,7 +233,7 @@ impl EventStore for SqliteStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         Ok(self
             .db
-            .call_last_write(move |c| {
+            .call(move |c| {
                 let mut stmt = c.prepare_cached(
                     "SELECT event, sweeps FROM events
                      WHERE processed = 0 AND lock_until_ms < ?1
@@ -259,7 +256,7 @@ impl EventStore for SqliteStore {
         let key = key.to_owned();
         Ok(self
             .db
-            .call_last_write(move |c| {
+            .call(move |c| {
                 c.prepare_cached(
                     "UPDATE events SET lock_until_ms = ?2, sweeps = sweeps + 1 WHERE key = ?1",
                 )?
@@ -273,10 +270,10 @@ impl EventStore for SqliteStore {
         let id = id.to_owned();
         Ok(self
             .db
-            .call_last_write(move |c| {
+            .call(move |c| {
                 let row = c
                     .prepare_cached("SELECT state, version FROM states WHERE id = ?1")?
-                    .query_row([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                    .query_row([&id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
                     .optional()?;
                 match row {
                     None => Ok(None),
@@ -299,7 +296,7 @@ impl EventStore for SqliteStore {
         let json = serde_json::to_string(state).map_err(StoreError::new)?;
         let saved = self
             .db
-            .call_last_write(move |c| -> Result<usize, DbError> {
+            .call(move |c| -> Result<usize, DbError> {
                 Ok(match expected {
                     None => c
                         .prepare_cached(
