@@ -7,10 +7,15 @@
 #                                   [--skip-python] [--skip-node] [-- CRITERION_ARGS...]
 #   --quick           short runs for a smoke test (criterion 1 s warm-up + 2 s, peers 1 s)
 #   --peer-seconds N  how long each peer measurement runs (default 3; four per peer)
+#   --rounds N        interleaved rounds of ours vs twilio-node (default 3; see below)
 #   --no-install      do not pip/npm install missing peers (a missing peer is then skipped)
 #   --skip-python / --skip-node   leave a peer out
 #   -- ARGS           passed to the criterion bench (replacing --quick's), e.g. -- --measurement-time 10
 # Environment: PYTHON (default python3), NODE (default node), NPM (default npm), CARGO (default cargo).
+#
+# The machine's speed drifts between the moments criterion and a peer run, so the ratio to
+# twilio-node (the close one) is also measured in interleaved rounds: criterion on `verify/*`,
+# then twilio-node, N times; the target verdict uses the median of the per-round ratios.
 #
 # Needs python3 for the report. Peers are installed if missing: twilio-python pinned in
 # requirements.txt (into target/bench-venv when the interpreter refuses a plain pip install),
@@ -25,6 +30,7 @@ NPM=${NPM:-npm}
 CARGO=${CARGO:-cargo}
 
 peer_seconds=3
+rounds=3
 install=1
 run_python=1
 run_node=1
@@ -38,6 +44,10 @@ while (($#)); do
             ;;
         --peer-seconds)
             peer_seconds=${2:?--peer-seconds needs a value}
+            shift
+            ;;
+        --rounds)
+            rounds=${2:?--rounds needs a value}
             shift
             ;;
         --no-install) install=0 ;;
@@ -63,6 +73,7 @@ done
 if ((quick)) && ((${#criterion_args[@]} == 0)); then
     criterion_args=(--warm-up-time 1 --measurement-time 2)
 fi
+((quick)) && rounds=1
 
 log() { printf '[signature.sh] %s\n' "$*" >&2; }
 
@@ -150,6 +161,15 @@ if ((node_ok)); then
     cat "$work/node.json" >&2
 fi
 
+if ((node_ok)); then
+    for ((r = 1; r <= rounds; r++)); do
+        log "interleaved round $r of $rounds: criterion verify/*, then twilio-node (1 s each)"
+        (cd "$root" && "$CARGO" bench -p twilio-webhook --bench signature -- --output-format bencher \
+            --warm-up-time 1 --measurement-time 2 '^verify/') >"$work/rust_round$r.txt"
+        "$NODE" "$here/peer_node.js" 1 | tail -n 1 >"$work/node_round$r.json"
+    done
+fi
+
 load_after=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
 rustc_version=$(rustc --version 2>/dev/null || echo "rustc ?")
 cpus=$(nproc 2>/dev/null || echo "?")
@@ -161,15 +181,20 @@ import json, os, re, sys
 
 work, rustc, cpus, load_before, load_after = sys.argv[1:6]
 
-ns = {}
-with open(os.path.join(work, "rust.txt"), encoding="utf-8") as f:
-    for line in f:
-        m = re.match(r"test (\S+) \.\.\. bench:\s+([\d,]+) (\w+)/iter", line)
-        if m:
-            scale = {"ns": 1, "us": 1e3, "µs": 1e3, "ms": 1e6, "s": 1e9}.get(m.group(3))
-            if scale is None:
-                sys.exit(f"unknown unit in: {line.strip()}")
-            ns[m.group(1)] = float(m.group(2).replace(",", "")) * scale
+def bencher(path):
+    """criterion's bencher lines: name -> ns per iteration."""
+    out = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            m = re.match(r"test (\S+) \.\.\. bench:\s+([\d,]+) (\w+)/iter", line)
+            if m:
+                scale = {"ns": 1, "us": 1e3, "µs": 1e3, "ms": 1e6, "s": 1e9}.get(m.group(3))
+                if scale is None:
+                    sys.exit(f"unknown unit in: {line.strip()}")
+                out[m.group(1)] = float(m.group(2).replace(",", "")) * scale
+    return out
+
+ns = bencher(os.path.join(work, "rust.txt"))
 need = ["verify/valid", "verify/invalid", "verify_parsed/valid", "verify_parsed/invalid",
         "form_parse", "hmac_sha1_floor", "hmac_sha1_floor_prekeyed"]
 missing = [n for n in need if n not in ns]
@@ -251,12 +276,30 @@ for p in peers:
     pv, pi = p["valid_per_sec"], p["invalid_per_sec"]
     bv, bi = p["valid_with_body_parse_per_sec"], p["invalid_with_body_parse_per_sec"]
     rv, ri = ours["valid"] / pv, ours["invalid"] / pi
-    tgt = f"*target* ≥{t:g}×: {verdict(min(rv, ri) >= t)}" if t else ""
+    # With interleaved rounds, twilio-node's verdict is theirs (the row after the table).
+    tgt = f"*target* ≥{t:g}×: {verdict(min(rv, ri) >= t)}" if t and not (
+        p["peer"] == "twilio-node" and os.path.exists(os.path.join(work, "node_round1.json"))) else ""
     out.append(f"| ours incl. parse vs {p['peer']} on a parsed dict (conservative) | {x(rv)} | {x(ri)} | {tgt} |")
     out.append(f"| ours incl. parse vs {p['peer']} incl. parse (like for like) | "
                f"{x(ours['valid'] / bv)} | {x(ours['invalid'] / bi)} | |")
     out.append(f"| ours on parsed params vs {p['peer']} on a parsed dict (like for like) | "
                f"{x(excl['valid'] / pv)} | {x(excl['invalid'] / pi)} | |")
+# Interleaved rounds (ours, then node, repeated): per-round ratios cancel the machine's drift.
+rounds = []
+r = 1
+while os.path.exists(os.path.join(work, f"rust_round{r}.txt")):
+    rt, nd = bencher(os.path.join(work, f"rust_round{r}.txt")), load(f"node_round{r}.json")
+    if nd and "verify/valid" in rt and "verify/invalid" in rt:
+        rounds.append((1e9 / rt["verify/valid"] / nd["valid_per_sec"],
+                       1e9 / rt["verify/invalid"] / nd["invalid_per_sec"]))
+    r += 1
+if rounds:
+    med = lambda xs: sorted(xs)[(len(xs) - 1) // 2]  # the lower middle of an even count
+    mv, mi = med([a for a, _ in rounds]), med([b for _, b in rounds])
+    spread = ", ".join(f"{a:.1f}×/{b:.1f}×" for a, b in rounds)
+    out.append(f"| ours incl. parse vs twilio-node on a parsed dict, median of {len(rounds)} "
+               f"interleaved rounds ({spread}) | {x(mv)} | {x(mi)} | *target* ≥5×: "
+               f"{verdict(min(mv, mi) >= 5.0)} |")
 if not peers:
     out.append("| (no peer ran) | | | |")
 # The floor is per HMAC a check needs: 1 for a valid signature, 2 for an invalid one (the URL
@@ -280,7 +323,10 @@ out.append("- HMACs per call. Ours: 1 for valid, 2 for invalid (the URL as given
            "`:443`), key schedule precomputed. twilio-python: always 2 (with and without the port), "
            "each with its key schedule. twilio-node: 1 for valid; 6 for invalid (with and without "
            "the port, then the `new URL()`-normalized and legacy-querystring forms).")
-out.append("- Numbers from a shared machine vary by tens of percent between runs; compare ratios "
-           "from the same run.")
+out.append("- Numbers from a shared machine vary by tens of percent between runs, and within "
+           "one run its speed drifts between the moment criterion measures and the moment a peer "
+           "does. So the twilio-node target is judged on interleaved rounds (criterion "
+           "`verify/*` for 2 s, then twilio-node for 1 s per measurement, repeated), by the "
+           "median of the per-round ratios; the single-shot row above it is kept for reference.")
 print("\n".join(out))
 PY
