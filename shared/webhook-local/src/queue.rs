@@ -109,7 +109,7 @@ impl SqliteQueue {
                     })?
                     .collect::<Result<_, _>>()?
                 };
-                let mut out = Vec::with_capacity(ready.len());
+                let (mut out, mut dead) = (Vec::with_capacity(ready.len()), Vec::new());
                 for (id, body, event, count) in ready {
                     let body = match (body.is_empty(), event) {
                         (false, _) => Body::Job(body),
@@ -127,6 +127,7 @@ impl SqliteQueue {
                     if count >= max {
                         let reason = format!("received {count} times without being acknowledged");
                         dead_letter(tx, id, now, &reason)?;
+                        dead.push((id, reason));
                         continue;
                     }
                     tx.prepare_cached(
@@ -136,9 +137,12 @@ impl SqliteQueue {
                     .execute(params![id, invisible_until])?;
                     out.push((id, body));
                 }
-                Ok(out)
+                Ok((out, dead))
             })
             .await?;
+        let (received, dead) = received;
+        dead.iter()
+            .for_each(|(id, reason)| log_dead_letter(*id, reason));
         // Parsed here, not on the database thread every call waits for. A job that cannot be
         // read is dead-lettered at once (if that fails, it comes back after `visibility`).
         let mut out = Vec::with_capacity(received.len());
@@ -151,9 +155,11 @@ impl SqliteQueue {
                 Ok(job) => out.push((id, job)),
                 Err(e) => {
                     let reason = format!("unreadable job: {e}");
+                    let logged = reason.clone();
                     self.db
                         .call(move |c| dead_letter(c, id, now, &reason))
                         .await?;
+                    log_dead_letter(id, &logged);
                 }
             }
         }
@@ -198,26 +204,30 @@ impl SqliteQueue {
         let now = (self.clock)();
         let s = self.settings;
         let reason = reason.to_owned();
-        Ok(self
+        let logged = reason.clone();
+        let dead = self
             .db
             .call(move |tx| {
                 let count: Option<i64> = tx
                     .prepare_cached("SELECT receive_count FROM jobs WHERE id = ?1 AND done = 0")?
                     .query_row([id], |r| r.get(0))
                     .optional()?;
-                if let Some(count) = count {
-                    if count >= i64::from(s.max_receives) {
-                        dead_letter(tx, id, now, &reason)?;
-                    } else {
-                        let exp = u32::try_from(count.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
-                        let delay = s.backoff.saturating_mul(1 << exp).min(s.max_backoff);
-                        tx.prepare_cached("UPDATE jobs SET visible_at_ms = ?2 WHERE id = ?1")?
-                            .execute(params![id, now.saturating_add(delay.as_millis() as i64)])?;
-                    }
+                let Some(count) = count else { return Ok(false) };
+                if count >= i64::from(s.max_receives) {
+                    dead_letter(tx, id, now, &reason)?;
+                    return Ok(true);
                 }
-                Ok(())
+                let exp = u32::try_from(count.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+                let delay = s.backoff.saturating_mul(1 << exp).min(s.max_backoff);
+                tx.prepare_cached("UPDATE jobs SET visible_at_ms = ?2 WHERE id = ?1")?
+                    .execute(params![id, now.saturating_add(delay.as_millis() as i64)])?;
+                Ok(false)
             })
-            .await?)
+            .await?;
+        if dead {
+            log_dead_letter(id, &logged);
+        }
+        Ok(())
     }
 
     /// Put a received job back without counting the receive (not the job's fault: shutdown,
@@ -315,8 +325,12 @@ fn dead_letter(
         params![id, now, reason],
     )?;
     tx.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
-    tracing::error!(job = id, %reason, "job moved to the dead-letter table");
     Ok(())
+}
+
+/// Logged once the move is committed (a call's transaction can be rolled back and run again).
+fn log_dead_letter(id: JobId, reason: &str) {
+    tracing::error!(job = id, %reason, "job moved to the dead-letter table");
 }
 
 /// The request path's one call: the record and its job in one transaction. This queue's

@@ -84,7 +84,7 @@ impl ClaimRow {
     }
 
     /// Insert the record unless a live one has its key; `Some((reply, processed))` of the live
-    /// one if so. Its only write is its last statement.
+    /// one if so.
     pub(crate) fn claim(
         &self,
         c: &rusqlite::Connection,
