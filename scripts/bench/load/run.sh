@@ -2,22 +2,25 @@
 # Local server load (issue 6): `twilio-webhooks serve` (durable SQLite store + in-process worker)
 # under a loopback load generator sending signed inbound-SMS webhooks (80 % new Sids, 20 %
 # byte-for-byte repeats of earlier ones), then proof from the store that every Sid that got a
-# 200 was stored once and processed once. Then the same load against an Express server with
-# twilio.webhook() validation and no storage at all.
+# 200 was stored once and processed once. The same load runs against an Express server with
+# twilio.webhook() validation and no storage at all. The measured runs alternate (serve,
+# Express, serve, ...) for --rounds rounds, both servers staying up; each table row is the
+# server's median round by req/s (this VM's speed drifts by ±15 % within minutes).
 #
 # Server, worker, generator (and Express) all share this machine's cores: nothing is pinned.
 # Prints a markdown report on stdout (progress on stderr) and writes results.json beside this
 # script.
 #
 # Usage: scripts/bench/load/run.sh [--quick] [--duration S] [--warmup S] [--connections N]
-#                                  [--requests N] [--log-level L] [--no-build] [--skip-express]
-#                                  [--keep]
+#                                  [--requests N] [--rounds N] [--log-level L] [--no-build]
+#                                  [--skip-express] [--keep]
 #   --duration S      measured run per server, seconds (default 10)
 #   --warmup S        unmeasured run first, seconds (default 2; its Sids are verified too)
 #   --connections N   keep-alive connections of the generator (default 32)
 #   --requests N      pre-signed requests per run: the cap on a run (default 600000)
+#   --rounds N        measured runs per server, alternating (default 3)
 #   --log-level L     RUST_LOG of serve (default warn: info logs 2 lines per request)
-#   --quick           smoke run: --warmup 1 --duration 3
+#   --quick           smoke run: --warmup 1 --duration 3 --rounds 1
 #   --no-build        use the binaries already in target/release
 #   --skip-express    only measure serve
 #   --keep            keep the data directory (its path is printed)
@@ -36,6 +39,7 @@ duration=10
 warmup=2
 connections=32
 requests=600000
+rounds=3
 log_level=warn
 build=1
 express=1
@@ -46,8 +50,9 @@ while (($#)); do
         --warmup) warmup=${2:?}; shift ;;
         --connections) connections=${2:?}; shift ;;
         --requests) requests=${2:?}; shift ;;
+        --rounds) rounds=${2:?}; shift ;;
         --log-level) log_level=${2:?}; shift ;;
-        --quick) warmup=1; duration=3 ;;
+        --quick) warmup=1; duration=3; rounds=1 ;;
         --no-build) build=0 ;;
         --skip-express) express=0 ;;
         --keep) keep=1 ;;
@@ -110,25 +115,31 @@ cpu_ticks() { # pid: utime+stime in clock ticks (USER_HZ = 100)
     awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
 }
 
-# Warm-up then measured run against $1 (port); server pid $2; name $3. Writes $work/$3.*.
-load() {
-    local port=$1 pid=$2 name=$3 url="http://127.0.0.1:$1/sms"
-    log "$name: checks (valid 200, bad signature 403, none 400/403) and ${warmup}s warm-up"
+# Checks and warm-up against $1 (port); name $2; Sid tag $3. Writes $work/$2.warm.*.
+warm() {
+    local url="http://127.0.0.1:$1/sms"
+    log "$2: checks (valid 200, bad signature 403, none 400/403) and ${warmup}s warm-up"
     "$loadgen_bin" --url "$url" --connections "$connections" --duration "$warmup" \
-        --requests "$requests" --sid-tag "$4" --sids-out "$work/$name.warm.sids" --check \
-        >"$work/$name.warm.json"
-    log "$name: ${duration}s, $connections connections"
+        --requests "$requests" --sid-tag "$3" --sids-out "$work/$2.warm.sids" --check \
+        >"$work/$2.warm.json"
+}
+
+# Measured run against $1 (port); server pid $2; name $3; Sid tag $4; round $5.
+# Writes $work/$3.r$5.*.
+measure() {
+    local port=$1 pid=$2 name=$3.r$5 url="http://127.0.0.1:$1/sms"
+    log "$3 round $5: ${duration}s, $connections connections"
     local t0 t1 m0 m1
     t0=$(cpu_ticks "$pid")
     m0=$(machine_ticks)
     "$loadgen_bin" --url "$url" --connections "$connections" --duration "$duration" \
-        --requests "$requests" --sid-tag "$5" --sids-out "$work/$name.sids" \
+        --requests "$requests" --sid-tag "$4" --sids-out "$work/$name.sids" \
         >"$work/$name.json"
     m1=$(machine_ticks)
     t1=$(cpu_ticks "$pid")
     echo $(((t1 - t0))) >"$work/$name.server_ticks"
     echo "$m0 $m1" >"$work/$name.machine_ticks"
-    log "$name: $(cat "$work/$name.json")"
+    log "$3 round $5: $(cat "$work/$name.json")"
 }
 
 info() { # machine facts for the report
@@ -153,7 +164,7 @@ info
 m0=$(machine_ticks); sleep 1; m1=$(machine_ticks)
 echo "$m0 $m1" >"$work/idle.machine_ticks"
 
-# --- serve -------------------------------------------------------------------------------------
+# --- both servers up, then alternating measured rounds ------------------------------------------
 data=$work/data
 port=$(free_port)
 log "serve on 127.0.0.1:$port, data $data (RUST_LOG=$log_level)"
@@ -162,7 +173,31 @@ RUST_LOG=$log_level TWILIO_AUTH_TOKEN=$TOKEN "$serve_bin" serve --addr "127.0.0.
 serve_pid=$!
 pids+=("$serve_pid")
 wait_healthy "$port" "$serve_pid"
-load "$port" "$serve_pid" serve 5e7e0001 5e7e0002
+serve_port=$port
+warm "$serve_port" serve 5e7e0001
+
+if ((express)); then
+    port=$(free_port)
+    log "express on 127.0.0.1:$port"
+    PORT=$port TWILIO_AUTH_TOKEN=$TOKEN NODE_ENV=production "$NODE" "$here/express/server.js" \
+        >"$work/express.stdout" 2>"$work/express.stderr" &
+    express_pid=$!
+    pids+=("$express_pid")
+    wait_healthy "$port" "$express_pid"
+    express_port=$port
+    warm "$express_port" express e4e40001
+fi
+
+for ((r = 1; r <= rounds; r++)); do
+    measure "$serve_port" "$serve_pid" serve "5e7e1$(printf '%03d' "$r")" "$r"
+    if ((express)); then
+        measure "$express_port" "$express_pid" express "e4e41$(printf '%03d' "$r")" "$r"
+    fi
+done
+if ((express)); then
+    kill -TERM "$express_pid"
+    wait "$express_pid" || true
+fi
 
 # The worker drains what is still queued; poll the job table (a full `inspect` per poll would
 # print every event and steal the CPU the worker needs).
@@ -193,33 +228,21 @@ echo "$stop_rc" >"$work/serve.stop_rc"
 log "serve: stopped (exit $stop_rc); verifying with inspect"
 "$serve_bin" inspect --data "$data" >"$work/inspect.jsonl"
 
-# --- express -----------------------------------------------------------------------------------
-if ((express)); then
-    port=$(free_port)
-    log "express on 127.0.0.1:$port"
-    PORT=$port TWILIO_AUTH_TOKEN=$TOKEN NODE_ENV=production "$NODE" "$here/express/server.js" \
-        >"$work/express.stdout" 2>"$work/express.stderr" &
-    express_pid=$!
-    pids+=("$express_pid")
-    wait_healthy "$port" "$express_pid"
-    load "$port" "$express_pid" express e4e40001 e4e40002
-    kill -TERM "$express_pid"
-    wait "$express_pid" || true
-fi
-
 # --- report ------------------------------------------------------------------------------------
-$PYTHON - "$work" "$here/results.json" "$duration" "$warmup" "$connections" "$log_level" <<'EOF'
+$PYTHON - "$work" "$here/results.json" "$duration" "$warmup" "$connections" "$log_level" "$rounds" <<'EOF'
 import collections, json, os, sqlite3, sys
 
-work, out_path, duration, warmup, connections, log_level = sys.argv[1:]
+work, out_path, duration, warmup, connections, log_level, rounds = sys.argv[1:]
+rounds = int(rounds)
 machine = json.load(open(f"{work}/machine.json"))
 
-def run(name):
+def run(server, rnd):
+    name = f"{server}.r{rnd}"
     p = f"{work}/{name}.json"
     if not os.path.exists(p):
         return None
     r = json.load(open(p))
-    r["warmup"] = json.load(open(f"{work}/{name}.warm.json"))
+    r["round"] = rnd
     ticks = int(open(f"{work}/{name}.server_ticks").read())
     r["server_cpu_s"] = ticks / 100
     r["server_cpu_pct_of_one_core"] = round(ticks / r["duration_s"], 1)
@@ -234,7 +257,16 @@ def busy_pct(path):
     b0, t0, b1, t1 = map(int, open(path).read().split())
     return round(100 * (b1 - b0) / max(t1 - t0, 1), 1)
 
-serve, express = run("serve"), run("express")
+def median_round(server):
+    """The server's rounds, and its median round by req/s (the lower middle of an even count)."""
+    rs = [r for r in (run(server, i) for i in range(1, rounds + 1)) if r]
+    if not rs:
+        return None, []
+    med = sorted(rs, key=lambda r: r["rps"])[(len(rs) - 1) // 2]
+    med["warmup"] = json.load(open(f"{work}/{server}.warm.json"))
+    return med, rs
+
+(serve, serve_rounds), (express, express_rounds) = median_round("serve"), median_round("express")
 machine["busy_pct_before_start"] = busy_pct(f"{work}/idle.machine_ticks")
 
 # Verification of serve's store: every Sid with a 200 (warm-up, checks and measured run) is one
@@ -242,7 +274,8 @@ machine["busy_pct_before_start"] = busy_pct(f"{work}/idle.machine_ticks")
 # once and acknowledged; nothing queued or dead.
 def sids(name):
     s = []
-    for f in (f"{work}/{name}.warm.sids", f"{work}/{name}.sids"):
+    files = [f"{work}/{name}.warm.sids"] + [f"{work}/{name}.r{i}.sids" for i in range(1, rounds + 1)]
+    for f in files:
         s += [l.strip() for l in open(f) if l.strip()]
     return s
 
@@ -311,17 +344,20 @@ results = {
             "20% duplicates; server, worker and generator share the machine's cores",
     "machine": machine,
     "duration_s": float(duration), "warmup_s": float(warmup), "connections": int(connections),
-    "serve_rust_log": log_level,
+    "rounds": rounds, "serve_rust_log": log_level,
     "serve": serve, "express": express,
+    "serve_rounds": [{k: r[k] for k in ("round", "rps", "p50_ms", "p99_ms", "server_cpu_us_per_request")} for r in serve_rounds],
+    "express_rounds": [{k: r[k] for k in ("round", "rps", "p50_ms", "p99_ms", "server_cpu_us_per_request")} for r in express_rounds],
 }
 json.dump(results, open(out_path, "w"), indent=2)
 open(out_path, "a").write("\n")
 
 print(f"## Local server load ({machine['cpus']} cores, {machine['cpu_model']}; data on {machine['data_fs']})")
 print()
-print(f"{connections} keep-alive connections, closed loop, {duration} s after a {warmup} s warm-up; "
-      "signed inbound SMS, 20 % byte-for-byte duplicates of earlier requests. "
-      "Server, worker and generator share the cores.")
+print(f"{connections} keep-alive connections, closed loop, {duration} s per round after a {warmup} s "
+      "warm-up; signed inbound SMS, 20 % byte-for-byte duplicates of earlier requests. "
+      "Server, worker and generator share the cores. "
+      f"{rounds} measured round(s) per server, alternating; each row is the server's median round.")
 print()
 if machine["busy_pct_before_start"] > 10:
     print(f"**Warning: the machine was {machine['busy_pct_before_start']} % busy before the run "
@@ -354,6 +390,10 @@ if serve:
     print(f"serve: {v['event_records']} event records, {v['state_records']} state records; "
           f"worker drained {v['drain_s_after_load']} s after the load stopped; "
           f"{v['events_without_a_200_seen']} records without a 200 seen by the generator.")
+for label, rs in (("serve", serve_rounds), ("Express", express_rounds)):
+    if len(rs) > 1:
+        print(f"{label} rounds: " + "; ".join(
+            f"{r['rps']:.0f} req/s, p99 {r['p99_ms']:.2f} ms" for r in rs) + ".")
 print("CPU columns: % of one core during the measured run (server includes its worker); "
       "'both cores busy': the whole machine, 100 % = both cores saturated.")
 print(f"Results: {out_path}")
