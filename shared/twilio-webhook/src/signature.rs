@@ -493,7 +493,27 @@ fn parse_settings(header: &str) -> Result<(&str, Algorithm), SignatureError> {
 struct SignedTail<'a> {
     params: Option<&'a FormParams>,
     /// Parameter indexes in signing order.
-    order: Vec<u64>,
+    order: Order,
+}
+
+/// Up to this many parameter indexes are kept inline: a Twilio webhook has 10 to 30, and the
+/// check then allocates nothing for the order.
+const INLINE: usize = 32;
+
+// Lives on the stack for one check; the inline variant is the point.
+#[allow(clippy::large_enum_variant)]
+enum Order {
+    Inline([u64; INLINE], usize),
+    Heap(Vec<u64>),
+}
+
+impl Order {
+    fn as_slice(&self) -> &[u64] {
+        match self {
+            Self::Inline(a, n) => &a[..*n],
+            Self::Heap(v) => v,
+        }
+    }
 }
 
 impl<'a> SignedTail<'a> {
@@ -501,25 +521,23 @@ impl<'a> SignedTail<'a> {
         let Some(p) = params else {
             return Self {
                 params,
-                order: Vec::new(),
+                order: Order::Inline([0; INLINE], 0),
             };
         };
         let full = |a: &u64, b: &u64| {
             let (a, b) = (p.raw_pair(*a as usize), p.raw_pair(*b as usize));
             a.0.cmp(b.0).then_with(|| a.1.cmp(b.1))
         };
-        let order = if p.len() <= usize::from(u8::MAX) {
-            // Sort plain integers (the standard library sorts those without branches): the
-            // first 7 key bytes, zero-padded and big-endian, above the index. Zero padding keeps
-            // the order exact (a prefix sorts first); keys that tie on 7 bytes, or contain a zero
-            // byte, are then put in order by their bytes.
-            let mut packed: Vec<u64> = (0..p.len())
-                .map(|i| {
-                    let key = p.raw_pair(i).0;
-                    let head = (0..7).fold(0, |h, j| h << 8 | u64::from(*key.get(j).unwrap_or(&0)));
-                    head << 8 | i as u64
-                })
-                .collect();
+        // Sort plain integers (the standard library sorts those without branches): the first 7
+        // key bytes, zero-padded and big-endian, above the index. Zero padding keeps the order
+        // exact (a prefix sorts first); keys that tie on 7 bytes, or contain a zero byte, are
+        // then put in order by their bytes.
+        let packed = |i: usize| {
+            let key = p.raw_pair(i).0;
+            let head = (0..7).fold(0, |h, j| h << 8 | u64::from(*key.get(j).unwrap_or(&0)));
+            head << 8 | i as u64
+        };
+        let sort_packed = |packed: &mut [u64]| {
             packed.sort_unstable();
             let mut group = 0;
             for i in 1..=packed.len() {
@@ -533,11 +551,24 @@ impl<'a> SignedTail<'a> {
                 }
             }
             packed.iter_mut().for_each(|x| *x &= 0xff);
-            packed
+        };
+        let n = p.len();
+        let order = if n <= INLINE {
+            let mut a = [0; INLINE];
+            a[..n]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, x)| *x = packed(i));
+            sort_packed(&mut a[..n]);
+            Order::Inline(a, n)
+        } else if n <= usize::from(u8::MAX) {
+            let mut v: Vec<u64> = (0..n).map(packed).collect();
+            sort_packed(&mut v);
+            Order::Heap(v)
         } else {
-            let mut order: Vec<u64> = (0..p.len() as u64).collect();
-            order.sort_unstable_by(full);
-            order
+            let mut v: Vec<u64> = (0..n as u64).collect();
+            v.sort_unstable_by(full);
+            Order::Heap(v)
         };
         Self { params, order }
     }
@@ -545,7 +576,7 @@ impl<'a> SignedTail<'a> {
     fn for_each(&self, mut f: impl FnMut(&[u8])) {
         let Some(p) = self.params else { return };
         let mut last: Option<(&[u8], &[u8])> = None;
-        for &i in &self.order {
+        for &i in self.order.as_slice() {
             let (key, pair) = p.raw_pair(i as usize);
             // A repeated identical pair is signed once: same key length and the same bytes.
             if last.is_some_and(|(k, kv)| kv == pair && k.len() == key.len()) {
