@@ -205,17 +205,18 @@ impl Keyed {
     }
 
     /// Constant-time check of `expected` against the HMAC of the signed string.
-    fn verify(&self, url: &str, tail: &SignedTail<'_>, expected: &[u8]) -> bool {
+    /// `url` comes in pieces (a port variant is hashed from slices, never built as a string).
+    fn verify(&self, url: &UrlPieces<'_>, tail: &SignedTail<'_>, expected: &[u8]) -> bool {
         match self {
             Self::Sha1(m) => {
                 let mut m = m.clone();
-                m.update(url.as_bytes());
+                url.iter().for_each(|p| m.update(p.as_bytes()));
                 tail.for_each(|p| m.update(p));
                 m.verify_slice(expected).is_ok()
             }
             Self::Sha256(m) => {
                 let mut m = m.clone();
-                m.update(url.as_bytes());
+                url.iter().for_each(|p| m.update(p.as_bytes()));
                 tail.for_each(|p| m.update(p));
                 m.verify_slice(expected).is_ok()
             }
@@ -383,7 +384,7 @@ impl Validator {
         };
 
         let tail = SignedTail::new(params);
-        let matches = |candidate: &str| {
+        let matches = |candidate: &UrlPieces<'_>| {
             secrets.iter().find(|secret| {
                 let keyed = match alg {
                     Algorithm::HmacSha1 => &secret.sha1,
@@ -394,8 +395,11 @@ impl Validator {
         };
         // The URL as given matches almost always: build the port/credential variants only
         // when it does not.
-        matches(url)
-            .or_else(|| url_candidates(url).iter().skip(1).find_map(|c| matches(c)))
+        matches(&[url, "", "", "", ""])
+            .or_else(|| {
+                let (variants, n) = url_variants(url);
+                variants[..n].iter().find_map(matches)
+            })
             .map(|secret| secret.used.clone())
             .ok_or(SignatureError::InvalidSignature)
     }
@@ -588,43 +592,41 @@ impl<'a> SignedTail<'a> {
     }
 }
 
-/// The URL as given, then with the port removed (if it has one) or the scheme's default port
-/// added (if not). When the URL carries `user:pass@`, the same two without the credentials too:
-/// Twilio's docs say credentials are not signed, its libraries' test vectors sign them.
-fn url_candidates(url: &str) -> Vec<String> {
+/// A URL to sign, as pieces hashed one after another.
+type UrlPieces<'a> = [&'a str; 5];
+
+/// The URLs to try after the one given: with the port removed (if it has one) or the scheme's
+/// default port added (if not). When the URL carries `user:pass@`, the given one and that one
+/// without the credentials too: Twilio's docs say credentials are not signed, its libraries'
+/// test vectors sign them. Only built on a miss (an invalid signature, or a proxy's port).
+fn url_variants(url: &str) -> ([UrlPieces<'_>; 3], usize) {
+    let mut out = [[""; 5]; 3];
     let Some((scheme, rest)) = url.split_once("://") else {
-        return vec![url.to_owned()];
+        return (out, 0);
     };
+    let scheme_sep = &url[..scheme.len() + 3];
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(authority_end);
     let (userinfo, hostport) = match authority.rfind('@') {
-        Some(i) => (Some(&authority[..=i]), &authority[i + 1..]),
-        None => (None, authority),
+        Some(i) => (&authority[..=i], &authority[i + 1..]),
+        None => ("", authority),
     };
     // A port follows the last ':' unless that colon is inside an IPv6 literal.
     let port_colon = hostport
         .rfind(':')
         .filter(|i| !hostport[*i..].contains(']'));
-    let alt_hostport = match port_colon {
-        Some(i) => hostport[..i].to_owned(),
-        None => {
-            let port = if scheme.eq_ignore_ascii_case("https") {
-                443
-            } else {
-                80
-            };
-            format!("{hostport}:{port}")
-        }
+    let (alt_host, alt_port) = match port_colon {
+        Some(i) => (&hostport[..i], ""),
+        None if scheme.eq_ignore_ascii_case("https") => (hostport, ":443"),
+        None => (hostport, ":80"),
     };
-    let mut out = vec![
-        url.to_owned(),
-        format!("{scheme}://{}{alt_hostport}{path}", userinfo.unwrap_or("")),
-    ];
-    if userinfo.is_some() {
-        out.push(format!("{scheme}://{hostport}{path}"));
-        out.push(format!("{scheme}://{alt_hostport}{path}"));
+    out[0] = [scheme_sep, userinfo, alt_host, alt_port, path];
+    if userinfo.is_empty() {
+        return (out, 1);
     }
-    out
+    out[1] = [scheme_sep, hostport, path, "", ""];
+    out[2] = [scheme_sep, alt_host, alt_port, path, ""];
+    (out, 3)
 }
 
 /// Sign a form webhook with the auth token, HMAC-SHA1: the `X-Twilio-Signature` Twilio would send.
@@ -845,6 +847,14 @@ mod tests {
             v.verify(&form_req(&with_fragment, body.as_bytes(), Some(&sig)))
                 .is_ok()
         );
+    }
+
+    /// The URL, then its variants, each joined into one string.
+    fn url_candidates(url: &str) -> Vec<String> {
+        let (variants, n) = url_variants(url);
+        std::iter::once(url.to_owned())
+            .chain(variants[..n].iter().map(|p| p.concat()))
+            .collect()
     }
 
     #[test]
