@@ -23,66 +23,15 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use criterion::{Criterion, criterion_group, criterion_main};
 use hmac::{Hmac, KeyInit, Mac};
-use serde_json::Value;
 use sha1::Sha1;
 use twilio_webhook::signature::{SignedRequest, sign};
 use twilio_webhook::{AuthToken, FormParams, SignatureError, Validator};
 
-const FIXTURE: &str = include_str!("../../../scripts/bench/fixtures/sms-request.json");
 const FORM: &str = "application/x-www-form-urlencoded";
 
-struct Fixture {
-    auth_token: String,
-    url: String,
-    params: Vec<(String, String)>,
-    valid_signature: String,
-    invalid_signature: String,
-}
-
-impl Fixture {
-    fn load() -> Self {
-        let v: Value = serde_json::from_str(FIXTURE).expect("fixture is JSON");
-        let text = |key: &str| {
-            v[key]
-                .as_str()
-                .unwrap_or_else(|| panic!("fixture: {key} is not a string"))
-                .to_owned()
-        };
-        let params = v["params"]
-            .as_array()
-            .expect("fixture: params is an array")
-            .iter()
-            .map(|pair| match pair.as_array().map(Vec::as_slice) {
-                Some([Value::String(k), Value::String(v)]) => (k.clone(), v.clone()),
-                _ => panic!("fixture: each param is a [key, value] pair of strings"),
-            })
-            .collect();
-        Self {
-            auth_token: text("auth_token"),
-            url: text("url"),
-            params,
-            valid_signature: text("valid_signature"),
-            invalid_signature: text("invalid_signature"),
-        }
-    }
-
-    /// The string Twilio signs for a form POST: URL, then `key + value` sorted by key (the
-    /// fixture has no repeated keys, so sorting the pairs is the same thing).
-    fn signed_string(&self) -> Vec<u8> {
-        let mut pairs: Vec<(&str, &str)> = self
-            .params
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        pairs.sort_unstable();
-        let mut s = self.url.clone().into_bytes();
-        for (k, v) in pairs {
-            s.extend_from_slice(k.as_bytes());
-            s.extend_from_slice(v.as_bytes());
-        }
-        s
-    }
-}
+#[path = "common/fixture.rs"]
+mod fixture;
+use fixture::Fixture;
 
 fn request<'a>(url: &'a str, body: &'a str, signature: &'a str) -> SignedRequest<'a> {
     SignedRequest {

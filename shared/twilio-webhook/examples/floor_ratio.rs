@@ -12,12 +12,12 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
-use serde_json::Value;
 use sha1::Sha1;
 use twilio_webhook::signature::SignedRequest;
 use twilio_webhook::{AuthToken, FormParams, Validator};
 
-const FIXTURE: &str = include_str!("../../../scripts/bench/fixtures/sms-request.json");
+#[path = "../benches/common/fixture.rs"]
+mod fixture;
 const SLICE: Duration = Duration::from_millis(5);
 /// Calls between clock reads; parameters for `verify_form` are cloned before each batch.
 const BATCH: usize = 32;
@@ -27,28 +27,13 @@ fn main() {
         .nth(1)
         .map(|s| s.parse().expect("SECONDS is a number"))
         .unwrap_or(3.0);
-    let fx: Value = serde_json::from_str(FIXTURE).expect("fixture is JSON");
-    let text = |k: &str| fx[k].as_str().expect("fixture string").to_owned();
-    let (url, token) = (text("url"), text("auth_token"));
-    let (valid, invalid) = (text("valid_signature"), text("invalid_signature"));
-    let pairs: Vec<(String, String)> = fx["params"]
-        .as_array()
-        .expect("params")
-        .iter()
-        .map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into()))
-        .collect();
-    let params = FormParams::from_pairs(pairs.iter().cloned());
+    let fx = fixture::Fixture::load();
+    let (url, token) = (fx.url.clone(), fx.auth_token.clone());
+    let (valid, invalid) = (fx.valid_signature.clone(), fx.invalid_signature.clone());
+    let params = FormParams::from_pairs(fx.params.iter().cloned());
     let body = params.encode();
-    // The signed string, as the bench's floor hashes it: URL, then key + value sorted by key.
-    let mut sorted = pairs.clone();
-    sorted.sort();
-    let signed: Vec<u8> = sorted
-        .iter()
-        .fold(url.clone().into_bytes(), |mut s, (k, v)| {
-            s.extend_from_slice(k.as_bytes());
-            s.extend_from_slice(v.as_bytes());
-            s
-        });
+    // The string the floor hashes, as in the bench: URL, then key + value sorted by key.
+    let signed = fx.signed_string();
     let validator = Validator::new(AuthToken::new(token.as_str()));
     let request = |sig: &str| {
         validator.verify(&SignedRequest {
