@@ -151,7 +151,8 @@ impl Server {
         }
         let worker = WorkerLoop::new(Arc::new(worker), queue)
             .with_store(store)
-            .with_settings(loop_settings);
+            .with_settings(loop_settings)
+            .folding_in_database();
         Ok(Self {
             listener,
             app: Arc::new(App {

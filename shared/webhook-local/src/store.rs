@@ -5,7 +5,7 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
-use webhook_pipeline::state::StateRecord;
+use webhook_pipeline::state::{StateRecord, StateUpdate};
 use webhook_pipeline::store::ClaimTimes;
 use webhook_pipeline::{
     Claim, EventRecord, EventStore, FoldInOne, Folded, Processing, Reply, StoreError,
@@ -334,41 +334,59 @@ impl FoldInOne for SqliteStore {
         Ok(self
             .db
             .call(move |c| {
-                match record_status(c, &key, now_ms)? {
-                    Processing::Missing => return Ok(Folded::Missing),
-                    Processing::AlreadyDone => return Ok(Folded::AlreadyDone),
-                    Processing::Busy => return Ok(Folded::Busy),
-                    Processing::Ready => {}
-                }
-                if let Some(u) = &update {
-                    let stored = c
-                        .prepare_cached("SELECT state FROM states WHERE id = ?1")?
-                        .query_row([&u.id], |r| r.get::<_, String>(0))
-                        .optional()?;
-                    let mut state: StateRecord = match &stored {
-                        Some(json) => serde_json::from_str(json)?,
-                        None => StateRecord::default(),
-                    };
-                    if state.apply(u, &key, received_at) {
-                        c.prepare_cached(
-                            "INSERT INTO states (id, state, version, expires_at_s)
-                             VALUES (?1, ?2, 1, ?3)
-                             ON CONFLICT (id) DO UPDATE SET state = excluded.state,
-                                 version = version + 1, expires_at_s = excluded.expires_at_s",
-                        )?
-                        .execute(params![
-                            u.id,
-                            serde_json::to_string(&state)?,
-                            state_expires_at_s
-                        ])?;
-                    }
-                }
-                c.prepare_cached(
-                    "UPDATE events SET processed = 1, processed_at_ms = ?2 WHERE key = ?1",
-                )?
-                .execute(params![key, now_ms])?;
-                Ok(Folded::Processed)
+                fold_in_tx(
+                    c,
+                    &key,
+                    received_at,
+                    update.as_ref(),
+                    now_ms,
+                    state_expires_at_s,
+                )
             })
             .await?)
     }
+}
+
+/// [`FoldInOne::process_in_one`] inside the caller's transaction (also used by
+/// [`crate::SqliteQueue::fold_ready`]).
+pub(crate) fn fold_in_tx(
+    c: &rusqlite::Connection,
+    key: &str,
+    received_at: i64,
+    update: Option<&StateUpdate>,
+    now_ms: i64,
+    state_expires_at_s: i64,
+) -> Result<Folded, DbError> {
+    match record_status(c, key, now_ms)? {
+        Processing::Missing => return Ok(Folded::Missing),
+        Processing::AlreadyDone => return Ok(Folded::AlreadyDone),
+        Processing::Busy => return Ok(Folded::Busy),
+        Processing::Ready => {}
+    }
+    if let Some(u) = update {
+        let stored = c
+            .prepare_cached("SELECT state FROM states WHERE id = ?1")?
+            .query_row([&u.id], |r| r.get::<_, String>(0))
+            .optional()?;
+        let mut state: StateRecord = match &stored {
+            Some(json) => serde_json::from_str(json)?,
+            None => StateRecord::default(),
+        };
+        if state.apply(u, key, received_at) {
+            c.prepare_cached(
+                "INSERT INTO states (id, state, version, expires_at_s)
+                 VALUES (?1, ?2, 1, ?3)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state,
+                     version = version + 1, expires_at_s = excluded.expires_at_s",
+            )?
+            .execute(params![
+                u.id,
+                serde_json::to_string(&state)?,
+                state_expires_at_s
+            ])?;
+        }
+    }
+    c.prepare_cached("UPDATE events SET processed = 1, processed_at_ms = ?2 WHERE key = ?1")?
+        .execute(params![key, now_ms])?;
+    Ok(Folded::Processed)
 }

@@ -31,6 +31,10 @@ pub struct LoopSettings {
     pub idle_poll: Duration,
     /// When another worker holds a record's lease, look again after this.
     pub busy_delay: Duration,
+    /// Jobs folded per database call when the worker folds in the database (see
+    /// [`WorkerLoop::folding_in_database`]): each call is part of a transaction that webhook
+    /// requests wait for, so it stays short (~64 × 10 µs).
+    pub fold_batch: usize,
 }
 
 impl Default for LoopSettings {
@@ -42,6 +46,7 @@ impl Default for LoopSettings {
             sweep_every: Duration::from_secs(60),
             idle_poll: Duration::from_secs(1),
             busy_delay: Duration::from_secs(5),
+            fold_batch: 64,
         }
     }
 }
@@ -52,6 +57,7 @@ pub struct WorkerLoop {
     queue: Arc<SqliteQueue>,
     store: Option<Arc<SqliteStore>>,
     settings: LoopSettings,
+    fold_in_database: bool,
 }
 
 impl WorkerLoop {
@@ -61,7 +67,17 @@ impl WorkerLoop {
             queue,
             store: None,
             settings: LoopSettings::default(),
+            fold_in_database: false,
         }
+    }
+
+    /// While the worker has no slow work, process jobs with [`SqliteQueue::fold_ready`]: many
+    /// jobs per database call, none of them passing through [`Worker::process`]. The worker's
+    /// store must be the queue's database (as in `serve`). Jobs that fail there are taken one
+    /// by one through the worker (retries, backoff and dead letters as usual).
+    pub fn folding_in_database(mut self) -> Self {
+        self.fold_in_database = true;
+        self
     }
 
     /// Also purge expired records at each sweep (DynamoDB's TTL in the cloud).
@@ -86,6 +102,19 @@ impl WorkerLoop {
                 self.sweep().await;
                 next_sweep = Instant::now() + s.sweep_every;
             }
+            if self.fold_in_database && !self.worker.has_slow_work() {
+                match self.fold_ready().await {
+                    Ok(0) => {
+                        self.idle(&mut shutdown, next_sweep).await;
+                        continue;
+                    }
+                    Ok(_) => continue,
+                    Err(e) => warn!(
+                        error = %e,
+                        "could not fold jobs in one transaction; taking them one by one"
+                    ),
+                }
+            }
             let jobs = match self.queue.receive(s.batch, s.visibility).await {
                 Ok(jobs) => jobs,
                 Err(e) => {
@@ -98,14 +127,7 @@ impl WorkerLoop {
                 }
             };
             if jobs.is_empty() {
-                let wait = s
-                    .idle_poll
-                    .min(next_sweep.saturating_duration_since(Instant::now()));
-                tokio::select! {
-                    _ = self.queue.notified() => {}
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => {}
-                }
+                self.idle(&mut shutdown, next_sweep).await;
                 continue;
             }
             let mut jobs = jobs.into_iter().peekable();
@@ -142,6 +164,43 @@ impl WorkerLoop {
             }
         }
         info!("worker stopped");
+    }
+
+    /// Nothing to do: wait for an enqueue, the idle poll, the next sweep or shutdown.
+    async fn idle(&self, shutdown: &mut watch::Receiver<bool>, next_sweep: Instant) {
+        let wait = self
+            .settings
+            .idle_poll
+            .min(next_sweep.saturating_duration_since(Instant::now()));
+        tokio::select! {
+            _ = self.queue.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+
+    /// One [`SqliteQueue::fold_ready`] call; how many jobs it took.
+    async fn fold_ready(&self) -> Result<usize, webhook_pipeline::StoreError> {
+        let s = &self.settings;
+        let report = self
+            .queue
+            .fold_ready(
+                s.fold_batch,
+                self.worker.settings().event_ttl,
+                s.busy_delay,
+                tracing::enabled!(tracing::Level::INFO),
+            )
+            .await?;
+        for (key, kind) in &report.named {
+            info!(%key, %kind, "event processed");
+        }
+        if report.deferred > 0 {
+            debug!(
+                jobs = report.deferred,
+                "another worker holds their records; looking again later"
+            );
+        }
+        Ok(report.taken)
     }
 
     async fn sweep(&self) {

@@ -374,6 +374,199 @@ async fn fold_in_one_processes_once_and_respects_a_live_lease() {
     );
 }
 
+/// Run SQL on the data directory's database with a plain connection (the server's writer
+/// thread is another connection: WAL lets both in).
+fn sql(dir: &std::path::Path, sql: &str) {
+    let c = rusqlite::Connection::open(dir.join(webhook_local::DB_FILE)).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    c.execute_batch(sql).unwrap();
+}
+
+/// A sample event with a state record of its own (`sample_event`s share one).
+fn own_state_event(tag: &str) -> webhook_pipeline::EventRecord {
+    let mut e = sample_event(tag);
+    e.state_update.as_mut().unwrap().id = format!("msg#{tag}");
+    e
+}
+
+/// The first column of every row of a query, with a plain connection.
+fn strings(dir: &std::path::Path, sql: &str) -> Vec<String> {
+    let c = rusqlite::Connection::open(dir.join(webhook_local::DB_FILE)).unwrap();
+    let mut stmt = c.prepare(sql).unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn fold_ready_does_the_whole_job_of_each_visible_job_in_one_call() {
+    let dir = TempDir::new();
+    let db = Database::open_dir(&dir.0).unwrap();
+    let (clock, now) = manual_clock(1_800_000_000_000);
+    let store = SqliteStore::new(db.clone());
+    let q = SqliteQueue::new(db.clone()).with_clock(clock);
+    let t0 = now.load(Ordering::SeqCst);
+    let t = ClaimTimes {
+        now_ms: t0,
+        lock_until_ms: t0 + 30_000,
+        expires_at_s: t0 / 1000 + 3600,
+    };
+    let ttl = Duration::from_secs(7 * 24 * 3600);
+    let busy_delay = Duration::from_secs(5);
+    // Outbox jobs (the record is the job), a job with its own body (the sweeper's), a job
+    // whose record another worker leased, one that cannot be read, one whose record is gone.
+    let outbox: Vec<_> = (0..3).map(|i| own_state_event(&format!("ob{i}"))).collect();
+    for e in &outbox {
+        assert_eq!(q.claim_and_enqueue(e, "a", t).await.unwrap(), Claim::New);
+    }
+    let swept = own_state_event("swept");
+    store.claim(&swept, "a", t).await.unwrap();
+    q.enqueue(&Job {
+        event: swept.clone(),
+    })
+    .await
+    .unwrap();
+    let leased = own_state_event("leased");
+    q.claim_and_enqueue(&leased, "a", t).await.unwrap();
+    store
+        .begin_processing(&leased.key, t0, t0 + 60_000)
+        .await
+        .unwrap();
+    sql(
+        &dir.0,
+        "INSERT INTO jobs (key, body, visible_at_ms) VALUES ('sms#bad', 'not json', 0)",
+    );
+    let gone = own_state_event("gone");
+    q.claim_and_enqueue(&gone, "a", t).await.unwrap();
+    sql(&dir.0, "DELETE FROM events WHERE key LIKE '%gone%'");
+
+    // A limit takes the oldest jobs first.
+    let first = q.fold_ready(2, ttl, busy_delay, true).await.unwrap();
+    assert_eq!((first.taken, first.processed), (2, 2));
+    let keys: Vec<_> = first.named.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys, vec![outbox[0].key.clone(), outbox[1].key.clone()]);
+    assert_eq!(first.named[0].1, outbox[0].kind);
+
+    let rest = q.fold_ready(64, ttl, busy_delay, false).await.unwrap();
+    assert_eq!(rest.taken, 5);
+    assert_eq!(rest.processed, 2, "ob2 and the swept job: {rest:?}");
+    assert!(rest.named.is_empty(), "names only when asked for");
+    assert_eq!(rest.deferred, 1, "the leased record is left to its worker");
+    assert_eq!(rest.dead.len(), 1);
+    assert!(rest.dead[0].1.contains("unreadable job"), "{:?}", rest.dead);
+
+    for e in outbox.iter().chain([&swept]) {
+        let id = &e.state_update.as_ref().unwrap().id;
+        let (state, version) = store.load_state(id).await.unwrap().expect("state folded");
+        assert_eq!((state.latest_status.as_str(), version), ("received", 1));
+        assert_eq!(
+            store
+                .begin_processing(&e.key, t0 + 1, t0 + 60_000)
+                .await
+                .unwrap(),
+            webhook_pipeline::Processing::AlreadyDone,
+            "{} marked processed",
+            e.key
+        );
+    }
+    // Only the deferred job is left; it was not counted as a receive.
+    assert_eq!(
+        q.counts().await.unwrap(),
+        webhook_local::QueueCounts {
+            pending: 1,
+            dead: 1
+        }
+    );
+    let lines = inspect(&dir.0).unwrap();
+    let queued: Vec<_> = lines
+        .iter()
+        .filter(|v| v["type"] == "job" && v["status"] == "queued")
+        .collect();
+    assert_eq!(queued.len(), 1, "{lines:?}");
+    assert_eq!(queued[0]["receive_count"], 0);
+    assert!(
+        q.fold_ready(64, ttl, busy_delay, true).await.unwrap().taken == 0,
+        "invisible until the busy delay is over"
+    );
+    // Once the other worker gave up its lease and the delay passed, it is processed here.
+    store.abandon_processing(&leased.key).await.unwrap();
+    now.fetch_add(busy_delay.as_millis() as i64, Ordering::SeqCst);
+    let last = q.fold_ready(64, ttl, busy_delay, true).await.unwrap();
+    assert_eq!((last.taken, last.processed), (1, 1));
+    assert_eq!(q.counts().await.unwrap().pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_fails_to_fold_is_retried_alone_and_the_others_are_processed() {
+    let dir = TempDir::new();
+    let db = Database::open_dir(&dir.0).unwrap();
+    let store = Arc::new(SqliteStore::new(db.clone()));
+    let queue = Arc::new(SqliteQueue::new(db.clone()).with_settings(QueueSettings {
+        backoff: Duration::from_secs(60),
+        ..Default::default()
+    }));
+    let now = webhook_pipeline::system_clock()();
+    let t = ClaimTimes {
+        now_ms: now,
+        lock_until_ms: now + 30_000,
+        expires_at_s: now / 1000 + 3600,
+    };
+    let events: Vec<_> = (0..3).map(|i| own_state_event(&format!("f{i}"))).collect();
+    for e in &events {
+        queue.claim_and_enqueue(e, "a", t).await.unwrap();
+    }
+    // The middle event's state record is corrupt: its fold fails, and with it the whole
+    // transaction of the batch.
+    let bad = events[1].state_update.as_ref().unwrap().id.clone();
+    sql(
+        &dir.0,
+        &format!("INSERT INTO states VALUES ('{bad}', 'corrupt', 1, 9999999999)"),
+    );
+    let worker = Arc::new(
+        Worker::new(store.clone(), queue.clone(), WorkerSettings::default())
+            .with_fold_in_one(store.clone()),
+    );
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(
+        WorkerLoop::new(worker, queue.clone())
+            .with_settings(LoopSettings {
+                idle_poll: Duration::from_millis(20),
+                ..Default::default()
+            })
+            .folding_in_database()
+            .run(stop_rx),
+    );
+    // (`inspect` would refuse the corrupt state record: read the tables directly.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let processed = strings(&dir.0, "SELECT key FROM events WHERE processed = 1");
+        let nacked = strings(
+            &dir.0,
+            "SELECT key FROM jobs WHERE receive_count = 1 AND done = 0",
+        );
+        if processed.len() == 2 && nacked == [events[1].key.clone()] {
+            assert!(!processed.contains(&events[1].key), "{processed:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the good jobs were not processed: {processed:?}, nacked {nacked:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(
+        queue.counts().await.unwrap(),
+        webhook_local::QueueCounts {
+            pending: 1,
+            dead: 0
+        },
+        "the bad job waits for its retry"
+    );
+}
+
 /// The body of the one dead letter, read with a plain connection.
 fn db_body(dir: &std::path::Path) -> String {
     let c = rusqlite::Connection::open(dir.join(webhook_local::DB_FILE)).unwrap();

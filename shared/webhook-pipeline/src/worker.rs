@@ -113,6 +113,15 @@ impl Worker {
         self
     }
 
+    pub fn settings(&self) -> &WorkerSettings {
+        &self.settings
+    }
+
+    /// Whether slow work runs for each event (else the state fold is all there is to do).
+    pub fn has_slow_work(&self) -> bool {
+        !self.work.is_empty()
+    }
+
     /// Process one job. `Err` means "retry this job later".
     pub async fn process(&self, job: &Job) -> Result<Outcome, WorkerError> {
         let key = &job.event.key;
