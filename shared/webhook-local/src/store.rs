@@ -90,36 +90,44 @@ impl ClaimRow {
         c: &rusqlite::Connection,
     ) -> Result<Option<(String, bool)>, DbError> {
         let t = self.t;
-        let live = c
+        // One statement for a new event (most claims): the insert, or the replacement of a
+        // record that is no longer live (expired, or its lock passed unprocessed). Only when
+        // a live record kept its place is it read back.
+        let written = c
             .prepare_cached(
-                "SELECT reply, processed FROM events
-                 WHERE key = ?1 AND expires_at_s * 1000 > ?2
-                   AND (processed = 1 OR lock_until_ms > ?2)",
+                "INSERT INTO events
+                 (key, kind, received_at, event, reply, attempt, lock_until_ms, expires_at_s,
+                  processed, processed_at_ms, lease_until_ms, sweeps)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, NULL, 0, 0)
+                 ON CONFLICT (key) DO UPDATE SET
+                     kind = excluded.kind, received_at = excluded.received_at,
+                     event = excluded.event, reply = excluded.reply, attempt = excluded.attempt,
+                     lock_until_ms = excluded.lock_until_ms,
+                     expires_at_s = excluded.expires_at_s, processed = 0,
+                     processed_at_ms = NULL, lease_until_ms = 0, sweeps = 0
+                 WHERE NOT (events.expires_at_s * 1000 > ?9
+                            AND (events.processed = 1 OR events.lock_until_ms > ?9))",
             )?
-            .query_row(params![self.key, t.now_ms], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
-            })
-            .optional()?;
-        if live.is_some() {
-            return Ok(live);
+            .execute(params![
+                self.key,
+                self.kind,
+                self.received_at,
+                self.event_json,
+                self.reply_json,
+                self.attempt,
+                t.lock_until_ms,
+                t.expires_at_s,
+                t.now_ms
+            ])?;
+        if written == 1 {
+            return Ok(None);
         }
-        c.prepare_cached(
-            "INSERT OR REPLACE INTO events
-             (key, kind, received_at, event, reply, attempt, lock_until_ms, expires_at_s,
-              processed, processed_at_ms, lease_until_ms, sweeps)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, NULL, 0, 0)",
-        )?
-        .execute(params![
-            self.key,
-            self.kind,
-            self.received_at,
-            self.event_json,
-            self.reply_json,
-            self.attempt,
-            t.lock_until_ms,
-            t.expires_at_s
-        ])?;
-        Ok(None)
+        Ok(Some(
+            c.prepare_cached("SELECT reply, processed FROM events WHERE key = ?1")?
+                .query_row([&self.key], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
+                })?,
+        ))
     }
 }
 
@@ -136,17 +144,28 @@ pub(crate) fn claim_outcome(stored: Option<(String, bool)>) -> Result<Claim, Sto
 }
 
 /// Whether the worker may process the record now (`Ready`), as `begin_processing` and
-/// `process_in_one` both decide it.
-fn record_status(c: &rusqlite::Connection, key: &str, now_ms: i64) -> Result<Processing, DbError> {
+/// `process_in_one` both decide it, and the record's rowid (for the writes that follow: no
+/// second walk of the key index).
+fn record_status(
+    c: &rusqlite::Connection,
+    key: &str,
+    now_ms: i64,
+) -> Result<(Processing, i64), DbError> {
     let row = c
-        .prepare_cached("SELECT processed, lease_until_ms FROM events WHERE key = ?1")?
-        .query_row([key], |r| Ok((r.get::<_, bool>(0)?, r.get::<_, i64>(1)?)))
+        .prepare_cached("SELECT rowid, processed, lease_until_ms FROM events WHERE key = ?1")?
+        .query_row([key], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, bool>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
         .optional()?;
     Ok(match row {
-        None => Processing::Missing,
-        Some((true, _)) => Processing::AlreadyDone,
-        Some((false, lease)) if lease > now_ms => Processing::Busy,
-        Some(_) => Processing::Ready,
+        None => (Processing::Missing, 0),
+        Some((rowid, true, _)) => (Processing::AlreadyDone, rowid),
+        Some((rowid, false, lease)) if lease > now_ms => (Processing::Busy, rowid),
+        Some((rowid, _, _)) => (Processing::Ready, rowid),
     })
 }
 
@@ -189,10 +208,10 @@ impl EventStore for SqliteStore {
         Ok(self
             .db
             .call(move |c| {
-                let outcome = record_status(c, &key, now_ms)?;
+                let (outcome, rowid) = record_status(c, &key, now_ms)?;
                 if outcome == Processing::Ready {
-                    c.prepare_cached("UPDATE events SET lease_until_ms = ?2 WHERE key = ?1")?
-                        .execute(params![key, lease_until_ms])?;
+                    c.prepare_cached("UPDATE events SET lease_until_ms = ?2 WHERE rowid = ?1")?
+                        .execute(params![rowid, lease_until_ms])?;
                 }
                 Ok(outcome)
             })
@@ -357,36 +376,42 @@ pub(crate) fn fold_in_tx(
     now_ms: i64,
     state_expires_at_s: i64,
 ) -> Result<Folded, DbError> {
-    match record_status(c, key, now_ms)? {
-        Processing::Missing => return Ok(Folded::Missing),
-        Processing::AlreadyDone => return Ok(Folded::AlreadyDone),
-        Processing::Busy => return Ok(Folded::Busy),
-        Processing::Ready => {}
-    }
+    let rowid = match record_status(c, key, now_ms)? {
+        (Processing::Missing, _) => return Ok(Folded::Missing),
+        (Processing::AlreadyDone, _) => return Ok(Folded::AlreadyDone),
+        (Processing::Busy, _) => return Ok(Folded::Busy),
+        (Processing::Ready, rowid) => rowid,
+    };
     if let Some(u) = update {
         let stored = c
-            .prepare_cached("SELECT state FROM states WHERE id = ?1")?
-            .query_row([&u.id], |r| r.get::<_, String>(0))
+            .prepare_cached("SELECT rowid, state FROM states WHERE id = ?1")?
+            .query_row([&u.id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
             .optional()?;
         let mut state: StateRecord = match &stored {
-            Some(json) => serde_json::from_str(json)?,
+            Some((_, json)) => serde_json::from_str(json)?,
             None => StateRecord::default(),
         };
         if state.apply(u, key, received_at) {
-            c.prepare_cached(
-                "INSERT INTO states (id, state, version, expires_at_s)
-                 VALUES (?1, ?2, 1, ?3)
-                 ON CONFLICT (id) DO UPDATE SET state = excluded.state,
-                     version = version + 1, expires_at_s = excluded.expires_at_s",
-            )?
-            .execute(params![
-                u.id,
-                serde_json::to_string(&state)?,
-                state_expires_at_s
-            ])?;
+            let json = serde_json::to_string(&state)?;
+            match stored {
+                Some((state_rowid, _)) => c
+                    .prepare_cached(
+                        "UPDATE states SET state = ?2, version = version + 1, expires_at_s = ?3
+                         WHERE rowid = ?1",
+                    )?
+                    .execute(params![state_rowid, json, state_expires_at_s])?,
+                None => c
+                    .prepare_cached(
+                        "INSERT INTO states (id, state, version, expires_at_s)
+                         VALUES (?1, ?2, 1, ?3)",
+                    )?
+                    .execute(params![u.id, json, state_expires_at_s])?,
+            };
         }
     }
-    c.prepare_cached("UPDATE events SET processed = 1, processed_at_ms = ?2 WHERE key = ?1")?
-        .execute(params![key, now_ms])?;
+    c.prepare_cached("UPDATE events SET processed = 1, processed_at_ms = ?2 WHERE rowid = ?1")?
+        .execute(params![rowid, now_ms])?;
     Ok(Folded::Processed)
 }
