@@ -47,6 +47,7 @@ pub struct SqliteQueue {
     notify: Notify,
     settings: QueueSettings,
     clock: Clock,
+    records_are_jobs: bool,
 }
 
 impl SqliteQueue {
@@ -56,7 +57,19 @@ impl SqliteQueue {
             notify: Notify::new(),
             settings: QueueSettings::default(),
             clock: system_clock(),
+            records_are_jobs: false,
         }
+    }
+
+    /// The outbox enqueues nothing: a claimed record not yet processed is its own job, taken by
+    /// [`SqliteQueue::fold_ready`] (which every worker of this queue must then use, as `serve`
+    /// does without slow work). A new event then costs one row and its index entries instead
+    /// of two rows, and its processing no job row to find and acknowledge. A record handed to
+    /// the job queue later (by the sweeper, [`Database::recover`] or
+    /// [`SqliteQueue::set_aside_records`]) is taken as a job from then on.
+    pub fn with_records_as_jobs(mut self) -> Self {
+        self.records_are_jobs = true;
+        self
     }
 
     pub fn with_settings(mut self, settings: QueueSettings) -> Self {
@@ -163,13 +176,46 @@ impl SqliteQueue {
         let busy_until = now.saturating_add(busy_delay.as_millis() as i64);
         let max = i64::from(self.settings.max_receives);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let records_are_jobs = self.records_are_jobs;
         let report = self
             .db
             .call(move |tx| {
                 let mut report = FoldReport::default();
-                for (id, body, count) in ready_jobs(tx, now, limit)? {
+                let mut work: Vec<(Option<JobId>, Option<Body>, i64)> = ready_jobs(tx, now, limit)?
+                    .into_iter()
+                    .map(|(id, body, count)| (Some(id), body, count))
+                    .collect();
+                if records_are_jobs && work.len() < limit as usize {
+                    let rest = limit - work.len() as i64;
+                    work.extend(
+                        pending_records(tx, now, rest)?
+                            .into_iter()
+                            .map(|(_, event)| (None, Some(Body::Event(event)), 0)),
+                    );
+                }
+                for (job, body, count) in work {
                     report.taken += 1;
                     let Some(body) = body else { continue };
+                    let Some(id) = job else {
+                        // A record that is its own job: no row to settle. It was not leased,
+                        // so the fold cannot find it busy.
+                        let event = body.fold_view()?;
+                        let folded = fold_in_tx(
+                            tx,
+                            &event.key,
+                            event.received_at,
+                            event.state_update.as_ref(),
+                            now,
+                            state_expires_at_s,
+                        )?;
+                        if folded == Folded::Processed {
+                            report.processed += 1;
+                            if name_processed {
+                                report.named.push((event.key, event.kind));
+                            }
+                        }
+                        continue;
+                    };
                     let event = match body.fold_view() {
                         Err(e) => Err(format!("unreadable job: {e}")),
                         Ok(event) => used_up(count, max).map_or(Ok(event), Err),
@@ -221,6 +267,35 @@ impl SqliteQueue {
             .iter()
             .for_each(|(id, reason)| log_dead_letter(*id, reason));
         Ok(report)
+    }
+
+    /// Hand up to `limit` records that are their own job (see
+    /// [`SqliteQueue::with_records_as_jobs`]) to the job queue: each gets a job row, visible
+    /// now, and is taken as a job from then on (retries, backoff, dead letters). What a worker
+    /// does when [`SqliteQueue::fold_ready`] fails, so that one bad record cannot stop the
+    /// others. Returns how many were handed over.
+    pub async fn set_aside_records(&self, limit: usize) -> Result<usize, StoreError> {
+        if !self.records_are_jobs {
+            return Ok(0);
+        }
+        let now = (self.clock)();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(self
+            .db
+            .call(move |tx| {
+                let records = pending_records(tx, now, limit)?;
+                for (rowid, _) in &records {
+                    tx.prepare_cached(
+                        "INSERT INTO jobs (key, body, visible_at_ms)
+                         SELECT key, '', ?2 FROM events WHERE rowid = ?1",
+                    )?
+                    .execute(params![rowid, now])?;
+                    tx.prepare_cached("UPDATE events SET sweeps = sweeps + 1 WHERE rowid = ?1")?
+                        .execute([rowid])?;
+                }
+                Ok(records.len())
+            })
+            .await?)
     }
 
     /// The job is done: it is never received again.
@@ -429,6 +504,25 @@ fn ready_jobs(
     Ok(out)
 }
 
+/// Up to `limit` records that are their own job (see [`SqliteQueue::with_records_as_jobs`]),
+/// oldest claim first: `(rowid, event JSON)`. Not processed, not leased by a worker, and never
+/// handed to the job queue (`sweeps = 0`: the sweeper and `set_aside_records` count each
+/// hand-over there). A record that `recover` gave a job at start-up may be taken both ways:
+/// the second fold finds it processed.
+fn pending_records(
+    tx: &rusqlite::Connection,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<(i64, String)>, DbError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT rowid, event FROM events
+         WHERE processed = 0 AND sweeps = 0 AND lease_until_ms <= ?1
+         ORDER BY processed, lock_until_ms LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![now, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// The dead-letter reason of a job received `count` times already, if that is the most.
 fn used_up(count: i64, max: i64) -> Option<String> {
     (count >= max).then(|| format!("received {count} times without being acknowledged"))
@@ -476,11 +570,12 @@ impl Outbox for SqliteQueue {
         t: ClaimTimes,
     ) -> Result<Claim, StoreError> {
         let row = ClaimRow::new(event, attempt, t)?;
+        let records_are_jobs = self.records_are_jobs;
         let stored = self
             .db
             .call_for_request(move |c| {
                 let live = row.claim(c)?;
-                if live.is_none() {
+                if live.is_none() && !records_are_jobs {
                     // Empty body: the worker reads the event from the record (one copy of it).
                     c.prepare_cached(
                         "INSERT INTO jobs (key, body, visible_at_ms) VALUES (?1, '', ?2)",

@@ -130,7 +130,13 @@ impl Server {
                 })?;
 
         let store = Arc::new(SqliteStore::new(db.clone()));
-        let queue = Arc::new(SqliteQueue::new(db.clone()).with_settings(config.queue));
+        let has_slow_work = !config.slow_work.is_empty();
+        let mut queue = SqliteQueue::new(db.clone()).with_settings(config.queue);
+        if !has_slow_work {
+            // The worker folds in the database (below): a record can be its own job.
+            queue = queue.with_records_as_jobs();
+        }
+        let queue = Arc::new(queue);
         let pipeline = Pipeline::new(
             Validator::new(config.auth_token),
             store.clone(),
@@ -139,7 +145,6 @@ impl Server {
             config.settings,
         )
         .with_outbox(queue.clone());
-        let has_slow_work = !config.slow_work.is_empty();
         let worker = config.slow_work.into_iter().fold(
             Worker::new(store.clone(), queue.clone(), config.worker)
                 .with_fold_in_one(store.clone()),

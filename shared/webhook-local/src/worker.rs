@@ -109,10 +109,17 @@ impl WorkerLoop {
                         continue;
                     }
                     Ok(_) => continue,
-                    Err(e) => warn!(
-                        error = %e,
-                        "could not fold jobs in one transaction; taking them one by one"
-                    ),
+                    Err(e) => {
+                        warn!(
+                            error = %e,
+                            "could not fold jobs in one transaction; taking them one by one"
+                        );
+                        // Pending records become ordinary jobs, so the receive below gets
+                        // them too.
+                        if let Err(e) = self.queue.set_aside_records(s.batch).await {
+                            error!(error = %e, "could not hand pending records to the job queue");
+                        }
+                    }
                 }
             }
             let jobs = match self.queue.receive(s.batch, s.visibility).await {

@@ -497,15 +497,97 @@ async fn fold_ready_does_the_whole_job_of_each_visible_job_in_one_call() {
     assert_eq!(q.counts().await.unwrap().pending, 0);
 }
 
+#[tokio::test]
+async fn with_records_as_jobs_a_pending_record_is_folded_without_a_job_row() {
+    let dir = TempDir::new();
+    let db = Database::open_dir(&dir.0).unwrap();
+    let (clock, now) = manual_clock(1_800_000_000_000);
+    let store = SqliteStore::new(db.clone());
+    let q = SqliteQueue::new(db.clone())
+        .with_clock(clock)
+        .with_records_as_jobs();
+    let t0 = now.load(Ordering::SeqCst);
+    let t = ClaimTimes {
+        now_ms: t0,
+        lock_until_ms: t0 + 30_000,
+        expires_at_s: t0 / 1000 + 3600,
+    };
+    let ttl = Duration::from_secs(7 * 24 * 3600);
+    let busy = Duration::from_secs(5);
+    let records: Vec<_> = (0..3).map(|i| own_state_event(&format!("r{i}"))).collect();
+    for e in &records {
+        assert_eq!(q.claim_and_enqueue(e, "a", t).await.unwrap(), Claim::New);
+    }
+    assert_eq!(q.counts().await.unwrap().pending, 0, "no job rows");
+    // Not taken: a record the sweeper parked (or handed to the queue), one a worker leased.
+    let parked = own_state_event("parked");
+    q.claim_and_enqueue(&parked, "a", t).await.unwrap();
+    store
+        .extend_lock(&parked.key, t0 + 3_600_000)
+        .await
+        .unwrap();
+    let leased = own_state_event("leased");
+    q.claim_and_enqueue(&leased, "a", t).await.unwrap();
+    store
+        .begin_processing(&leased.key, t0, t0 + 60_000)
+        .await
+        .unwrap();
+
+    let first = q.fold_ready(2, ttl, busy, true).await.unwrap();
+    assert_eq!(
+        (first.taken, first.processed),
+        (2, 2),
+        "oldest claims first"
+    );
+    assert_eq!(first.named[0].0, records[0].key);
+    let rest = q.fold_ready(64, ttl, busy, true).await.unwrap();
+    assert_eq!((rest.taken, rest.processed), (1, 1), "{rest:?}");
+    assert_eq!(rest.named[0].0, records[2].key);
+    assert_eq!(q.fold_ready(64, ttl, busy, true).await.unwrap().taken, 0);
+    for e in &records {
+        let id = &e.state_update.as_ref().unwrap().id;
+        assert_eq!(
+            store.load_state(id).await.unwrap().unwrap().1,
+            1,
+            "folded once"
+        );
+    }
+    let unprocessed = strings(
+        &dir.0,
+        "SELECT key FROM events WHERE processed = 0 ORDER BY key",
+    );
+    let mut want = vec![leased.key.clone(), parked.key.clone()];
+    want.sort();
+    assert_eq!(unprocessed, want);
+
+    // Handed to the job queue, pending records are jobs from then on, folded once.
+    let late: Vec<_> = (0..2)
+        .map(|i| own_state_event(&format!("late{i}")))
+        .collect();
+    for e in &late {
+        q.claim_and_enqueue(e, "a", t).await.unwrap();
+    }
+    assert_eq!(q.set_aside_records(10).await.unwrap(), 2);
+    assert_eq!(q.counts().await.unwrap().pending, 2);
+    let jobs = q.fold_ready(64, ttl, busy, false).await.unwrap();
+    assert_eq!((jobs.taken, jobs.processed), (2, 2), "{jobs:?}");
+    assert_eq!(q.counts().await.unwrap().pending, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_fails_to_fold_is_retried_alone_and_the_others_are_processed() {
     let dir = TempDir::new();
     let db = Database::open_dir(&dir.0).unwrap();
     let store = Arc::new(SqliteStore::new(db.clone()));
-    let queue = Arc::new(SqliteQueue::new(db.clone()).with_settings(QueueSettings {
-        backoff: Duration::from_secs(60),
-        ..Default::default()
-    }));
+    // As `serve` has it without slow work: records are their own jobs.
+    let queue = Arc::new(
+        SqliteQueue::new(db.clone())
+            .with_settings(QueueSettings {
+                backoff: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .with_records_as_jobs(),
+    );
     let now = webhook_pipeline::system_clock()();
     let t = ClaimTimes {
         now_ms: now,
@@ -516,8 +598,9 @@ async fn a_job_that_fails_to_fold_is_retried_alone_and_the_others_are_processed(
     for e in &events {
         queue.claim_and_enqueue(e, "a", t).await.unwrap();
     }
+    assert_eq!(queue.counts().await.unwrap().pending, 0, "no job rows");
     // The middle event's state record is corrupt: its fold fails, and with it the whole
-    // transaction of the batch.
+    // transaction of the batch; the records are then handed to the job queue.
     let bad = events[1].state_update.as_ref().unwrap().id.clone();
     sql(
         &dir.0,
