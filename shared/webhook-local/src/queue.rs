@@ -196,36 +196,23 @@ impl SqliteQueue {
                 for (job, body, count) in work {
                     report.taken += 1;
                     let Some(body) = body else { continue };
-                    let Some(id) = job else {
-                        // A record that is its own job: no row to settle. It was not leased,
-                        // so the fold cannot find it busy.
-                        let event = body.fold_view()?;
-                        let folded = fold_in_tx(
-                            tx,
-                            &event.key,
-                            event.received_at,
-                            event.state_update.as_ref(),
-                            now,
-                            state_expires_at_s,
-                        )?;
-                        if folded == Folded::Processed {
-                            report.processed += 1;
-                            if name_processed {
-                                report.named.push((event.key, event.kind));
+                    let event = match (job, body.fold_view()) {
+                        // A record that is its own job: if it cannot be read, the call fails
+                        // and the worker hands it to the job queue.
+                        (None, view) => view?,
+                        (Some(id), view) => {
+                            let view = match view {
+                                Err(e) => Err(format!("unreadable job: {e}")),
+                                Ok(event) => used_up(count, max).map_or(Ok(event), Err),
+                            };
+                            match view {
+                                Ok(event) => event,
+                                Err(reason) => {
+                                    dead_letter(tx, id, now, &reason)?;
+                                    report.dead.push((id, reason));
+                                    continue;
+                                }
                             }
-                        }
-                        continue;
-                    };
-                    let event = match body.fold_view() {
-                        Err(e) => Err(format!("unreadable job: {e}")),
-                        Ok(event) => used_up(count, max).map_or(Ok(event), Err),
-                    };
-                    let event = match event {
-                        Ok(event) => event,
-                        Err(reason) => {
-                            dead_letter(tx, id, now, &reason)?;
-                            report.dead.push((id, reason));
-                            continue;
                         }
                     };
                     let folded = fold_in_tx(
@@ -236,13 +223,16 @@ impl SqliteQueue {
                         now,
                         state_expires_at_s,
                     )?;
-                    match folded {
-                        Folded::Busy => {
+                    // A record that is its own job has no row to settle (and was not leased,
+                    // so it cannot be busy).
+                    match (job, folded) {
+                        (None, _) => {}
+                        (Some(id), Folded::Busy) => {
                             tx.prepare_cached("UPDATE jobs SET visible_at_ms = ?2 WHERE id = ?1")?
                                 .execute(params![id, busy_until])?;
                             report.deferred += 1;
                         }
-                        Folded::Processed | Folded::AlreadyDone | Folded::Missing => {
+                        (Some(id), Folded::Processed | Folded::AlreadyDone | Folded::Missing) => {
                             // Counted as one receive, as the job would have been.
                             tx.prepare_cached(
                                 "UPDATE jobs SET done = 1, acked_at_ms = ?2,
