@@ -650,6 +650,35 @@ async fn a_job_that_fails_to_fold_is_retried_alone_and_the_others_are_processed(
     );
 }
 
+#[tokio::test]
+async fn purge_deletes_every_expired_row_a_chunk_at_a_time() {
+    let dir = TempDir::new();
+    let store = SqliteStore::new(Database::open_dir(&dir.0).unwrap());
+    // 2,500 expired records and states (more than one chunk), one of each still live, and an
+    // expired one after it.
+    sql(
+        &dir.0,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)
+         INSERT INTO events (key, kind, received_at, event, reply, attempt, lock_until_ms,
+                             expires_at_s)
+         SELECT 'sms#old' || i, 'inbound_message', 0, '{}', '{}', 'a', 0, 100 FROM n;
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)
+         INSERT INTO states (id, state, version, expires_at_s)
+         SELECT 'msg#old' || i, '{}', 1, 100 FROM n;
+         INSERT INTO events (key, kind, received_at, event, reply, attempt, lock_until_ms,
+                             expires_at_s)
+         VALUES ('sms#live', 'inbound_message', 0, '{}', '{}', 'a', 0, 300);
+         INSERT INTO states (id, state, version, expires_at_s) VALUES ('msg#live', '{}', 1, 300);
+         INSERT INTO events (key, kind, received_at, event, reply, attempt, lock_until_ms,
+                             expires_at_s)
+         VALUES ('sms#later', 'inbound_message', 0, '{}', '{}', 'a', 0, 100);
+         INSERT INTO states (id, state, version, expires_at_s) VALUES ('msg#later', '{}', 1, 100);",
+    );
+    assert_eq!(store.purge_expired(200_000).await.unwrap(), 5002);
+    assert_eq!(strings(&dir.0, "SELECT key FROM events"), ["sms#live"]);
+    assert_eq!(strings(&dir.0, "SELECT id FROM states"), ["msg#live"]);
+}
+
 /// The body of the one dead letter, read with a plain connection.
 fn db_body(dir: &std::path::Path) -> String {
     let c = rusqlite::Connection::open(dir.join(webhook_local::DB_FILE)).unwrap();
