@@ -15,7 +15,7 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, params};
 use webhook_pipeline::StoreError;
 
 /// File name of the database inside the data directory.
@@ -74,6 +74,8 @@ pub enum DbError {
     Sqlite(#[from] rusqlite::Error),
     #[error("corrupt row: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
     #[error("database task failed: {0}")]
     Join(String),
     /// The transaction the call ran in could not be committed (or was rolled back by SQLite):
@@ -323,8 +325,10 @@ impl Database {
 
     /// After a crash, with the data directory locked (so no other process can be working):
     /// jobs the dead process had received are visible again, its worker leases are dropped,
-    /// and records it claimed but never enqueued get a job. Returns what was done.
-    pub async fn recover(&self, now_ms: i64) -> Result<Recovery, DbError> {
+    /// and records it claimed but never enqueued get a job. With `records_are_jobs` (see
+    /// [`crate::SqliteQueue::with_records_as_jobs`]) a pending record never handed to the job
+    /// queue is a job already and gets none. Returns what was done.
+    pub async fn recover(&self, now_ms: i64, records_are_jobs: bool) -> Result<Recovery, DbError> {
         self.call(move |tx| {
             let jobs_made_visible = tx.execute(
                 "UPDATE jobs SET visible_at_ms = ?1 WHERE done = 0 AND visible_at_ms > ?1",
@@ -338,9 +342,10 @@ impl Database {
                 "INSERT INTO jobs (key, body, visible_at_ms)
                  SELECT e.key, '{\"event\":' || e.event || '}', ?1 FROM events e
                  WHERE e.processed = 0 AND e.expires_at_s * 1000 > ?1
+                   AND NOT (?2 AND e.sweeps = 0)
                    AND e.key NOT IN (SELECT key FROM jobs WHERE done = 0)
                    AND e.key NOT IN (SELECT key FROM dead_jobs)",
-                [now_ms],
+                params![now_ms, records_are_jobs],
             )?;
             Ok(Recovery {
                 jobs_made_visible,

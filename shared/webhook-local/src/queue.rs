@@ -181,25 +181,35 @@ impl SqliteQueue {
             .db
             .call(move |tx| {
                 let mut report = FoldReport::default();
-                let mut work: Vec<(Option<JobId>, Option<Body>, i64)> = ready_jobs(tx, now, limit)?
+                let mut work: Vec<Taken> = ready_jobs(tx, now, limit)?
                     .into_iter()
-                    .map(|(id, body, count)| (Some(id), body, count))
+                    .map(|(id, body, count)| (None, Some(id), body, count))
                     .collect();
                 if records_are_jobs && work.len() < limit as usize {
                     let rest = limit - work.len() as i64;
                     work.extend(
                         pending_records(tx, now, rest)?
                             .into_iter()
-                            .map(|(_, event)| (None, Some(Body::Event(event)), 0)),
+                            .map(|(key, event)| (Some(key), None, Some(Body::Event(event)), 0)),
                     );
                 }
-                for (job, body, count) in work {
+                for (record, job, body, count) in work {
                     report.taken += 1;
                     let Some(body) = body else { continue };
                     let event = match (job, body.fold_view()) {
                         // A record that is its own job: if it cannot be read, the call fails
                         // and the worker hands it to the job queue.
-                        (None, view) => view?,
+                        (None, view) => {
+                            let event = view?;
+                            if record.as_deref() != Some(event.key.as_str()) {
+                                // Folding it would mark another record, and take it again.
+                                return Err(DbError::Corrupt(format!(
+                                    "record {:?} holds the event of {}",
+                                    record, event.key
+                                )));
+                            }
+                            event
+                        }
                         (Some(id), view) => {
                             let view = match view {
                                 Err(e) => Err(format!("unreadable job: {e}")),
@@ -226,7 +236,14 @@ impl SqliteQueue {
                     // A record that is its own job has no row to settle (and was not leased,
                     // so it cannot be busy).
                     match (job, folded) {
-                        (None, _) => {}
+                        // Processed, or already by its job earlier in this call.
+                        (None, Folded::Processed | Folded::AlreadyDone) => {}
+                        (None, other) => {
+                            return Err(DbError::Corrupt(format!(
+                                "pending record {} found {other:?}",
+                                event.key
+                            )));
+                        }
                         (Some(id), Folded::Busy) => {
                             tx.prepare_cached("UPDATE jobs SET visible_at_ms = ?2 WHERE id = ?1")?
                                 .execute(params![id, busy_until])?;
@@ -274,14 +291,13 @@ impl SqliteQueue {
             .db
             .call(move |tx| {
                 let records = pending_records(tx, now, limit)?;
-                for (rowid, _) in &records {
+                for (key, _) in &records {
                     tx.prepare_cached(
-                        "INSERT INTO jobs (key, body, visible_at_ms)
-                         SELECT key, '', ?2 FROM events WHERE rowid = ?1",
+                        "INSERT INTO jobs (key, body, visible_at_ms) VALUES (?1, '', ?2)",
                     )?
-                    .execute(params![rowid, now])?;
-                    tx.prepare_cached("UPDATE events SET sweeps = sweeps + 1 WHERE rowid = ?1")?
-                        .execute([rowid])?;
+                    .execute(params![key, now])?;
+                    tx.prepare_cached("UPDATE events SET sweeps = sweeps + 1 WHERE key = ?1")?
+                        .execute([key])?;
                 }
                 Ok(records.len())
             })
@@ -416,6 +432,10 @@ enum Body {
     Event(String),
 }
 
+/// What [`SqliteQueue::fold_ready`] took: a pending record's key or a job's id, the body (`None`:
+/// a job whose record is gone), the job's receives so far.
+type Taken = (Option<String>, Option<JobId>, Option<Body>, i64);
+
 /// The fields of an [`EventRecord`] the fold reads (serde skips the rest).
 #[derive(serde::Deserialize)]
 struct FoldView {
@@ -495,7 +515,7 @@ fn ready_jobs(
 }
 
 /// Up to `limit` records that are their own job (see [`SqliteQueue::with_records_as_jobs`]),
-/// oldest claim first: `(rowid, event JSON)`. Not processed, not leased by a worker, and never
+/// oldest claim first: `(key, event JSON)`. Not processed, not leased by a worker, and never
 /// handed to the job queue (`sweeps = 0`: the sweeper and `set_aside_records` count each
 /// hand-over there). A record that `recover` gave a job at start-up may be taken both ways:
 /// the second fold finds it processed.
@@ -503,9 +523,9 @@ fn pending_records(
     tx: &rusqlite::Connection,
     now: i64,
     limit: i64,
-) -> Result<Vec<(i64, String)>, DbError> {
+) -> Result<Vec<(String, String)>, DbError> {
     let mut stmt = tx.prepare_cached(
-        "SELECT rowid, event FROM events
+        "SELECT key, event FROM events
          WHERE processed = 0 AND sweeps = 0 AND lease_until_ms <= ?1
          ORDER BY processed, lock_until_ms LIMIT ?2",
     )?;

@@ -106,8 +106,9 @@ impl Server {
     pub async fn bind(config: ServeConfig) -> Result<Self, ServeError> {
         let lock = DirLock::acquire(&config.data_dir)?;
         let db = Database::open_dir(&config.data_dir)?;
+        let has_slow_work = !config.slow_work.is_empty();
         let recovered = db
-            .recover(now_ms())
+            .recover(now_ms(), !has_slow_work)
             .await
             .map_err(|e| ServeError::Recover(e.to_string()))?;
         if !recovered.is_empty() {
@@ -130,7 +131,6 @@ impl Server {
                 })?;
 
         let store = Arc::new(SqliteStore::new(db.clone()));
-        let has_slow_work = !config.slow_work.is_empty();
         let mut queue = SqliteQueue::new(db.clone()).with_settings(config.queue);
         if !has_slow_work {
             // The worker folds in the database (below): a record can be its own job.

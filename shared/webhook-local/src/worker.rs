@@ -192,7 +192,7 @@ impl WorkerLoop {
         let report = self
             .queue
             .fold_ready(
-                s.fold_batch,
+                s.fold_batch.max(1),
                 self.worker.settings().event_ttl,
                 s.busy_delay,
                 tracing::enabled!(tracing::Level::INFO),

@@ -572,6 +572,23 @@ async fn with_records_as_jobs_a_pending_record_is_folded_without_a_job_row() {
     let jobs = q.fold_ready(64, ttl, busy, false).await.unwrap();
     assert_eq!((jobs.taken, jobs.processed), (2, 2), "{jobs:?}");
     assert_eq!(q.counts().await.unwrap().pending, 0);
+
+    // A record whose event names another key fails the call (folding it would leave it
+    // pending, and the worker would take it again forever); set aside, it stops coming back.
+    let odd = own_state_event("odd");
+    q.claim_and_enqueue(&odd, "a", t).await.unwrap();
+    sql(
+        &dir.0,
+        &format!(
+            "UPDATE events SET key = 'sms#renamed' WHERE key = '{}'",
+            odd.key
+        ),
+    );
+    let err = q.fold_ready(64, ttl, busy, false).await.unwrap_err();
+    assert!(err.to_string().contains("corrupt row"), "{err}");
+    assert_eq!(q.set_aside_records(10).await.unwrap(), 1);
+    assert_eq!(q.fold_ready(64, ttl, busy, false).await.unwrap().taken, 1);
+    assert_eq!(q.fold_ready(64, ttl, busy, false).await.unwrap().taken, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -654,29 +671,40 @@ async fn a_job_that_fails_to_fold_is_retried_alone_and_the_others_are_processed(
 async fn purge_deletes_every_expired_row_a_chunk_at_a_time() {
     let dir = TempDir::new();
     let store = SqliteStore::new(Database::open_dir(&dir.0).unwrap());
-    // 2,500 expired records and states (more than one chunk), one of each still live, and an
-    // expired one after it.
-    sql(
-        &dir.0,
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)
-         INSERT INTO events (key, kind, received_at, event, reply, attempt, lock_until_ms,
-                             expires_at_s)
-         SELECT 'sms#old' || i, 'inbound_message', 0, '{}', '{}', 'a', 0, 100 FROM n;
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)
-         INSERT INTO states (id, state, version, expires_at_s)
-         SELECT 'msg#old' || i, '{}', 1, 100 FROM n;
-         INSERT INTO events (key, kind, received_at, event, reply, attempt, lock_until_ms,
-                             expires_at_s)
-         VALUES ('sms#live', 'inbound_message', 0, '{}', '{}', 'a', 0, 300);
-         INSERT INTO states (id, state, version, expires_at_s) VALUES ('msg#live', '{}', 1, 300);
-         INSERT INTO events (key, kind, received_at, event, reply, attempt, lock_until_ms,
-                             expires_at_s)
-         VALUES ('sms#later', 'inbound_message', 0, '{}', '{}', 'a', 0, 100);
-         INSERT INTO states (id, state, version, expires_at_s) VALUES ('msg#later', '{}', 1, 100);",
-    );
+    // Oldest first: 1,500 rows that stay live (states updated since, more than a chunk), then
+    // 2,500 expired (more than two chunks), a live one and an expired one, in both tables.
+    let rows = |prefix: &str, from: i64, to: i64, expires: i64| {
+        format!(
+            "WITH RECURSIVE n(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM n WHERE i < {to})
+             INSERT INTO events (key, kind, received_at, event, reply, attempt, lock_until_ms,
+                                 expires_at_s)
+             SELECT 'sms#{prefix}' || i, 'inbound_message', 0, '{{}}', '{{}}', 'a', 0, {expires}
+             FROM n;
+             WITH RECURSIVE n(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM n WHERE i < {to})
+             INSERT INTO states (id, state, version, expires_at_s)
+             SELECT 'msg#{prefix}' || i, '{{}}', 1, {expires} FROM n;"
+        )
+    };
+    sql(&dir.0, &rows("live", 1, 1500, 300));
+    sql(&dir.0, &rows("old", 1, 2500, 100));
+    sql(&dir.0, &rows("live", 1501, 1501, 300));
+    sql(&dir.0, &rows("later", 1, 1, 100));
     assert_eq!(store.purge_expired(200_000).await.unwrap(), 5002);
-    assert_eq!(strings(&dir.0, "SELECT key FROM events"), ["sms#live"]);
-    assert_eq!(strings(&dir.0, "SELECT id FROM states"), ["msg#live"]);
+    let live = |table| strings(&dir.0, &format!("SELECT COUNT(*) || '' FROM {table}"));
+    assert_eq!(live("events"), ["1501"]);
+    assert_eq!(live("states"), ["1501"]);
+    assert!(
+        strings(
+            &dir.0,
+            "SELECT key FROM events WHERE key NOT LIKE 'sms#live%'"
+        )
+        .is_empty(),
+        "only live rows are left"
+    );
+    // The next purge goes on from there and finds nothing more.
+    assert_eq!(store.purge_expired(200_000).await.unwrap(), 0);
+    // Rows that expire later are found by a later purge, which starts over.
+    assert_eq!(store.purge_expired(400_000).await.unwrap(), 3002);
 }
 
 /// The body of the one dead letter, read with a plain connection.
@@ -718,7 +746,7 @@ async fn recover_requeues_orphans_and_drops_dead_leases() {
         .await
         .unwrap();
 
-    let r = db.recover(now + 1).await.unwrap();
+    let r = db.recover(now + 1, false).await.unwrap();
     assert_eq!(
         (r.jobs_made_visible, r.leases_dropped, r.orphans_enqueued),
         (1, 1, 1)
@@ -741,7 +769,16 @@ async fn recover_requeues_orphans_and_drops_dead_leases() {
             .unwrap(),
         webhook_pipeline::Processing::Ready
     );
-    assert!(db.recover(now + 3).await.unwrap().orphans_enqueued == 0);
+    assert!(db.recover(now + 3, false).await.unwrap().orphans_enqueued == 0);
+    // Where records are their own jobs (serve without slow work), a pending record is no
+    // orphan; a run with slow work gives it a job.
+    let pending = sample_event("pending");
+    store.claim(&pending, "a", t).await.unwrap();
+    assert_eq!(db.recover(now + 4, true).await.unwrap().orphans_enqueued, 0);
+    assert_eq!(
+        db.recover(now + 5, false).await.unwrap().orphans_enqueued,
+        1
+    );
 }
 
 #[test]
