@@ -45,6 +45,15 @@ fn manual_clock(start: i64) -> (Clock, Arc<AtomicI64>) {
     (Arc::new(move || n.load(Ordering::SeqCst)), now)
 }
 
+/// A claim at `now_ms`: locked for 30 s, expiring in an hour.
+fn claim_times(now_ms: i64) -> ClaimTimes {
+    ClaimTimes {
+        now_ms,
+        lock_until_ms: now_ms + 30_000,
+        expires_at_s: now_ms / 1000 + 3600,
+    }
+}
+
 fn job(tag: &str) -> Job {
     Job {
         event: sample_event(tag),
@@ -250,11 +259,7 @@ async fn outbox_claims_and_enqueues_in_one_call_and_the_job_carries_the_record()
     let (clock, now) = manual_clock(1_800_000_000_000);
     let store = SqliteStore::new(db.clone());
     let q = SqliteQueue::new(db.clone()).with_clock(clock);
-    let at = |now: i64| ClaimTimes {
-        now_ms: now,
-        lock_until_ms: now + 30_000,
-        expires_at_s: now / 1000 + 3600,
-    };
+    let at = claim_times;
     let t0 = now.load(Ordering::SeqCst);
     let event = sample_event("outbox");
     assert_eq!(
@@ -318,11 +323,7 @@ async fn fold_in_one_processes_once_and_respects_a_live_lease() {
     let dir = TempDir::new();
     let store = SqliteStore::new(Database::open_dir(&dir.0).unwrap());
     let now = 1_800_000_000_000;
-    let t = ClaimTimes {
-        now_ms: now,
-        lock_until_ms: now + 30_000,
-        expires_at_s: now / 1000 + 3600,
-    };
+    let t = claim_times(now);
     let event = sample_event("fold");
     let id = event.state_update.as_ref().unwrap().id.clone();
     store.claim(&event, "a", t).await.unwrap();
@@ -407,11 +408,7 @@ async fn fold_ready_does_the_whole_job_of_each_visible_job_in_one_call() {
     let store = SqliteStore::new(db.clone());
     let q = SqliteQueue::new(db.clone()).with_clock(clock);
     let t0 = now.load(Ordering::SeqCst);
-    let t = ClaimTimes {
-        now_ms: t0,
-        lock_until_ms: t0 + 30_000,
-        expires_at_s: t0 / 1000 + 3600,
-    };
+    let t = claim_times(t0);
     let ttl = Duration::from_secs(7 * 24 * 3600);
     let busy_delay = Duration::from_secs(5);
     // Outbox jobs (the record is the job), a job with its own body (the sweeper's), a job
@@ -507,11 +504,7 @@ async fn with_records_as_jobs_a_pending_record_is_folded_without_a_job_row() {
         .with_clock(clock)
         .with_records_as_jobs();
     let t0 = now.load(Ordering::SeqCst);
-    let t = ClaimTimes {
-        now_ms: t0,
-        lock_until_ms: t0 + 30_000,
-        expires_at_s: t0 / 1000 + 3600,
-    };
+    let t = claim_times(t0);
     let ttl = Duration::from_secs(7 * 24 * 3600);
     let busy = Duration::from_secs(5);
     let records: Vec<_> = (0..3).map(|i| own_state_event(&format!("r{i}"))).collect();
@@ -606,11 +599,7 @@ async fn a_job_that_fails_to_fold_is_retried_alone_and_the_others_are_processed(
             .with_records_as_jobs(),
     );
     let now = webhook_pipeline::system_clock()();
-    let t = ClaimTimes {
-        now_ms: now,
-        lock_until_ms: now + 30_000,
-        expires_at_s: now / 1000 + 3600,
-    };
+    let t = claim_times(now);
     let events: Vec<_> = (0..3).map(|i| own_state_event(&format!("f{i}"))).collect();
     for e in &events {
         queue.claim_and_enqueue(e, "a", t).await.unwrap();
@@ -721,11 +710,7 @@ async fn recover_requeues_orphans_and_drops_dead_leases() {
     let store = SqliteStore::new(db.clone());
     let q = SqliteQueue::new(db.clone());
     let now = webhook_pipeline::system_clock()();
-    let t = ClaimTimes {
-        now_ms: now,
-        lock_until_ms: now + 30_000,
-        expires_at_s: now / 1000 + 3600,
-    };
+    let t = claim_times(now);
     // Claimed, then the process died before the enqueue.
     let orphan = sample_event("orphan");
     store.claim(&orphan, "a", t).await.unwrap();
@@ -1030,11 +1015,7 @@ async fn the_worker_loop_dead_letters_a_job_that_keeps_failing() {
     );
     let e = sample_event("failing");
     let now = webhook_pipeline::system_clock()();
-    let t = ClaimTimes {
-        now_ms: now,
-        lock_until_ms: now + 30_000,
-        expires_at_s: now / 1000 + 3600,
-    };
+    let t = claim_times(now);
     store.claim(&e, "a", t).await.unwrap();
     queue.enqueue(&Job { event: e.clone() }).await.unwrap();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
