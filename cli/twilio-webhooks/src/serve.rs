@@ -25,6 +25,9 @@ Environment:
   SMS_AUTO_REPLY, VOICE_GREETING, VOICE_FORWARD_TO, STATUS_CALLBACK_URL, FALLBACK_VOICE_MESSAGE
                           the reply policy, as in the Lambda functions
   FORWARD_URL             POST every processed event (JSON) there
+  EVENT_TTL_SECONDS, LOCK_SECONDS
+                          dedup window and claim lock, as in the Lambda functions
+  LOG_PII                 true: log the query values of refused URLs (phone numbers, bodies)
   RUST_LOG                log filter (default: info)")]
 pub struct ServeArgs {
     /// Address to listen on.
@@ -46,6 +49,10 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     auth_token: Option<String>,
+    /// Accept the public test token even though this server is reachable from outside
+    /// (a non-loopback --addr or a --public-url): anyone can then sign requests. For demos only.
+    #[arg(long)]
+    insecure_public_test_token: bool,
     /// Log format (logs go to stderr).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -61,11 +68,13 @@ enum LogFormat {
 
 pub fn run(args: ServeArgs) -> CliResult {
     init_logs(args.log_format);
-    let (token, is_test) = token_or_test(args.auth_token);
-    let mut config = ServeConfig::new(args.addr, args.data.clone(), AuthToken::new(token.clone()));
+    let (token, is_test) = token_or_test(args.auth_token)?;
+    let mut config = ServeConfig::new(args.addr, args.data.clone(), token.clone());
     config.public_url = args.public_url.clone();
+    config.insecure_public_test_token = args.insecure_public_test_token;
     config.policy = ReplyPolicy::from_env();
-    config.settings = Settings::default();
+    config.settings = Settings::from_env().map_err(|e| e.to_string())?;
+    config.log_pii = webhook_pipeline::config::log_pii();
     let forward_url = var(FORWARD_URL);
     if let Some(url) = &forward_url {
         config
@@ -87,8 +96,8 @@ pub fn run(args: ServeArgs) -> CliResult {
         }
         tracing::info!(%addr, data = %args.data.display(), "listening");
         if let Some(url) = &forward_url {
-            // Without the query string, which may carry a secret.
-            let shown = url.split(['?', '#']).next().unwrap_or_default();
+            // Without the query string or userinfo, which may carry a secret.
+            let shown = webhook_pipeline::redact::redact_url(url);
             tracing::info!(url = %shown, "forwarding every processed event (FORWARD_URL)");
         }
         print_banner(addr, &args.data, args.public_url.as_ref(), &token);
@@ -128,7 +137,7 @@ fn print_banner(
     addr: SocketAddr,
     data: &std::path::Path,
     public: Option<&PublicBaseUrl>,
-    token: &str,
+    token: &AuthToken,
 ) {
     // A wildcard address is reachable (and signed) as localhost.
     let local = if addr.ip().is_unspecified() {
@@ -144,7 +153,7 @@ fn print_banner(
     let sms_url = url("/sms");
     let params = inbound_sms(MESSAGE_SID, "Hello from curl");
     let form = FormParams::from_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
-    let signature = sign(&AuthToken::new(token), &sms_url, &form);
+    let signature = sign(token, &sms_url, &form);
 
     println!(
         "twilio-webhooks serve: listening on http://{addr} (data: {})",

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use twilio_webhook::signature::sign_json;
-use twilio_webhook::{AuthToken, FormParams, sign};
+use twilio_webhook::{FormParams, sign};
 
 use crate::util::{CliResult, shell_quote, token_or_test, warn_test_token};
 
@@ -39,11 +39,10 @@ pub struct SignArgs {
 }
 
 pub fn run(args: SignArgs) -> CliResult {
-    let (token, is_test) = token_or_test(args.token);
+    let (token, is_test) = token_or_test(args.token)?;
     if is_test {
         warn_test_token(false);
     }
-    let token = AuthToken::new(token);
     if let Some(path) = &args.json_body {
         let body = std::fs::read(path)
             .map_err(|e| format!("cannot read --json-body {}: {e}", path.display()))?;

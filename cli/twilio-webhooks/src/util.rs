@@ -1,5 +1,6 @@
 //! Small helpers shared by the subcommands.
 
+use twilio_webhook::AuthToken;
 use webhook_pipeline::samples::TEST_AUTH_TOKEN;
 
 /// A one-line error for the user.
@@ -16,12 +17,18 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The auth token to use: the given one, or the documented test token (`true`: say so with
-/// [`warn_test_token`]).
-pub fn token_or_test(token: Option<String>) -> (String, bool) {
-    match token.filter(|t| !t.trim().is_empty()) {
-        Some(t) => (t.trim().to_owned(), false),
-        None => (TEST_AUTH_TOKEN.to_owned(), true),
+/// The auth token to use: the given one, or the documented test token when none is given
+/// (`true`: say so with [`warn_test_token`]). A given but blank token is an error, never a
+/// silent fallback: an empty HMAC key is one anyone can sign with.
+pub fn token_or_test(token: Option<String>) -> Result<(AuthToken, bool), String> {
+    match token {
+        Some(t) => AuthToken::new(&t)
+            .map(|t| (t, false))
+            .map_err(|_| "the auth token (--auth-token / TWILIO_AUTH_TOKEN) is blank".to_owned()),
+        None => Ok((
+            AuthToken::new(TEST_AUTH_TOKEN).expect("the test token is not blank"),
+            true,
+        )),
     }
 }
 

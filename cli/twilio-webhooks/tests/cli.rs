@@ -57,7 +57,7 @@ fn sign_matches_the_library_and_prints_curl() {
     assert!(out.status.success());
     let form =
         FormParams::from_pairs([("MessageSid", "SM1"), ("Body", "it's a b&c"), ("Body", "")]);
-    let want = sign(&AuthToken::new(TEST_AUTH_TOKEN), url, &form);
+    let want = sign(&AuthToken::new(TEST_AUTH_TOKEN).unwrap(), url, &form);
     assert_eq!(stdout(&out).trim(), want);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("test token"),
@@ -70,7 +70,7 @@ fn sign_matches_the_library_and_prints_curl() {
         .output()
         .unwrap();
     let mine = sign(
-        &AuthToken::new("my-token"),
+        &AuthToken::new("my-token").unwrap(),
         url,
         &FormParams::from_pairs([("MessageSid", "SM1")]),
     );
@@ -83,7 +83,7 @@ fn sign_matches_the_library_and_prints_curl() {
     assert!(line.contains(&format!(
         "'X-Twilio-Signature: {}'",
         sign(
-            &AuthToken::new(TEST_AUTH_TOKEN),
+            &AuthToken::new(TEST_AUTH_TOKEN).unwrap(),
             url,
             &FormParams::from_pairs([("MessageSid", "SM1")])
         )
@@ -110,7 +110,7 @@ fn sign_json_puts_the_body_hash_in_the_url() {
     let _ = std::fs::remove_file(&file);
     assert!(out.status.success());
     let (url, sig) = sign_json(
-        &AuthToken::new(TEST_AUTH_TOKEN),
+        &AuthToken::new(TEST_AUTH_TOKEN).unwrap(),
         "https://example.com/hook?a=1",
         br#"{"hello":"world"}"#,
     );
@@ -162,4 +162,87 @@ fn events_are_written_then_checked() {
         "only the stale file: {stderr}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `serve` on an address others can reach, with a token anyone knows, must not start.
+#[test]
+fn serve_refuses_the_public_test_token_where_others_can_reach_it() {
+    let dir = std::env::temp_dir().join(format!("twilio-webhooks-public-{}", std::process::id()));
+    let data = dir.to_str().unwrap();
+    let refused = [
+        // No token on a wildcard address, or behind a public URL.
+        vec!["serve", "--addr", "0.0.0.0:0", "--data", data],
+        vec![
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--public-url",
+            "https://abc.ngrok.app",
+            "--data",
+            data,
+        ],
+        // The test token given explicitly is still the test token.
+        vec![
+            "serve",
+            "--addr",
+            "0.0.0.0:0",
+            "--auth-token",
+            TEST_AUTH_TOKEN,
+            "--data",
+            data,
+        ],
+    ];
+    for args in refused {
+        let out = run(&args);
+        assert!(!out.status.success(), "{args:?} started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("refusing to serve") && stderr.contains("--insecure-public-test-token"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!dir.exists(), "{args:?} touched the data directory");
+    }
+}
+
+/// A blank token is an error, never a silent fallback to some other key.
+#[test]
+fn a_blank_auth_token_is_refused_by_serve_and_sign() {
+    for args in [
+        &["serve", "--auth-token", "  ", "--addr", "127.0.0.1:0"][..],
+        &["sign", "--token", "", "--url", "http://localhost/sms"],
+        &["sign", "--token", " \n", "--url", "http://localhost/sms"],
+    ] {
+        let out = run(args);
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("blank"), "{args:?}: {stderr}");
+        assert!(stdout(&out).is_empty(), "{args:?} printed a signature");
+    }
+}
+
+/// The loudly named flag lets a demo run on a public address with the test token.
+#[test]
+fn serve_starts_publicly_with_the_insecure_flag() {
+    let dir = std::env::temp_dir().join(format!("twilio-webhooks-insecure-{}", std::process::id()));
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--addr",
+            "0.0.0.0:0",
+            "--insecure-public-test-token",
+            "--data",
+        ])
+        .arg(&dir)
+        .env_remove("TWILIO_AUTH_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(line.contains("listening on"), "{line:?}");
 }

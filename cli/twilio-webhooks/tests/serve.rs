@@ -290,7 +290,7 @@ fn endpoint_path(e: twilio_webhook::payload::Endpoint) -> &'static str {
 async fn send(client: &reqwest::Client, base: &str, hook: &Hook, token: &str) -> Answer {
     let url = format!("{base}{}", hook.path);
     let form = FormParams::from_pairs(hook.params.iter().map(|(k, v)| (*k, v.as_str())));
-    let signature = sign(&AuthToken::new(token), &url, &form);
+    let signature = sign(&AuthToken::new(token).unwrap(), &url, &form);
     let res = client
         .post(&url)
         .header("content-type", "application/x-www-form-urlencoded")
@@ -495,7 +495,7 @@ async fn a_bad_signature_gets_403_and_is_not_stored() {
         .header("content-type", "application/x-www-form-urlencoded")
         .header(
             "x-twilio-signature",
-            sign(&AuthToken::new(TEST_AUTH_TOKEN), &url, &form),
+            sign(&AuthToken::new(TEST_AUTH_TOKEN).unwrap(), &url, &form),
         )
         .body(form.encode())
         .send()
@@ -573,7 +573,13 @@ async fn public_url_is_what_signatures_cover_and_logs_can_be_json() {
         free_port(),
         1,
         None,
-        &["--public-url", public, "--log-format", "json"],
+        &[
+            "--public-url",
+            public,
+            "--log-format",
+            "json",
+            "--insecure-public-test-token",
+        ],
     );
     let banner = std::fs::read_to_string(&serve.stdout).unwrap();
     assert!(
@@ -594,7 +600,11 @@ async fn public_url_is_what_signatures_cover_and_logs_can_be_json() {
             .header("content-type", "application/x-www-form-urlencoded")
             .header(
                 "x-twilio-signature",
-                sign(&AuthToken::new(TEST_AUTH_TOKEN), &signed_for, &form),
+                sign(
+                    &AuthToken::new(TEST_AUTH_TOKEN).unwrap(),
+                    &signed_for,
+                    &form,
+                ),
             )
             .body(form.encode())
             .send()
@@ -609,6 +619,19 @@ async fn public_url_is_what_signatures_cover_and_logs_can_be_json() {
     );
     let tunnelled = post(format!("{public}/sms?tenant=a%20b")).await.unwrap();
     assert_eq!(tunnelled.status(), 200);
+    // A refused request whose query carries personal data (as GET webhooks do).
+    let refused = c
+        .post(format!(
+            "{}/sms?From=%2B14155550100&Body=secret-body",
+            serve.base()
+        ))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", "forged")
+        .body(form.encode())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
     serve.terminate();
 
     let stderr = std::fs::read_to_string(work.0.join("serve-1.err")).unwrap();
@@ -622,6 +645,26 @@ async fn public_url_is_what_signatures_cover_and_logs_can_be_json() {
             .any(|l| l["fields"]["message"] == "webhook accepted"),
         "{stderr}"
     );
+    // Without LOG_PII the refused URL keeps its parameter names, not their values.
+    let refused_line = logs
+        .iter()
+        .find(|l| {
+            l["fields"]["message"] == "webhook refused"
+                && l["fields"]["url"]
+                    .as_str()
+                    .is_some_and(|u| u.contains("From="))
+        })
+        .unwrap_or_else(|| panic!("no refused line: {stderr}"));
+    assert_eq!(
+        refused_line["fields"]["url"],
+        format!("{public}/sms?From=***&Body=***")
+    );
+    for secret in ["14155550100", "secret-body", "via a tunnel"] {
+        assert!(
+            !stderr.contains(secret),
+            "{secret} reached the logs: {stderr}"
+        );
+    }
     let events = of_type(&inspect(&work.0.join("data")), "event")
         .into_iter()
         .cloned()

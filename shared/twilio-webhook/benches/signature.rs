@@ -52,7 +52,7 @@ fn hmac_sha1(key: &[u8], msg: &[u8]) -> [u8; 20] {
 
 fn benches(c: &mut Criterion) {
     let fx = Fixture::load();
-    let token = AuthToken::new(fx.auth_token.as_str());
+    let token = AuthToken::new(fx.auth_token.as_str()).unwrap();
     let params = FormParams::from_pairs(fx.params.iter().cloned());
     let body = params.encode();
     let signed = fx.signed_string();

@@ -34,7 +34,7 @@ fn main() {
     let body = params.encode();
     // The string the floor hashes, as in the bench: URL, then key + value sorted by key.
     let signed = fx.signed_string();
-    let validator = Validator::new(AuthToken::new(token.as_str()));
+    let validator = Validator::new(AuthToken::new(token.as_str()).unwrap());
     let request = |sig: &str| {
         validator.verify(&SignedRequest {
             method: "POST",

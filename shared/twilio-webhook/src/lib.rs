@@ -14,4 +14,4 @@ pub mod twiml;
 pub mod url;
 
 pub use form::{FormError, FormParams};
-pub use signature::{AuthToken, SignatureError, Validator, VerifiedRequest, sign};
+pub use signature::{AuthToken, BlankSecret, SignatureError, Validator, VerifiedRequest, sign};

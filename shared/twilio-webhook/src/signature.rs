@@ -27,13 +27,25 @@ pub const IDEMPOTENCY_HEADER: &str = "I-Twilio-Idempotency-Token";
 
 /// A secret used as an HMAC key: an account auth token or a SharedKey secret.
 ///
-/// `Debug` never prints it, so it cannot leak through logs or panics.
+/// Never blank: anyone can compute an HMAC under the empty key, so a validator holding one
+/// would accept forged requests. Surrounding whitespace (a pasted newline) is trimmed; no
+/// Twilio token contains any. `Debug` never prints it, so it cannot leak through logs or panics.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AuthToken(Box<str>);
 
+/// An empty or whitespace-only secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the secret is empty or blank")]
+pub struct BlankSecret;
+
 impl AuthToken {
-    pub fn new(token: impl Into<String>) -> Self {
-        Self(token.into().into_boxed_str())
+    /// The trimmed secret, or [`BlankSecret`] if nothing is left.
+    pub fn new(token: impl AsRef<str>) -> Result<Self, BlankSecret> {
+        let token = token.as_ref().trim();
+        if token.is_empty() {
+            return Err(BlankSecret);
+        }
+        Ok(Self(token.into()))
     }
 
     /// The raw secret; call only where the HMAC needs it.
@@ -48,14 +60,9 @@ impl std::fmt::Debug for AuthToken {
     }
 }
 
-impl From<&str> for AuthToken {
-    fn from(s: &str) -> Self {
-        Self::new(s)
-    }
-}
-
-impl From<String> for AuthToken {
-    fn from(s: String) -> Self {
+impl std::str::FromStr for AuthToken {
+    type Err = BlankSecret;
+    fn from_str(s: &str) -> Result<Self, BlankSecret> {
         Self::new(s)
     }
 }
@@ -653,6 +660,20 @@ pub fn sign_json(token: &AuthToken, url: &str, body: &[u8]) -> (String, String) 
 mod tests {
     use super::*;
 
+    fn tok(s: &str) -> AuthToken {
+        AuthToken::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_secret_is_never_blank_and_is_trimmed() {
+        for blank in ["", " ", "\n", " \t\r\n "] {
+            assert_eq!(AuthToken::new(blank), Err(BlankSecret), "{blank:?}");
+            assert!(blank.parse::<AuthToken>().is_err());
+        }
+        assert_eq!(tok(" abc\n").expose(), "abc");
+        assert_eq!(format!("{:?}", tok("abc")), "AuthToken(<redacted>)");
+    }
+
     const URL: &str = "https://mycompany.com/myapp.php?foo=1&bar=2";
 
     fn form_req<'a>(url: &'a str, body: &'a [u8], sig: Option<&'a str>) -> SignedRequest<'a> {
@@ -680,14 +701,14 @@ mod tests {
     fn twilio_docs_example_signature() {
         // The example in Twilio's security docs and every helper library.
         assert_eq!(
-            sign(&"12345".into(), URL, &params()),
+            sign(&tok("12345"), URL, &params()),
             "RSOYDt4T1cUTdK1PDd93/VVr8B8="
         );
     }
 
     #[test]
     fn missing_header_is_distinguished_from_a_wrong_one() {
-        let v = Validator::new("12345".into());
+        let v = Validator::new(tok("12345"));
         let body = params().encode();
         assert_eq!(
             v.verify(&form_req(URL, body.as_bytes(), None)),
@@ -705,8 +726,8 @@ mod tests {
 
     #[test]
     fn verify_form_checks_already_parsed_params_like_verify() {
-        let v = Validator::new("12345".into());
-        let sig = sign(&"12345".into(), URL, &params());
+        let v = Validator::new(tok("12345"));
+        let sig = sign(&tok("12345"), URL, &params());
         let ok = v.verify_form(URL, params(), Some(&sig), None).unwrap();
         assert_eq!(ok.params(), &params());
         assert_eq!(ok.key_used(), &KeyUsed::Primary);
@@ -728,22 +749,23 @@ mod tests {
 
     #[test]
     fn debug_never_prints_the_token() {
-        let t = AuthToken::new("supersecret-token");
-        let v = Validator::new(t.clone()).with_shared_key("key1", "othersecret".into());
+        let t = AuthToken::new("supersecret-token").unwrap();
+        let v = Validator::new(t.clone())
+            .with_shared_key("key1", AuthToken::new("othersecret").unwrap());
         assert!(!format!("{t:?}{v:?}").contains("secret-token"));
         assert!(!format!("{v:?}").contains("othersecret"));
     }
 
     #[test]
     fn secondary_token_is_accepted_and_reported() {
-        let v = Validator::new("old".into()).with_secondary(Some("new".into()));
+        let v = Validator::new(tok("old")).with_secondary(Some(tok("new")));
         let body = params().encode();
-        let sig = sign(&"new".into(), URL, &params());
+        let sig = sign(&tok("new"), URL, &params());
         let ok = v
             .verify(&form_req(URL, body.as_bytes(), Some(&sig)))
             .unwrap();
         assert_eq!(ok.key_used(), &KeyUsed::Secondary);
-        let sig = sign(&"other".into(), URL, &params());
+        let sig = sign(&tok("other"), URL, &params());
         assert!(
             v.verify(&form_req(URL, body.as_bytes(), Some(&sig)))
                 .is_err()
@@ -752,8 +774,9 @@ mod tests {
 
     #[test]
     fn shared_key_sha256_and_its_errors() {
-        let secret: AuthToken = "shared-secret".into();
-        let v = Validator::new("token".into()).with_shared_key("wk_1", secret.clone());
+        let secret = AuthToken::new("shared-secret").unwrap();
+        let v = Validator::new(AuthToken::new("token").unwrap())
+            .with_shared_key("wk_1", secret.clone());
         let body = params().encode();
         let sig = sign_with(Algorithm::HmacSha256, &secret, URL, &params());
         let mut req = form_req(URL, body.as_bytes(), Some(&sig));
@@ -763,7 +786,7 @@ mod tests {
             &KeyUsed::SharedKey("wk_1".into())
         );
         // The auth token must not validate a request that names a shared key.
-        let token_sig = sign(&"token".into(), URL, &params());
+        let token_sig = sign(&tok("token"), URL, &params());
         req.signature = Some(&token_sig);
         assert_eq!(v.verify(&req), Err(SignatureError::InvalidSignature));
         req.signature_settings = Some("key=wk_2,algorithm=HMAC_SHA256");
@@ -776,7 +799,7 @@ mod tests {
             v.verify(&req),
             Err(SignatureError::UnsupportedAlgorithm("HMAC_MD5".into()))
         );
-        let plain = Validator::new("token".into());
+        let plain = Validator::new(tok("token"));
         req.signature_settings = Some("key=wk_1,algorithm=HMAC_SHA256");
         let err = plain.verify(&req).unwrap_err();
         assert_eq!(err, SignatureError::SharedKeysNotConfigured);
@@ -785,9 +808,9 @@ mod tests {
 
     #[test]
     fn json_body_needs_body_hash() {
-        let v = Validator::new("12345".into());
+        let v = Validator::new(tok("12345"));
         let body = br#"{"property": "value", "boolean": true}"#;
-        let (url, sig) = sign_json(&"12345".into(), URL, body);
+        let (url, sig) = sign_json(&tok("12345"), URL, body);
         let mut req = SignedRequest {
             method: "POST",
             url: &url,
@@ -802,7 +825,7 @@ mod tests {
         );
         req.body = br#"{"property": "other"}"#;
         assert_eq!(v.verify(&req), Err(SignatureError::BodyHashMismatch));
-        let plain_sig = sign(&"12345".into(), URL, &FormParams::default());
+        let plain_sig = sign(&tok("12345"), URL, &FormParams::default());
         req.url = URL;
         req.signature = Some(&plain_sig);
         assert_eq!(v.verify(&req), Err(SignatureError::MissingBodyHash));
@@ -810,9 +833,9 @@ mod tests {
 
     #[test]
     fn get_signs_the_url_only_and_exposes_query_params() {
-        let v = Validator::new("12345".into());
+        let v = Validator::new(tok("12345"));
         let url = "https://example.com/sms?MessageSid=SM1&Body=hi+there";
-        let sig = sign(&"12345".into(), url, &FormParams::default());
+        let sig = sign(&tok("12345"), url, &FormParams::default());
         let req = SignedRequest {
             method: "GET",
             url,
@@ -827,7 +850,7 @@ mod tests {
 
     #[test]
     fn malformed_bodies_and_content_types_are_client_errors() {
-        let v = Validator::new("12345".into());
+        let v = Validator::new(tok("12345"));
         let err = v.verify(&form_req(URL, b"a=%zz", Some("x"))).unwrap_err();
         assert!(err.is_malformed(), "{err}");
         let mut req = form_req(URL, b"<xml/>", Some("x"));
@@ -839,9 +862,9 @@ mod tests {
 
     #[test]
     fn fragment_is_not_signed() {
-        let v = Validator::new("12345".into());
+        let v = Validator::new(tok("12345"));
         let body = params().encode();
-        let sig = sign(&"12345".into(), URL, &params());
+        let sig = sign(&tok("12345"), URL, &params());
         let with_fragment = format!("{URL}#rc=2&rp=all");
         assert!(
             v.verify(&form_req(&with_fragment, body.as_bytes(), Some(&sig)))

@@ -61,18 +61,20 @@ pub fn public_base_url() -> Result<Option<PublicBaseUrl>, ConfigError> {
         .transpose()
 }
 
-/// Tokens from a secret string: bare token or JSON with a secondary for rotation.
+/// Tokens from a secret string: a bare token, or JSON with a secondary for rotation and
+/// Webhooks SharedKeys. Every value is trimmed, and a blank one (`""`, `"  "`) is an error:
+/// an empty HMAC key is one anyone can sign with.
 pub fn validator_from_secret(secret: &str) -> Result<Validator, ConfigError> {
-    let bad = |reason: &str| ConfigError {
+    let bad = |reason: String| ConfigError {
         name: TWILIO_AUTH_TOKEN_SECRET_ARN,
-        reason: reason.to_owned(),
+        reason,
+    };
+    let token = |field: &str, value: &str| {
+        AuthToken::new(value).map_err(|_| bad(format!("{field} in the secret is empty or blank")))
     };
     let secret = secret.trim();
     if !secret.starts_with('{') {
-        if secret.is_empty() {
-            return Err(bad("the secret is empty"));
-        }
-        return Ok(Validator::new(AuthToken::new(secret)));
+        return Ok(Validator::new(token("the token", secret)?));
     }
     #[derive(serde::Deserialize)]
     struct Tokens {
@@ -83,27 +85,42 @@ pub fn validator_from_secret(secret: &str) -> Result<Validator, ConfigError> {
         shared_keys: std::collections::BTreeMap<String, String>,
     }
     let t: Tokens = serde_json::from_str(secret).map_err(|_| {
-        bad("JSON secret needs an \"auth_token\" string (optional: \"secondary_auth_token\", \"shared_keys\": {id: secret})")
+        bad("JSON secret needs an \"auth_token\" string (optional: \"secondary_auth_token\", \"shared_keys\": {id: secret})".into())
     })?;
-    let validator = Validator::new(AuthToken::new(t.auth_token)).with_secondary(
-        t.secondary_auth_token
-            .filter(|s| !s.is_empty())
-            .map(AuthToken::new),
-    );
-    Ok(t.shared_keys
-        .into_iter()
-        .fold(validator, |v, (id, secret)| {
-            v.with_shared_key(id, AuthToken::new(secret))
-        }))
+    let secondary = t
+        .secondary_auth_token
+        .map(|s| token("\"secondary_auth_token\"", &s))
+        .transpose()?;
+    let mut validator =
+        Validator::new(token("\"auth_token\"", &t.auth_token)?).with_secondary(secondary);
+    for (id, secret) in t.shared_keys {
+        if id.trim().is_empty() {
+            return Err(bad("a \"shared_keys\" id is empty or blank".into()));
+        }
+        let key = token(&format!("\"shared_keys\".{id:?}"), &secret)?;
+        validator = validator.with_shared_key(id.trim(), key);
+    }
+    Ok(validator)
 }
 
-/// Tokens from plain environment variables (local development).
-pub fn validator_from_env() -> Option<Validator> {
-    let primary = var(TWILIO_AUTH_TOKEN)?;
-    Some(
-        Validator::new(AuthToken::new(primary))
-            .with_secondary(var(TWILIO_SECONDARY_AUTH_TOKEN).map(AuthToken::new)),
-    )
+/// Tokens from plain environment variables (local development). `Ok(None)` when
+/// `TWILIO_AUTH_TOKEN` is unset; a set but blank variable counts as unset (SAM passes "").
+pub fn validator_from_env() -> Result<Option<Validator>, ConfigError> {
+    let Some(primary) = var(TWILIO_AUTH_TOKEN) else {
+        return Ok(None);
+    };
+    let token = |name: &'static str, value: String| {
+        AuthToken::new(value).map_err(|_| ConfigError {
+            name,
+            reason: "is blank".into(),
+        })
+    };
+    let secondary = var(TWILIO_SECONDARY_AUTH_TOKEN)
+        .map(|s| token(TWILIO_SECONDARY_AUTH_TOKEN, s))
+        .transpose()?;
+    Ok(Some(
+        Validator::new(token(TWILIO_AUTH_TOKEN, primary)?).with_secondary(secondary),
+    ))
 }
 
 #[cfg(test)]
@@ -155,7 +172,7 @@ mod tests {
         let url = "https://h.example.com/sms";
         let sig = sign_with(
             Algorithm::HmacSha256,
-            &AuthToken::new("s2"),
+            &AuthToken::new("s2").unwrap(),
             url,
             &Default::default(),
         );
@@ -174,5 +191,51 @@ mod tests {
         };
         assert!(v.verify(&req).is_err());
         assert!(validator_from_secret("  ").is_err());
+    }
+
+    /// An empty HMAC key is one anyone can sign with: every blank value, in every place a
+    /// secret can hold one, must be refused (not skipped, not used).
+    #[test]
+    fn blank_secret_values_are_configuration_errors() {
+        for secret in [
+            "",
+            " \n",
+            r#"{"auth_token":""}"#,
+            r#"{"auth_token":"  "}"#,
+            r#"{"auth_token":"\n\t"}"#,
+            r#"{"auth_token":"a","secondary_auth_token":""}"#,
+            r#"{"auth_token":"a","secondary_auth_token":" "}"#,
+            r#"{"auth_token":"a","shared_keys":{"k1":""}}"#,
+            r#"{"auth_token":"a","shared_keys":{"k1":"s1","k2":"  "}}"#,
+            r#"{"auth_token":"a","shared_keys":{" ":"s1"}}"#,
+        ] {
+            let err = validator_from_secret(secret).expect_err(secret);
+            assert_eq!(err.name, TWILIO_AUTH_TOKEN_SECRET_ARN, "{secret}");
+            assert!(err.reason.contains("blank"), "{secret}: {}", err.reason);
+        }
+    }
+
+    /// JSON values are trimmed as the bare form is: a pasted newline does not change the key.
+    #[test]
+    fn json_values_are_trimmed_like_the_bare_secret() {
+        use twilio_webhook::signature::SignedRequest;
+        let url = "https://h.example.com/sms";
+        let sig = twilio_webhook::sign(&AuthToken::new("tok").unwrap(), url, &Default::default());
+        let req = SignedRequest {
+            method: "POST",
+            url,
+            content_type: None,
+            body: b"",
+            signature: Some(&sig),
+            signature_settings: None,
+        };
+        for secret in [
+            "tok\n",
+            r#"{"auth_token":" tok\n"}"#,
+            r#"{"auth_token":"old","secondary_auth_token":"tok "}"#,
+        ] {
+            let v = validator_from_secret(secret).unwrap();
+            assert!(v.verify(&req).is_ok(), "{secret}");
+        }
     }
 }

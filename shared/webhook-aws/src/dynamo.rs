@@ -70,7 +70,8 @@ fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
     item.get(name)?.as_s().ok().map(String::as_str)
 }
 
-fn event_of(item: &Item) -> Result<EventRecord, StoreError> {
+#[doc(hidden)] // pub for the fuzz targets (fuzz/bodies/src/stored_json.rs)
+pub fn event_of(item: &Item) -> Result<EventRecord, StoreError> {
     let json = get_s(item, "event").ok_or_else(|| StoreError("record without event".into()))?;
     serde_json::from_str(json).map_err(StoreError::new)
 }
@@ -143,10 +144,12 @@ impl EventStore for DynamoStore {
             .item(TTL_ATTRIBUTE, n(t.expires_at_s))
             .item(PENDING, s("1"))
             .item("sweeps", n(0))
-            // New, expired (TTL deletes late), or never processed and its attempt's lock ended.
+            // RecordTimes::is_live, negated (the one claim rule): new, expired (TTL deletes
+            // late), or never processed with both its attempt's lock and any lease ended.
             .condition_expression(
                 "attribute_not_exists(pk) OR expires_at <= :now_s \
-                 OR (attribute_exists(pending) AND lock_until <= :now_ms)",
+                 OR (attribute_exists(pending) AND lock_until <= :now_ms \
+                     AND (attribute_not_exists(lease_until) OR lease_until <= :now_ms))",
             )
             .expression_attribute_values(":now_s", n(t.now_ms.div_euclid(1000)))
             .expression_attribute_values(":now_ms", n(t.now_ms))
@@ -155,6 +158,13 @@ impl EventStore for DynamoStore {
             .await;
         match conditional(r, put_failed)? {
             Conditional::Done(_) => Ok(Claim::New),
+            // Our own write: the put took effect, its answer was lost, and the SDK's retry
+            // met the record it had just written. The event is new and must be enqueued.
+            Conditional::Failed(Some(old))
+                if get_s(&old, "attempt") == Some(attempt) && old.contains_key(PENDING) =>
+            {
+                Ok(Claim::New)
+            }
             Conditional::Failed(Some(old)) => Ok(Claim::Duplicate {
                 reply: event_of(&old)?.reply,
                 processed: !old.contains_key(PENDING),

@@ -91,24 +91,9 @@ pub fn amazon_roots_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
 /// from `TWILIO_AUTH_TOKEN` (local development).
 pub async fn validator(sdk: &SdkConfig) -> Result<twilio_webhook::Validator, Error> {
     if let Some(arn) = var(TWILIO_AUTH_TOKEN_SECRET_ARN) {
-        let client = aws_sdk_secretsmanager::Client::new(sdk);
-        let out = client
-            .get_secret_value()
-            .secret_id(&arn)
-            .send()
-            .await
-            .map_err(|e| {
-                format!(
-                    "reading {TWILIO_AUTH_TOKEN_SECRET_ARN}: {}",
-                    aws_sdk_secretsmanager::error::DisplayErrorContext(e)
-                )
-            })?;
-        let secret = out
-            .secret_string()
-            .ok_or("the auth token secret has no SecretString")?;
-        return Ok(config::validator_from_secret(secret)?);
+        return validator_from_secret_arn(sdk, &arn).await;
     }
-    config::validator_from_env().ok_or_else(|| {
+    config::validator_from_env()?.ok_or_else(|| {
         ConfigError {
             name: TWILIO_AUTH_TOKEN_SECRET_ARN,
             reason: format!(
@@ -118,6 +103,31 @@ pub async fn validator(sdk: &SdkConfig) -> Result<twilio_webhook::Validator, Err
         }
         .into()
     })
+}
+
+/// The validator of a Secrets Manager secret. A secret that is read but unusable (blank, bad
+/// JSON) is a [`ConfigError`]; a failed read is another error (it may pass on a retry).
+pub async fn validator_from_secret_arn(
+    sdk: &SdkConfig,
+    arn: &str,
+) -> Result<twilio_webhook::Validator, Error> {
+    let client = aws_sdk_secretsmanager::Client::new(sdk);
+    let out = client
+        .get_secret_value()
+        .secret_id(arn)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "reading {TWILIO_AUTH_TOKEN_SECRET_ARN}: {}",
+                aws_sdk_secretsmanager::error::DisplayErrorContext(e)
+            )
+        })?;
+    let secret = out.secret_string().ok_or_else(|| ConfigError {
+        name: TWILIO_AUTH_TOKEN_SECRET_ARN,
+        reason: "the secret has no SecretString".into(),
+    })?;
+    Ok(config::validator_from_secret(secret)?)
 }
 
 /// Everything a webhook function needs, built once.
@@ -136,7 +146,8 @@ impl WebhookApp {
             Arc::new(queue),
             ReplyPolicy::from_env(),
             Settings::from_env()?,
-        );
+        )
+        .with_log_pii(webhook_pipeline::config::log_pii());
         Ok(Self {
             pipeline,
             base: config::public_base_url()?,
@@ -160,7 +171,21 @@ impl WebhookApp {
 pub async fn run_webhook(endpoint: Endpoint) -> Result<(), Error> {
     init_tracing();
     let sdk = aws_config().await?;
-    let app = Arc::new(WebhookApp::from_env(&sdk).await?);
+    let app = match WebhookApp::from_env(&sdk).await {
+        Ok(app) => Arc::new(app),
+        // A configuration that cannot check signatures (a blank token, a missing table...)
+        // will not fix itself: log it once, then answer 500 to every request (fail closed)
+        // instead of failing init, which Lambda would retry and log on every request.
+        // Anything else (Secrets Manager unreachable) fails init, so the next one retries.
+        Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
+            error!(endpoint = endpoint.as_str(), error = %e, "misconfigured: every request gets 500");
+            return lambda_http::run(service_fn(|_req: Request| async {
+                Ok::<_, Error>(http::response(PipelineError::Misconfigured.to_reply()))
+            }))
+            .await;
+        }
+        Err(e) => return Err(e),
+    };
     info!(endpoint = endpoint.as_str(), "cold start complete");
     lambda_http::run(service_fn(move |req: Request| {
         let app = app.clone();

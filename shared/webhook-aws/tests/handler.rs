@@ -104,7 +104,11 @@ fn remove_header(event: &mut Value, name: &str) {
 
 /// Sign the event's body for `url`, as Twilio would have if it had called that URL.
 fn resign(event: &mut Value, url: &str) {
-    let signature = sign(&AuthToken::new(TEST_AUTH_TOKEN), url, &body_params(event));
+    let signature = sign(
+        &AuthToken::new(TEST_AUTH_TOKEN).unwrap(),
+        url,
+        &body_params(event),
+    );
     set_header(event, "x-twilio-signature", &signature);
 }
 
@@ -130,7 +134,7 @@ struct Harness {
 fn harness() -> Harness {
     let queue = Arc::new(MemoryQueue::default());
     let pipeline = Pipeline::new(
-        Validator::new(AuthToken::new(TEST_AUTH_TOKEN)),
+        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
         Arc::new(MemoryStore::default()),
         queue.clone(),
         ReplyPolicy::default(),

@@ -200,7 +200,7 @@ impl Aws {
 
     fn pipeline(&self, clock: Clock) -> Pipeline {
         Pipeline::new(
-            Validator::new(AuthToken::new(TEST_AUTH_TOKEN)),
+            Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
             self.store(),
             self.queue(),
             ReplyPolicy {
@@ -377,7 +377,7 @@ async fn dynamodb_unreachable_is_5xx_and_nothing_is_half_written() {
     let aws = setup(5).await;
     let dead = sdk(&format!("http://127.0.0.1:{}", free_port())).await;
     let p = Pipeline::new(
-        Validator::new(AuthToken::new(TEST_AUTH_TOKEN)),
+        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
         Arc::new(DynamoStore::new(
             aws_sdk_dynamodb::Client::new(&dead),
             &aws.table,
@@ -410,7 +410,7 @@ async fn sqs_send_failure_is_5xx_and_the_retry_succeeds() {
     let aws = setup(5).await;
     let (clock, _) = fixed_clock();
     let broken = Pipeline::new(
-        Validator::new(AuthToken::new(TEST_AUTH_TOKEN)),
+        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
         aws.store(),
         Arc::new(SqsQueue::new(
             aws.sqs.clone(),
@@ -612,4 +612,63 @@ async fn the_sample_worker_events_drive_the_worker_function() {
         .await
         .unwrap();
     assert_eq!(out, serde_json::json!({"swept": 0}));
+}
+
+/// Trust issue, item 1: a Secrets Manager secret `{"auth_token":""}` made the functions accept
+/// requests signed with the empty key. It must be a configuration error (500 to every
+/// request, logged once), told apart from a failed read (init fails and is retried).
+#[tokio::test]
+async fn a_blank_token_in_secrets_manager_is_a_configuration_error() {
+    let sdk = sdk(&moto().endpoint).await;
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    let n = uuid::Uuid::new_v4();
+    let mut arns = HashMap::new();
+    for (name, value) in [
+        ("empty", r#"{"auth_token":""}"#),
+        ("blank", r#"{"auth_token":" \n"}"#),
+        (
+            "blank-secondary",
+            r#"{"auth_token":"tok","secondary_auth_token":" "}"#,
+        ),
+        (
+            "blank-shared-key",
+            r#"{"auth_token":"tok","shared_keys":{"k":""}}"#,
+        ),
+        ("good", r#"{"auth_token":" tok\n"}"#),
+    ] {
+        let out = sm
+            .create_secret()
+            .name(format!("{name}-{n}"))
+            .secret_string(value)
+            .send()
+            .await
+            .unwrap();
+        arns.insert(name, out.arn().unwrap().to_owned());
+    }
+    for name in ["empty", "blank", "blank-secondary", "blank-shared-key"] {
+        let err = webhook_aws::validator_from_secret_arn(&sdk, &arns[name])
+            .await
+            .expect_err(name);
+        assert!(
+            err.downcast_ref::<webhook_pipeline::config::ConfigError>()
+                .is_some(),
+            "{name}: {err}"
+        );
+    }
+    assert!(
+        webhook_aws::validator_from_secret_arn(&sdk, &arns["good"])
+            .await
+            .is_ok()
+    );
+    // A secret that cannot be read is not a configuration error: init fails and is retried.
+    let err = webhook_aws::validator_from_secret_arn(
+        &sdk,
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:missing",
+    )
+    .await
+    .expect_err("missing secret");
+    assert!(
+        err.downcast_ref::<webhook_pipeline::config::ConfigError>()
+            .is_none()
+    );
 }

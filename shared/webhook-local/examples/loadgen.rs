@@ -194,7 +194,7 @@ struct Plan {
 
 fn plan(args: &Args, deadline: Instant) -> Result<Plan, String> {
     let (addr, host, path) = parse_target(&args.url)?;
-    let token = AuthToken::new(args.token.clone());
+    let token = AuthToken::new(args.token.clone()).unwrap();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ u64::from(args.sid_tag));
     let mut uniques: Vec<Signed> = Vec::with_capacity(args.requests);
     let mut order = Vec::with_capacity(args.requests);
@@ -385,7 +385,7 @@ async fn connection(plan: Arc<Plan>) -> ConnStats {
 /// A valid request gets 200, a tampered body 403 and a missing signature 403 (twilio-node's
 /// middleware answers 400 to that one; both are refusals).
 async fn check(plan: &Plan, args: &Args) -> Result<String, String> {
-    let token = AuthToken::new(args.token.clone());
+    let token = AuthToken::new(args.token.clone()).unwrap();
     let sid = format!("SM{:08x}{:024x}", args.sid_tag, u64::MAX);
     let valid = signed(&token, &args.url, sid.clone(), "load test check");
     let mut conn = Conn::open(plan.addr).await?;

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use twilio_webhook::payload::Endpoint;
 use twilio_webhook::url::{PublicBaseUrl, from_parts};
 use twilio_webhook::{AuthToken, Validator};
+use webhook_pipeline::samples::TEST_AUTH_TOKEN;
 use webhook_pipeline::worker::{SlowWork, WorkerSettings};
 use webhook_pipeline::{IncomingRequest, Pipeline, Reply, ReplyPolicy, Settings, Worker};
 
@@ -43,6 +44,11 @@ pub struct ServeConfig {
     pub worker: WorkerSettings,
     pub worker_loop: LoopSettings,
     pub queue: QueueSettings,
+    /// Accept the published test token on a listener reachable from outside (a non-loopback
+    /// address or a public URL). Off by default: anyone can sign with that token.
+    pub insecure_public_test_token: bool,
+    /// `LOG_PII`: let personal data (query values of refused URLs) into logs.
+    pub log_pii: bool,
     /// Slow work run for each event after the state fold (e.g. the `FORWARD_URL` forwarder).
     /// With any, the worker processes one job at a time whatever `worker_loop.concurrency`
     /// says: a crash then repeats the slow work of at most one job. Without, all the worker
@@ -62,8 +68,15 @@ impl ServeConfig {
             worker: WorkerSettings::default(),
             worker_loop: LoopSettings::default(),
             queue: QueueSettings::default(),
+            insecure_public_test_token: false,
+            log_pii: false,
             slow_work: Vec::new(),
         }
+    }
+
+    /// Whether someone other than this machine can reach the server.
+    pub fn is_exposed(&self) -> bool {
+        !self.addr.ip().is_loopback() || self.public_url.is_some()
     }
 }
 
@@ -83,6 +96,12 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "refusing to serve {addr} with the public test token: anyone can sign requests with it. \
+         Give your auth token (--auth-token or TWILIO_AUTH_TOKEN), listen on 127.0.0.1 without \
+         --public-url, or pass --insecure-public-test-token"
+    )]
+    PublicTestToken { addr: SocketAddr },
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -104,6 +123,13 @@ pub struct Server {
 impl Server {
     /// Lock and open the data directory, recover from a previous crash, bind the address.
     pub async fn bind(config: ServeConfig) -> Result<Self, ServeError> {
+        // Fail closed before touching anything: a forged request must never be accepted.
+        if config.auth_token.expose() == TEST_AUTH_TOKEN
+            && config.is_exposed()
+            && !config.insecure_public_test_token
+        {
+            return Err(ServeError::PublicTestToken { addr: config.addr });
+        }
         let lock = DirLock::acquire(&config.data_dir)?;
         let db = Database::open_dir(&config.data_dir)?;
         let has_slow_work = !config.slow_work.is_empty();
@@ -144,7 +170,8 @@ impl Server {
             config.policy,
             config.settings,
         )
-        .with_outbox(queue.clone());
+        .with_outbox(queue.clone())
+        .with_log_pii(config.log_pii);
         let worker = config.slow_work.into_iter().fold(
             Worker::new(store.clone(), queue.clone(), config.worker)
                 .with_fold_in_one(store.clone()),
@@ -305,7 +332,7 @@ async fn handle(
     if reply.status == 403 && app.public_url.is_none() {
         if let Some(proto) = forwarded_proto {
             warn!(
-                url = %req.url,
+                url = %webhook_pipeline::redact::url_for_log(&req.url, app.pipeline.log_pii()),
                 x_forwarded_proto = %proto,
                 "signature check failed on a request that came through a proxy or tunnel: \
                  pass --public-url with the URL Twilio calls"

@@ -157,8 +157,12 @@ impl ClaimRow {
                      lock_until_ms = excluded.lock_until_ms,
                      expires_at_s = excluded.expires_at_s, processed = 0,
                      processed_at_ms = NULL, lease_until_ms = 0, sweeps = 0
+                 -- RecordTimes::is_live, negated: the one claim rule (or this attempt's own).
                  WHERE NOT (events.expires_at_s * 1000 > ?9
-                            AND (events.processed = 1 OR events.lock_until_ms > ?9))",
+                            AND (events.processed = 1 OR events.lock_until_ms > ?9
+                                 OR events.lease_until_ms > ?9))
+                       OR (events.attempt = ?6 AND events.processed = 0
+                           AND events.lease_until_ms <= ?9)",
             )?
             .execute(params![
                 self.key,

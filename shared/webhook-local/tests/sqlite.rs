@@ -790,7 +790,7 @@ async fn the_worker_loop_processes_what_the_pipeline_accepts_and_stops_cleanly()
     let store = Arc::new(SqliteStore::new(db.clone()));
     let queue = Arc::new(SqliteQueue::new(db));
     let pipeline = Pipeline::new(
-        Validator::new(AuthToken::new(TEST_AUTH_TOKEN)),
+        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
         store.clone(),
         queue.clone(),
         ReplyPolicy::default(),
@@ -856,7 +856,7 @@ async fn start_server(
     let config = ServeConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         dir.0.clone(),
-        AuthToken::new(TEST_AUTH_TOKEN),
+        AuthToken::new(TEST_AUTH_TOKEN).unwrap(),
     );
     let server = Server::bind(config).await.unwrap();
     let addr = server.local_addr().unwrap();
@@ -898,7 +898,7 @@ async fn the_server_answers_from_the_pipeline_and_guards_its_inputs() {
     let url = format!("http://{addr}/voice?tenant=a%20b&x=1");
     let params = samples::inbound_call(samples::CALL_SID);
     let form = FormParams::from_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
-    let sig = sign(&AuthToken::new(TEST_AUTH_TOKEN), &url, &form);
+    let sig = sign(&AuthToken::new(TEST_AUTH_TOKEN).unwrap(), &url, &form);
     let post = || {
         client
             .post(&url)
@@ -975,7 +975,7 @@ async fn a_second_server_on_the_same_data_directory_is_refused() {
     let config = ServeConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         dir.0.clone(),
-        AuthToken::new(TEST_AUTH_TOKEN),
+        AuthToken::new(TEST_AUTH_TOKEN).unwrap(),
     );
     let err = Server::bind(config).await.err().expect("refused");
     assert!(err.to_string().contains("in use"), "{err}");

@@ -38,7 +38,7 @@ const URL: &str = "https://abc123.execute-api.us-east-1.amazonaws.com/sms";
 
 fn pipeline() -> Pipeline {
     Pipeline::new(
-        Validator::new(AuthToken::new(TEST_AUTH_TOKEN)),
+        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
         Arc::new(MemoryStore::default()),
         Arc::new(MemoryQueue::default()),
         ReplyPolicy {

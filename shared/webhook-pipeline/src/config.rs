@@ -39,27 +39,44 @@ impl Default for Settings {
     }
 }
 
+/// Longest `EVENT_TTL_SECONDS`: a year. Larger values would overflow the millisecond
+/// arithmetic of the claim conditions (a wrapped, negative expiry turns deduplication off).
+pub const MAX_EVENT_TTL_SECONDS: u64 = 365 * 24 * 3600;
+/// Longest `LOCK_SECONDS`: a day (a Lambda invocation lasts at most 15 minutes).
+pub const MAX_LOCK_SECONDS: u64 = 24 * 3600;
+
 impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
         let d = Self::default();
-        Ok(Self {
-            event_ttl: secs(EVENT_TTL_SECONDS, d.event_ttl)?,
-            lock: secs(LOCK_SECONDS, d.lock)?,
-        })
+        let settings = Self {
+            event_ttl: secs(EVENT_TTL_SECONDS, d.event_ttl, MAX_EVENT_TTL_SECONDS)?,
+            lock: secs(LOCK_SECONDS, d.lock, MAX_LOCK_SECONDS)?,
+        };
+        if settings.lock >= settings.event_ttl {
+            return Err(ConfigError {
+                name: LOCK_SECONDS,
+                reason: format!(
+                    "must be shorter than {EVENT_TTL_SECONDS} ({} s): a record must outlive its lock",
+                    settings.event_ttl.as_secs()
+                ),
+            });
+        }
+        Ok(settings)
     }
 }
 
-fn secs(name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+fn secs(name: &'static str, default: Duration, max: u64) -> Result<Duration, ConfigError> {
     match var(name) {
         None => Ok(default),
         Some(v) => v
+            .trim()
             .parse::<u64>()
             .ok()
-            .filter(|n| *n > 0)
+            .filter(|n| (1..=max).contains(n))
             .map(Duration::from_secs)
             .ok_or_else(|| ConfigError {
                 name,
-                reason: format!("expected a positive number of seconds, got {v:?}"),
+                reason: format!("expected a whole number of seconds from 1 to {max}, got {v:?}"),
             }),
     }
 }
@@ -72,4 +89,65 @@ pub fn var(name: &str) -> Option<String> {
 /// `LOG_PII=true` lets phone numbers and bodies into logs (off by default).
 pub fn log_pii() -> bool {
     var(LOG_PII).is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings read from a map instead of the process environment (tests run in parallel).
+    fn with_env(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: serialized by LOCK; no other test in this crate reads these variables.
+        unsafe {
+            std::env::remove_var(EVENT_TTL_SECONDS);
+            std::env::remove_var(LOCK_SECONDS);
+            for (k, v) in pairs {
+                std::env::set_var(k, v);
+            }
+        }
+        let out = Settings::from_env();
+        unsafe {
+            std::env::remove_var(EVENT_TTL_SECONDS);
+            std::env::remove_var(LOCK_SECONDS);
+        }
+        out
+    }
+
+    /// Out-of-range values wrapped negative in the i64 arithmetic, and every record was
+    /// then already expired: deduplication silently off. They must be refused.
+    #[test]
+    fn out_of_range_timing_is_refused() {
+        for (name, value) in [
+            (EVENT_TTL_SECONDS, "18446744073709551615"),
+            (EVENT_TTL_SECONDS, "9223372036854775807"),
+            (EVENT_TTL_SECONDS, "31536001"),
+            (EVENT_TTL_SECONDS, "0"),
+            (EVENT_TTL_SECONDS, "-1"),
+            (EVENT_TTL_SECONDS, "1e9"),
+            (LOCK_SECONDS, "9223372036854775807"),
+            (LOCK_SECONDS, "86401"),
+            (LOCK_SECONDS, "0"),
+            (LOCK_SECONDS, "thirty"),
+        ] {
+            let err = with_env(&[(name, value)]).expect_err(value);
+            assert_eq!(err.name, name, "{value}");
+        }
+        // A lock as long as the record's life would let a record expire while locked.
+        let err = with_env(&[(EVENT_TTL_SECONDS, "60"), (LOCK_SECONDS, "60")]).unwrap_err();
+        assert_eq!(err.name, LOCK_SECONDS);
+    }
+
+    #[test]
+    fn the_bounds_themselves_are_accepted() {
+        let s = with_env(&[(EVENT_TTL_SECONDS, "31536000"), (LOCK_SECONDS, "86400")]).unwrap();
+        assert_eq!(s.event_ttl.as_secs(), MAX_EVENT_TTL_SECONDS);
+        assert_eq!(s.lock.as_secs(), MAX_LOCK_SECONDS);
+        assert_eq!(with_env(&[]).unwrap(), Settings::default());
+        // The arithmetic of a claim cannot overflow at the bounds.
+        let now_ms: i64 = 4_102_444_800_000; // 2100-01-01
+        assert!(now_ms.checked_add(s.lock.as_millis() as i64).is_some());
+        assert!((now_ms / 1000 + s.event_ttl.as_secs() as i64) > now_ms / 1000);
+    }
 }

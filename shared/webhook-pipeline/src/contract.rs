@@ -52,6 +52,8 @@ pub async fn run_all(store: Arc<dyn EventStore>) {
     abandoned_claims_can_be_redone(&*store).await;
     release_only_by_owner(&*store).await;
     processing_lease(&*store).await;
+    a_claim_never_wipes_a_live_lease(&*store).await;
+    a_retried_claim_recognises_its_own_record(&*store).await;
     sweeper_view(&*store).await;
     state_is_optimistic(&*store).await;
     concurrent_claims_make_one_winner(store.clone()).await;
@@ -186,6 +188,75 @@ pub async fn processing_lease(store: &dyn EventStore) {
             .unwrap(),
         Processing::AlreadyDone
     );
+}
+
+/// Trust issue, item 6: after a release (an SQS send that timed out but was delivered) or a
+/// late duplicate, a re-claim rewrote the record and wiped the worker's live lease, so the
+/// event was processed twice at the same moment.
+pub async fn a_claim_never_wipes_a_live_lease(store: &dyn EventStore) {
+    let e = sample_event("lease-wipe");
+    assert_eq!(store.claim(&e, "a1", times(NOW)).await.unwrap(), Claim::New);
+    assert_eq!(
+        store
+            .begin_processing(&e.key, NOW + 1, NOW + 120_000)
+            .await
+            .unwrap(),
+        Processing::Ready
+    );
+    store.release(&e.key, "a1").await.unwrap();
+    // The lock is gone, the lease is live: a new copy is a duplicate, not a new claim.
+    assert!(matches!(
+        store.claim(&e, "a2", times(NOW + 2)).await.unwrap(),
+        Claim::Duplicate {
+            processed: false,
+            ..
+        }
+    ));
+    assert_eq!(
+        store
+            .begin_processing(&e.key, NOW + 3, NOW + 120_000)
+            .await
+            .unwrap(),
+        Processing::Busy,
+        "the first worker's lease must survive the re-claim"
+    );
+    // Once the lease ends unfinished (the worker died), a copy may redo the event.
+    assert_eq!(
+        store.claim(&e, "a3", times(NOW + 120_001)).await.unwrap(),
+        Claim::New
+    );
+    // And after the abandon of a failed attempt, at once.
+    let f = sample_event("lease-abandon");
+    assert_eq!(store.claim(&f, "b1", times(NOW)).await.unwrap(), Claim::New);
+    store.release(&f.key, "b1").await.unwrap();
+    assert_eq!(
+        store
+            .begin_processing(&f.key, NOW + 1, NOW + 120_000)
+            .await
+            .unwrap(),
+        Processing::Ready
+    );
+    store.abandon_processing(&f.key).await.unwrap();
+    assert_eq!(
+        store.claim(&f, "b2", times(NOW + 2)).await.unwrap(),
+        Claim::New
+    );
+}
+
+/// Trust issue, item 14: a claim retried by the same attempt (its first answer was lost)
+/// finds the record it wrote; that is this attempt's own new event, not a duplicate.
+pub async fn a_retried_claim_recognises_its_own_record(store: &dyn EventStore) {
+    let e = sample_event("own");
+    assert_eq!(store.claim(&e, "a1", times(NOW)).await.unwrap(), Claim::New);
+    assert_eq!(
+        store.claim(&e, "a1", times(NOW + 5)).await.unwrap(),
+        Claim::New,
+        "the same attempt again is still new"
+    );
+    assert!(matches!(
+        store.claim(&e, "a2", times(NOW + 6)).await.unwrap(),
+        Claim::Duplicate { .. }
+    ));
 }
 
 pub async fn sweeper_view(store: &dyn EventStore) {

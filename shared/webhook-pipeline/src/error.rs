@@ -27,6 +27,9 @@ pub enum PipelineError {
     Store(StoreError),
     #[error("work queue failed: {0}")]
     Queue(StoreError),
+    /// The function's configuration cannot check requests (logged once at cold start).
+    #[error("misconfigured: see the cold start log")]
+    Misconfigured,
 }
 
 impl PipelineError {
@@ -40,6 +43,7 @@ impl PipelineError {
             Self::Url(_) => 403,
             Self::Payload(_) | Self::BadRequest(_) => 400,
             Self::Store(_) | Self::Queue(_) => 503,
+            Self::Misconfigured => 500,
         }
     }
 

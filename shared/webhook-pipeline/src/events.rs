@@ -86,7 +86,7 @@ fn worker_sqs_event() -> Value {
     let url = http_api_url(sample.endpoint);
     let req = samples::signed_request(TEST_AUTH_TOKEN, &url, &sample.params);
     let pipeline = crate::Pipeline::new(
-        twilio_webhook::Validator::new(AuthToken::new(TEST_AUTH_TOKEN)),
+        twilio_webhook::Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
         Arc::new(crate::memory::MemoryStore::default()),
         Arc::new(crate::memory::MemoryQueue::default()),
         crate::ReplyPolicy::default(),
@@ -182,7 +182,7 @@ pub fn render(event: &Value) -> String {
 /// The signed body of a sample: `(form body, X-Twilio-Signature)`.
 fn signed_form(sample: &Sample, url: &str) -> (String, String) {
     let form = FormParams::from_pairs(sample.params.iter().map(|(k, v)| (*k, v.as_str())));
-    let signature = sign(&AuthToken::new(TEST_AUTH_TOKEN), url, &form);
+    let signature = sign(&AuthToken::new(TEST_AUTH_TOKEN).unwrap(), url, &form);
     (form.encode(), signature)
 }
 

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 use tracing::warn;
 
+use crate::redact::redact_url;
 use crate::store::EventRecord;
 use crate::worker::{SlowWork, WorkError};
 
@@ -35,6 +36,11 @@ pub fn normalized(event: &EventRecord) -> Value {
 
 /// POSTs each event with a few quick retries; the queue's redelivery handles longer outages.
 /// Sends `Idempotency-Key: <dedup key>` so the receiver can drop the rare repeat.
+///
+/// Redirects are never followed: on 301/302/303 an HTTP client turns the POST into a GET
+/// without the body, and the event would count as delivered. A 3xx is a failed attempt whose
+/// log names the `Location`. Error texts never carry the URL: its query string may hold a
+/// secret (`?api_key=`), and reqwest puts the whole URL into its errors.
 pub struct HttpForwarder {
     url: String,
     client: reqwest::Client,
@@ -45,6 +51,7 @@ impl HttpForwarder {
     pub fn new(url: String) -> Self {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("reqwest client with static settings");
         Self {
@@ -78,6 +85,19 @@ impl SlowWork for HttpForwarder {
                 .await;
             match res {
                 Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) if r.status().is_redirection() => {
+                    // The Location is the operator's own configuration to fix, shown without
+                    // its query string like FORWARD_URL itself.
+                    let location = r
+                        .headers()
+                        .get(reqwest::header::LOCATION)
+                        .and_then(|v| v.to_str().ok())
+                        .map_or_else(|| "(none)".to_owned(), redact_url);
+                    return Err(WorkError(format!(
+                        "FORWARD_URL answered {} redirecting to {location}: redirects are not followed (they would drop the POST body); set FORWARD_URL to the final URL",
+                        r.status()
+                    )));
+                }
                 // A 4xx other than 408/429 will not get better by retrying now.
                 Ok(r)
                     if r.status().is_client_error()
@@ -86,10 +106,38 @@ impl SlowWork for HttpForwarder {
                     return Err(WorkError(format!("FORWARD_URL answered {}", r.status())));
                 }
                 Ok(r) => last = format!("FORWARD_URL answered {}", r.status()),
-                Err(e) => last = format!("FORWARD_URL unreachable: {e}"),
+                Err(e) => last = format!("FORWARD_URL unreachable: {}", describe(&e, &self.url)),
             }
             warn!(key = %event.key, attempt, error = %last, "forward failed");
         }
         Err(WorkError(last))
     }
+}
+
+/// What went wrong, without the URL reqwest puts into every error's text.
+fn describe(e: &reqwest::Error, url: &str) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "bad response body"
+    } else {
+        "request failed"
+    };
+    // The source chain names the cause (refused, reset, DNS...).
+    let mut text = kind.to_owned();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    // Belt and braces: no cause may repeat the URL or its query.
+    let redacted = redact_url(url);
+    text = text.replace(url, &redacted);
+    if let Some((_, query)) = url.split_once('?') {
+        text = text.replace(query, "<redacted>");
+    }
+    text
 }

@@ -9,6 +9,7 @@ pub mod events;
 pub mod forward;
 pub mod memory;
 pub mod pipeline;
+pub mod redact;
 pub mod reply;
 pub mod samples;
 pub mod state;

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use crate::state::StateRecord;
 use crate::store::{
-    Claim, ClaimTimes, EventRecord, EventStore, Job, Processing, StoreError, WorkQueue,
+    Claim, ClaimTimes, EventRecord, EventStore, Job, Processing, RecordTimes, StoreError, WorkQueue,
 };
 
 #[derive(Debug, Clone)]
@@ -75,9 +75,14 @@ impl EventStore for MemoryStore {
         self.check_fail()?;
         let mut g = self.lock();
         if let Some(row) = g.rows.get(&event.key) {
-            let expired = row.expires_at_s * 1000 <= t.now_ms;
-            let abandoned = !row.processed && row.lock_until_ms <= t.now_ms;
-            if !expired && !abandoned {
+            let times = RecordTimes {
+                processed: row.processed,
+                lock_until_ms: row.lock_until_ms,
+                lease_until_ms: row.lease_until_ms,
+                expires_at_s: row.expires_at_s,
+            };
+            let own = row.attempt == attempt && !row.processed && row.lease_until_ms <= t.now_ms;
+            if times.is_live(t.now_ms) && !own {
                 return Ok(Claim::Duplicate {
                     reply: row.event.reply.clone(),
                     processed: row.processed,

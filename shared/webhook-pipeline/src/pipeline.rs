@@ -13,6 +13,7 @@ use twilio_webhook::signature::{
 
 use crate::config::Settings;
 use crate::error::PipelineError;
+use crate::redact::url_for_log;
 use crate::reply::{Reply, ReplyPolicy};
 use crate::state::StateUpdate;
 use crate::store::{Claim, ClaimTimes, EventRecord, EventStore, Job, Outbox, WorkQueue};
@@ -48,6 +49,8 @@ pub struct Pipeline {
     policy: ReplyPolicy,
     settings: Settings,
     clock: Clock,
+    /// `LOG_PII`: log the query values of refused requests' URLs.
+    log_pii: bool,
 }
 
 impl Pipeline {
@@ -66,7 +69,19 @@ impl Pipeline {
             policy,
             settings,
             clock: system_clock(),
+            log_pii: false,
         }
+    }
+
+    /// Let personal data (the query values of a refused request's URL) into logs.
+    pub fn with_log_pii(mut self, on: bool) -> Self {
+        self.log_pii = on;
+        self
+    }
+
+    /// Whether personal data may be logged (`LOG_PII`).
+    pub fn log_pii(&self) -> bool {
+        self.log_pii
     }
 
     /// Record and enqueue new events with one [`Outbox`] call (the store and queue must be the
@@ -91,8 +106,10 @@ impl Pipeline {
                     error!(endpoint = endpoint.as_str(), status, error = %e, "webhook failed");
                 } else {
                     // The URL checked is the first thing to compare with the Twilio console
-                    // when signatures fail (proxy, custom domain, stage). It holds no secret.
-                    warn!(endpoint = endpoint.as_str(), status, error = %e, url = %req.url, "webhook refused");
+                    // when signatures fail (proxy, custom domain, stage); a GET webhook's
+                    // query holds From, To and Body, so its values stay out unless LOG_PII.
+                    let url = url_for_log(&req.url, self.log_pii);
+                    warn!(endpoint = endpoint.as_str(), status, error = %e, %url, "webhook refused");
                 }
                 e.to_reply()
             }

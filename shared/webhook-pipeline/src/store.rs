@@ -83,12 +83,38 @@ pub struct ClaimTimes {
     pub expires_at_s: i64,
 }
 
+/// The fields of a stored event record that decide whether a new copy may take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordTimes {
+    pub processed: bool,
+    /// Until when the attempt that wrote it owns it (unix ms).
+    pub lock_until_ms: i64,
+    /// Until when a worker holds it (unix ms; 0: nobody).
+    pub lease_until_ms: i64,
+    /// Unix seconds; the record no longer counts after it.
+    pub expires_at_s: i64,
+}
+
+impl RecordTimes {
+    /// **The claim rule**, the one every adapter implements (the memory adapter calls this;
+    /// SQLite and DynamoDB state it in their own condition languages, and the contract suite
+    /// holds all three to it): a record is *live*, and a new copy of its event is a duplicate,
+    /// unless it expired, or it was never processed while both the lock of the attempt that
+    /// wrote it and any worker's lease have ended. A live lease is never overwritten: that
+    /// would let the event be processed twice at the same moment.
+    pub fn is_live(&self, now_ms: i64) -> bool {
+        let expired = self.expires_at_s.saturating_mul(1000) <= now_ms;
+        !expired && (self.processed || self.lock_until_ms > now_ms || self.lease_until_ms > now_ms)
+    }
+}
+
 /// Durable record of events, dedup, worker leases and per-message/call state.
 #[async_trait]
 pub trait EventStore: Send + Sync {
-    /// Write `event` unless a live record has its key. A record is *not* live when it expired
-    /// (checked here, TTL deletes late) or when it was never processed and its attempt's lock
-    /// expired (that attempt died or failed: this one redoes it). `attempt` identifies the writer.
+    /// Write `event` unless a live record has its key ([`RecordTimes::is_live`]; expiry is
+    /// checked here, TTL deletes late). `attempt` identifies the writer: a record this same
+    /// attempt already wrote (a retried call whose first answer was lost) is `New`, not a
+    /// duplicate of itself.
     async fn claim(
         &self,
         event: &EventRecord,

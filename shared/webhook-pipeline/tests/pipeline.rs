@@ -34,7 +34,7 @@ fn rig(policy: ReplyPolicy) -> Rig {
         Arc::new(move || now.load(Ordering::SeqCst))
     };
     let pipeline = Pipeline::new(
-        Validator::new(AuthToken::new(TEST_AUTH_TOKEN)),
+        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
         store.clone(),
         queue.clone(),
         policy,
@@ -454,7 +454,7 @@ async fn with_an_outbox_a_new_event_is_one_call_and_duplicates_are_not_enqueued(
         fail: Default::default(),
     });
     let pipeline = Pipeline::new(
-        Validator::new(AuthToken::new(TEST_AUTH_TOKEN)),
+        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
         store.clone(),
         queue.clone(),
         ReplyPolicy::default(),
