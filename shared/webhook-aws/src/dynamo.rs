@@ -16,7 +16,9 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use webhook_pipeline::state::StateRecord;
-use webhook_pipeline::store::{Claim, ClaimTimes, EventRecord, EventStore, Processing, StoreError};
+use webhook_pipeline::store::{
+    Claim, ClaimTimes, EventRecord, EventStore, Processing, Stale, StaleEvent, StoreError,
+};
 
 pub const PK: &str = "pk";
 pub const TTL_ATTRIBUTE: &str = "expires_at";
@@ -251,7 +253,7 @@ impl EventStore for DynamoStore {
         &self,
         lock_before_ms: i64,
         limit: usize,
-    ) -> Result<Vec<(EventRecord, u32)>, StoreError> {
+    ) -> Result<Vec<Stale>, StoreError> {
         let mut out = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -270,14 +272,31 @@ impl EventStore for DynamoStore {
                 .map_err(sdk_error)?;
             // The index holds keys and `sweeps` only (a small index entry per write instead
             // of a copy of the event): the record itself is read back, and skipped if it was
-            // processed in the meantime.
+            // processed in the meantime. Each read stands alone: a failed or undecodable one
+            // is listed as such and the others go on.
             for entry in page.items() {
                 let Some(key) = get_s(entry, PK) else {
                     continue;
                 };
-                if let Some(item) = self.pending_record(key).await? {
-                    out.push((event_of(&item)?, get_n(entry, "sweeps").unwrap_or(0) as u32));
-                }
+                let sweeps_in_index = get_n(entry, "sweeps").unwrap_or(0) as u32;
+                let stale = match self.pending_record(key).await {
+                    Ok(None) => continue,
+                    Ok(Some(item)) => Stale {
+                        key: key.to_owned(),
+                        // The consistent read's count, which `extend_lock` compares against.
+                        sweeps: get_n(&item, "sweeps").map_or(sweeps_in_index, |n| n as u32),
+                        event: match event_of(&item) {
+                            Ok(event) => StaleEvent::Readable(Box::new(event)),
+                            Err(e) => StaleEvent::Corrupt(e.to_string()),
+                        },
+                    },
+                    Err(e) => Stale {
+                        key: key.to_owned(),
+                        sweeps: sweeps_in_index,
+                        event: StaleEvent::ReadFailed(e),
+                    },
+                };
+                out.push(stale);
             }
             match page.last_evaluated_key() {
                 Some(k) if out.len() < limit => start = Some(k.clone()),
@@ -286,16 +305,26 @@ impl EventStore for DynamoStore {
         }
     }
 
-    async fn extend_lock(&self, key: &str, lock_until_ms: i64) -> Result<(), StoreError> {
+    async fn extend_lock(
+        &self,
+        key: &str,
+        lock_until_ms: i64,
+        sweeps_read: u32,
+    ) -> Result<(), StoreError> {
+        // A SET to the value read plus one, on condition it is still the value read: an SDK
+        // retry of a call whose answer was lost fails the condition instead of counting twice.
         let r = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(PK, s(key))
-            .update_expression("SET lock_until = :l ADD sweeps :one")
-            .condition_expression("attribute_exists(pending)")
+            .update_expression("SET lock_until = :l, sweeps = :next")
+            .condition_expression(
+                "attribute_exists(pending) AND (sweeps = :read OR attribute_not_exists(sweeps))",
+            )
             .expression_attribute_values(":l", n(lock_until_ms))
-            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":next", n(u64::from(sweeps_read) + 1))
+            .expression_attribute_values(":read", n(sweeps_read))
             .send()
             .await;
         conditional(r, update_failed).map(|_| ())

@@ -226,13 +226,27 @@ impl WorkerApp {
             let batch: SqsEvent = serde_json::from_value(event)?;
             return Ok(serde_json::to_value(self.handle_batch(batch).await)?);
         }
-        let sent = self
+        let report = self
             .worker
             .sweep()
             .await
             .map_err(|e| format!("sweep: {e}"))?;
-        info!(sent, "sweep complete");
-        Ok(serde_json::json!({ "swept": sent }))
+        info!(
+            resent = report.resent,
+            parked = report.parked,
+            failed = report.failed,
+            "sweep complete"
+        );
+        if report.failed > 0 {
+            // Every other record was handled; the invocation still fails so that the
+            // function's Errors metric (and its alarm) shows it.
+            return Err(format!(
+                "sweep: {} record(s) failed (resent {}, parked {}); the next sweep retries them",
+                report.failed, report.resent, report.parked
+            )
+            .into());
+        }
+        Ok(serde_json::to_value(report)?)
     }
 
     pub async fn handle_batch(&self, batch: SqsEvent) -> SqsBatchResponse {

@@ -469,11 +469,60 @@ async fn the_sweeper_delivers_a_crashed_event_nobody_retried() {
     now.fetch_add(30_000 + 120_001, Ordering::SeqCst);
     let tick = serde_json::json!({"source": "aws.events", "detail-type": "Scheduled Event"});
     let swept = worker.handle(tick).await.unwrap();
-    assert_eq!(swept["swept"], 1);
+    assert_eq!(swept["resent"], 1);
     assert!(aws.drain(&worker).await.is_empty());
     assert!(
         !aws.item(&key).await.unwrap().contains_key("pending"),
         "processed"
+    );
+}
+
+/// Trust issue, item 4: an unreadable record came first in lock order and made every sweep
+/// fail until its TTL, so no other stale record was ever re-sent. It is parked now, once.
+#[tokio::test]
+async fn an_unreadable_record_is_parked_and_the_sweep_goes_on() {
+    let aws = setup(5).await;
+    let (clock, now) = fixed_clock();
+    let t0 = now.load(Ordering::SeqCst);
+    let p = aws.pipeline(clock.clone());
+    aws.ddb
+        .put_item()
+        .table_name(&aws.table)
+        .item("pk", AttributeValue::S("sms#SMcorrupt".into()))
+        .item("event", AttributeValue::S("{not json".into()))
+        .item("attempt", AttributeValue::S("x".into()))
+        .item("pending", AttributeValue::S("1".into()))
+        .item("lock_until", AttributeValue::N((t0 - 1).to_string()))
+        .item(
+            "expires_at",
+            AttributeValue::N((t0 / 1000 + 3600).to_string()),
+        )
+        .item("sweeps", AttributeValue::N("0".into()))
+        .send()
+        .await
+        .unwrap();
+    let key = crash_after_record(&aws, &p, t0).await;
+    let worker = aws.worker(clock);
+    now.fetch_add(30_000 + 120_001, Ordering::SeqCst);
+    let tick = serde_json::json!({"source": "aws.events", "detail-type": "Scheduled Event"});
+    let report = worker.handle(tick.clone()).await.unwrap();
+    assert_eq!(
+        (report["resent"].as_u64(), report["parked"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(aws.drain(&worker).await.is_empty());
+    assert!(
+        !aws.item(&key).await.unwrap().contains_key("pending"),
+        "processed"
+    );
+    let corrupt = aws.item("sms#SMcorrupt").await.unwrap();
+    assert_eq!(corrupt["sweeps"], AttributeValue::N("1".into()));
+    // Parked: later sweeps pass it by.
+    now.fetch_add(3_600_000, Ordering::SeqCst);
+    let report = worker.handle(tick).await.unwrap();
+    assert_eq!(
+        (report["resent"].as_u64(), report["parked"].as_u64()),
+        (Some(0), Some(0))
     );
 }
 
@@ -611,7 +660,7 @@ async fn the_sample_worker_events_drive_the_worker_function() {
         .handle(read("event-worker.schedule.json"))
         .await
         .unwrap();
-    assert_eq!(out, serde_json::json!({"swept": 0}));
+    assert_eq!(out, serde_json::json!({"resent": 0, "parked": 0, "failed": 0}));
 }
 
 /// Trust issue, item 1: a Secrets Manager secret `{"auth_token":""}` made the functions accept

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 use webhook_pipeline::state::{StateRecord, StateUpdate};
-use webhook_pipeline::store::ClaimTimes;
+use webhook_pipeline::store::{ClaimTimes, Stale, StaleEvent};
 use webhook_pipeline::{
     Claim, EventRecord, EventStore, FoldInOne, Folded, Processing, Reply, StoreError,
 };
@@ -304,42 +304,55 @@ impl EventStore for SqliteStore {
         &self,
         lock_before_ms: i64,
         limit: usize,
-    ) -> Result<Vec<(EventRecord, u32)>, StoreError> {
+    ) -> Result<Vec<Stale>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        Ok(self
+        let rows = self
             .db
             .call(move |c| {
                 let mut stmt = c.prepare_cached(
-                    "SELECT event, sweeps FROM events
+                    "SELECT key, event, sweeps FROM events
                      WHERE processed = 0 AND lock_until_ms < ?1
                      ORDER BY lock_until_ms LIMIT ?2",
                 )?;
                 let rows = stmt.query_map(params![lock_before_ms, limit], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, u32>(2)?,
+                    ))
                 })?;
-                let mut out = Vec::new();
-                for row in rows {
-                    let (event, sweeps) = row?;
-                    match serde_json::from_str(&event) {
-                        Ok(event) => out.push((event, sweeps)),
-                        // One corrupt record must not stop the sweep of the others.
-                        Err(e) => tracing::error!(error = %e, "unreadable event record skipped by the sweeper"),
-                    }
-                }
-                Ok(out)
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })
-            .await?)
+            .await?;
+        // Decoded here, one by one: a corrupt record is listed as such, not an error for all.
+        Ok(rows
+            .into_iter()
+            .map(|(key, event, sweeps)| Stale {
+                key,
+                sweeps,
+                event: match serde_json::from_str(&event) {
+                    Ok(event) => StaleEvent::Readable(Box::new(event)),
+                    Err(e) => StaleEvent::Corrupt(e.to_string()),
+                },
+            })
+            .collect())
     }
 
-    async fn extend_lock(&self, key: &str, lock_until_ms: i64) -> Result<(), StoreError> {
+    async fn extend_lock(
+        &self,
+        key: &str,
+        lock_until_ms: i64,
+        sweeps_read: u32,
+    ) -> Result<(), StoreError> {
         let key = key.to_owned();
         Ok(self
             .db
             .call(move |c| {
                 c.prepare_cached(
-                    "UPDATE events SET lock_until_ms = ?2, sweeps = sweeps + 1 WHERE key = ?1",
+                    "UPDATE events SET lock_until_ms = ?2, sweeps = sweeps + 1
+                     WHERE key = ?1 AND processed = 0 AND sweeps = ?3",
                 )?
-                .execute(params![key, lock_until_ms])?;
+                .execute(params![key, lock_until_ms, sweeps_read])?;
                 Ok(())
             })
             .await?)

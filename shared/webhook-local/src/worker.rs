@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 use webhook_pipeline::Worker;
+use webhook_pipeline::worker::SweepReport;
 use webhook_pipeline::worker::{Outcome, WorkerError};
 
 use crate::queue::{JobId, SqliteQueue};
@@ -212,10 +213,12 @@ impl WorkerLoop {
 
     async fn sweep(&self) {
         match self.worker.sweep().await {
-            Ok(0) => {}
-            Ok(n) => warn!(
-                resent = n,
-                "sweeper re-sent events that were never processed"
+            Ok(r) if r == SweepReport::default() => {}
+            Ok(r) => warn!(
+                resent = r.resent,
+                parked = r.parked,
+                failed = r.failed,
+                "sweeper acted on events that were never processed"
             ),
             Err(e) => error!(error = %e, "sweep failed"),
         }

@@ -516,7 +516,7 @@ async fn with_records_as_jobs_a_pending_record_is_folded_without_a_job_row() {
     let parked = own_state_event("parked");
     q.claim_and_enqueue(&parked, "a", t).await.unwrap();
     store
-        .extend_lock(&parked.key, t0 + 3_600_000)
+        .extend_lock(&parked.key, t0 + 3_600_000, 0)
         .await
         .unwrap();
     let leased = own_state_event("leased");

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 
 use crate::state::StateRecord;
 use crate::store::{
-    Claim, ClaimTimes, EventRecord, EventStore, Job, Processing, RecordTimes, StoreError, WorkQueue,
+    Claim, ClaimTimes, EventRecord, EventStore, Job, Processing, RecordTimes, Stale, StaleEvent,
+    StoreError, WorkQueue,
 };
 
 #[derive(Debug, Clone)]
@@ -158,7 +159,7 @@ impl EventStore for MemoryStore {
         &self,
         lock_before_ms: i64,
         limit: usize,
-    ) -> Result<Vec<(EventRecord, u32)>, StoreError> {
+    ) -> Result<Vec<Stale>, StoreError> {
         self.check_fail()?;
         let g = self.lock();
         let mut rows: Vec<&Row> = g
@@ -170,13 +171,27 @@ impl EventStore for MemoryStore {
         Ok(rows
             .into_iter()
             .take(limit)
-            .map(|r| (r.event.clone(), r.sweeps))
+            .map(|r| Stale {
+                key: r.event.key.clone(),
+                sweeps: r.sweeps,
+                event: StaleEvent::Readable(Box::new(r.event.clone())),
+            })
             .collect())
     }
 
-    async fn extend_lock(&self, key: &str, lock_until_ms: i64) -> Result<(), StoreError> {
+    async fn extend_lock(
+        &self,
+        key: &str,
+        lock_until_ms: i64,
+        sweeps_read: u32,
+    ) -> Result<(), StoreError> {
         self.check_fail()?;
-        if let Some(row) = self.lock().rows.get_mut(key) {
+        if let Some(row) = self
+            .lock()
+            .rows
+            .get_mut(key)
+            .filter(|r| !r.processed && r.sweeps == sweeps_read)
+        {
             row.lock_until_ms = lock_until_ms;
             row.sweeps += 1;
         }

@@ -83,6 +83,25 @@ pub struct ClaimTimes {
     pub expires_at_s: i64,
 }
 
+/// A record the sweeper found: unprocessed, its lock ended.
+#[derive(Debug)]
+pub struct Stale {
+    pub key: String,
+    /// How many times the sweeper already re-sent it, as read.
+    pub sweeps: u32,
+    pub event: StaleEvent,
+}
+
+/// The event of a [`Stale`] record, if it could be read.
+#[derive(Debug)]
+pub enum StaleEvent {
+    Readable(Box<EventRecord>),
+    /// The stored event cannot be decoded: it never will be (park it).
+    Corrupt(String),
+    /// Reading it failed (a timeout, a throttle): try again at the next sweep.
+    ReadFailed(StoreError),
+}
+
 /// The fields of a stored event record that decide whether a new copy may take it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordTimes {
@@ -140,17 +159,25 @@ pub trait EventStore: Send + Sync {
     /// Worker: drop the lease after a failure so the next delivery can retry at once.
     async fn abandon_processing(&self, key: &str) -> Result<(), StoreError>;
 
-    /// Sweeper: unprocessed records whose lock ended before `lock_before_ms`, oldest first,
-    /// with how many times the sweeper already re-sent each.
+    /// Sweeper: unprocessed records whose lock ended before `lock_before_ms`, oldest first.
+    /// A record that cannot be read is listed too ([`StaleEvent::Corrupt`] or
+    /// [`StaleEvent::ReadFailed`]), never an error for the whole list: one bad record must
+    /// not stop the sweep of the others.
     async fn stale_pending(
         &self,
         lock_before_ms: i64,
         limit: usize,
-    ) -> Result<Vec<(EventRecord, u32)>, StoreError>;
+    ) -> Result<Vec<Stale>, StoreError>;
 
-    /// Sweeper: push the lock of a re-sent record forward (so it is not re-sent every sweep)
-    /// and count the sweep.
-    async fn extend_lock(&self, key: &str, lock_until_ms: i64) -> Result<(), StoreError>;
+    /// Sweeper: push the lock of a re-sent (or parked) record forward so it is not re-sent
+    /// every sweep, and count the sweep: `sweeps` becomes `sweeps_read + 1` only if it still
+    /// is `sweeps_read`, so a retried call (its first answer lost) cannot count twice.
+    async fn extend_lock(
+        &self,
+        key: &str,
+        lock_until_ms: i64,
+        sweeps_read: u32,
+    ) -> Result<(), StoreError>;
 
     /// Per-message / per-call state, with a version for optimistic concurrency.
     async fn load_state(&self, id: &str) -> Result<Option<(StateRecord, u64)>, StoreError>;

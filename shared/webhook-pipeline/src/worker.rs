@@ -10,7 +10,8 @@ use tracing::{error, info, warn};
 use crate::pipeline::{Clock, system_clock};
 use crate::state::StateRecord;
 use crate::store::{
-    EventRecord, EventStore, FoldInOne, Folded, Job, Processing, StoreError, WorkQueue,
+    EventRecord, EventStore, FoldInOne, Folded, Job, Processing, Stale, StaleEvent, StoreError,
+    WorkQueue,
 };
 
 /// Slow work a user adds, run once per accepted event (after the state fold). Return an
@@ -191,31 +192,73 @@ impl Worker {
     }
 
     /// Re-send records that were accepted but never processed (the function died between the
-    /// record and the enqueue, or the message was lost). Returns how many were re-sent.
-    pub async fn sweep(&self) -> Result<usize, StoreError> {
+    /// record and the enqueue, or the message was lost). Each record is handled on its own: a
+    /// failed read, enqueue or lock extension is counted and logged, and the sweep goes on.
+    /// `Err` only when the stale records could not be listed at all.
+    pub async fn sweep(&self) -> Result<SweepReport, StoreError> {
         let now = (self.clock)();
         let grace = self.settings.sweep_grace.as_millis() as i64;
         let stale = self.store.stale_pending(now - grace, 100).await?;
-        let mut sent = 0;
-        for (event, sweeps) in stale {
+        let mut report = SweepReport::default();
+        let park_until = now + self.settings.event_ttl.as_millis() as i64;
+        for Stale { key, sweeps, event } in stale {
+            let event = match event {
+                StaleEvent::Readable(event) => *event,
+                StaleEvent::Corrupt(why) => {
+                    // It never will be readable: park it so it stops blocking the sweep.
+                    error!(%key, error = %why, "unreadable event record parked");
+                    match self.store.extend_lock(&key, park_until, sweeps).await {
+                        Ok(()) => report.parked += 1,
+                        Err(e) => report.fail(&key, "park", &e),
+                    }
+                    continue;
+                }
+                StaleEvent::ReadFailed(e) => {
+                    report.fail(&key, "read", &e);
+                    continue;
+                }
+            };
             if sweeps >= self.settings.max_sweeps {
                 // Parked until it expires: re-sending a poison event forever helps no one.
-                error!(key = %event.key, sweeps, "event never processed; parked (see the DLQ)");
-                let until = now + self.settings.event_ttl.as_millis() as i64;
-                self.store.extend_lock(&event.key, until).await?;
+                error!(%key, sweeps, "event never processed; parked (see the DLQ)");
+                match self.store.extend_lock(&key, park_until, sweeps).await {
+                    Ok(()) => report.parked += 1,
+                    Err(e) => report.fail(&key, "park", &e),
+                }
                 continue;
             }
-            self.queue
-                .enqueue(&Job {
-                    event: event.clone(),
-                })
-                .await?;
-            // Back off: 2, 4, 8 minutes... beyond the grace before the next re-send.
+            if let Err(e) = self.queue.enqueue(&Job { event }).await {
+                report.fail(&key, "enqueue", &e);
+                continue;
+            }
+            // Back off: 2, 4, 8 minutes... beyond the grace before the next re-send. If this
+            // fails the record is re-sent at the next sweep: a duplicate job, which the
+            // worker's lease and processed mark make harmless.
             let next = now + grace * (1 << sweeps.min(10));
-            self.store.extend_lock(&event.key, next).await?;
-            warn!(key = %event.key, sweeps, "re-sent an event that was never processed");
-            sent += 1;
+            if let Err(e) = self.store.extend_lock(&key, next, sweeps).await {
+                report.fail(&key, "extend the lock of", &e);
+            }
+            warn!(%key, sweeps, "re-sent an event that was never processed");
+            report.resent += 1;
         }
-        Ok(sent)
+        Ok(report)
+    }
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SweepReport {
+    /// Records sent to the work queue again.
+    pub resent: usize,
+    /// Records set aside until they expire (too many re-sends, or unreadable).
+    pub parked: usize,
+    /// Records skipped because a call failed; the next sweep tries them again.
+    pub failed: usize,
+}
+
+impl SweepReport {
+    fn fail(&mut self, key: &str, what: &str, e: &StoreError) {
+        error!(%key, error = %e, "sweeper could not {what} a record; it is tried again at the next sweep");
+        self.failed += 1;
     }
 }

@@ -190,14 +190,14 @@ async fn a_crashed_attempt_is_redone_after_its_lock_or_by_the_sweeper() {
     // Nobody retries: the sweeper re-sends it once the lock and grace have passed.
     r.now.fetch_add(31_000, Ordering::SeqCst);
     assert_eq!(
-        r.worker.sweep().await.unwrap(),
+        r.worker.sweep().await.unwrap().resent,
         0,
         "within the grace period"
     );
     r.now.fetch_add(120_000, Ordering::SeqCst);
-    assert_eq!(r.worker.sweep().await.unwrap(), 1);
+    assert_eq!(r.worker.sweep().await.unwrap().resent, 1);
     assert_eq!(
-        r.worker.sweep().await.unwrap(),
+        r.worker.sweep().await.unwrap().resent,
         0,
         "backed off after a re-send"
     );
@@ -210,10 +210,37 @@ async fn a_crashed_attempt_is_redone_after_its_lock_or_by_the_sweeper() {
     );
     r.now.fetch_add(3_600_000, Ordering::SeqCst);
     assert_eq!(
-        r.worker.sweep().await.unwrap(),
+        r.worker.sweep().await.unwrap().resent,
         0,
         "processed events are never re-sent"
     );
+}
+
+/// Trust issue, item 4: one enqueue that fails stopped the whole sweep, and none of the
+/// other stale records was re-sent.
+#[tokio::test]
+async fn one_failing_record_does_not_stop_the_sweep() {
+    let r = rig(ReplyPolicy::default());
+    let now = r.now.load(Ordering::SeqCst);
+    let t = webhook_pipeline::store::ClaimTimes {
+        now_ms: now,
+        lock_until_ms: now + 30_000,
+        expires_at_s: now / 1000 + 3600,
+    };
+    for i in 0..5 {
+        let sid = format!("SM{i:032}");
+        let (_, event) = r.pipeline.accept(Endpoint::Sms, &sms(&sid)).unwrap();
+        r.store.claim(&event, "crashed", t).await.unwrap();
+    }
+    r.now.fetch_add(151_000, Ordering::SeqCst);
+    r.queue.fail_next.store(1, Ordering::SeqCst);
+    let report = r.worker.sweep().await.unwrap();
+    assert_eq!((report.resent, report.failed, report.parked), (4, 1, 0));
+    assert_eq!(r.queue.len(), 4);
+    // The one that failed keeps its lock (and count): the next sweep re-sends it alone.
+    let report = r.worker.sweep().await.unwrap();
+    assert_eq!((report.resent, report.failed), (1, 0));
+    assert_eq!(r.queue.len(), 5);
 }
 
 #[tokio::test]
