@@ -660,7 +660,10 @@ async fn the_sample_worker_events_drive_the_worker_function() {
         .handle(read("event-worker.schedule.json"))
         .await
         .unwrap();
-    assert_eq!(out, serde_json::json!({"resent": 0, "parked": 0, "failed": 0}));
+    assert_eq!(
+        out,
+        serde_json::json!({"resent": 0, "parked": 0, "failed": 0})
+    );
 }
 
 /// Trust issue, item 1: a Secrets Manager secret `{"auth_token":""}` made the functions accept

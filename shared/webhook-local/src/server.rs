@@ -5,15 +5,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -49,6 +48,10 @@ pub struct ServeConfig {
     pub insecure_public_test_token: bool,
     /// `LOG_PII`: let personal data (query values of refused URLs) into logs.
     pub log_pii: bool,
+    /// [`HEADER_READ_TIMEOUT`] unless a test shortens it.
+    pub header_read_timeout: Duration,
+    /// [`BODY_READ_TIMEOUT`] unless a test shortens it.
+    pub body_read_timeout: Duration,
     /// Slow work run for each event after the state fold (e.g. the `FORWARD_URL` forwarder).
     /// With any, the worker processes one job at a time whatever `worker_loop.concurrency`
     /// says: a crash then repeats the slow work of at most one job. Without, all the worker
@@ -70,6 +73,8 @@ impl ServeConfig {
             queue: QueueSettings::default(),
             insecure_public_test_token: false,
             log_pii: false,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            body_read_timeout: BODY_READ_TIMEOUT,
             slow_work: Vec::new(),
         }
     }
@@ -109,6 +114,8 @@ pub enum ServeError {
 struct App {
     pipeline: Pipeline,
     public_url: Option<PublicBaseUrl>,
+    header_read_timeout: Duration,
+    body_read_timeout: Duration,
 }
 
 /// A server that owns its data directory and listens; [`Server::run`] serves.
@@ -190,6 +197,8 @@ impl Server {
             app: Arc::new(App {
                 pipeline,
                 public_url: config.public_url,
+                header_read_timeout: config.header_read_timeout,
+                body_read_timeout: config.body_read_timeout,
             }),
             worker,
             db,
@@ -213,15 +222,8 @@ impl Server {
     ) -> Result<(), ServeError> {
         let (stop_worker, stop_rx) = watch::channel(false);
         let worker = tokio::spawn(self.worker.run(stop_rx));
-        // Small replies, sent at once: Nagle's algorithm would only hold them back.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        let served = axum::serve(listener, router(self.app))
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let header_timeout = self.app.header_read_timeout;
+        let served = serve_http(self.listener, router(self.app), header_timeout, shutdown).await;
         info!("HTTP server stopped; letting the worker finish its current job");
         let _ = stop_worker.send(true);
         if let Err(e) = worker.await {
@@ -229,6 +231,67 @@ impl Server {
         }
         served.map_err(ServeError::Io)
     }
+}
+
+/// How long a client may take to send a request's headers, from its first byte (or, on a
+/// kept-alive connection, from the end of the previous response). Twilio sends them at once;
+/// a client that trickles them would otherwise hold a connection forever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's body once its headers are in.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a graceful shutdown waits for requests in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The accept loop: HTTP/1.1 connections with a header read timeout (which `axum::serve`
+/// cannot set), served until `shutdown`, then drained.
+async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                // Out of file descriptors and the like: wait instead of spinning.
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Small replies, sent at once: Nagle's algorithm would only hold them back.
+        if let Err(e) = tcp.set_nodelay(true) {
+            debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let conn =
+            http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
+    }
+    Ok(())
 }
 
 /// Bind and serve until Ctrl-C / SIGTERM.
@@ -273,7 +336,6 @@ fn router(app: Arc<App>) -> Router {
         .route("/status", webhook(Endpoint::Status))
         .route("/fallback", webhook(Endpoint::Fallback))
         .route("/healthz", get(|| async { "ok" }))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app)
 }
 
@@ -283,7 +345,35 @@ fn webhook(endpoint: Endpoint) -> MethodRouter<Arc<App>> {
                         method: Method,
                         uri: Uri,
                         headers: HeaderMap,
-                        body: Bytes| async move {
+                        body: Body| async move {
+        let body = match tokio::time::timeout(
+            app.body_read_timeout,
+            axum::body::to_bytes(body, BODY_LIMIT),
+        )
+        .await
+        {
+            Ok(Ok(body)) => body,
+            Ok(Err(e)) => {
+                let limit = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                return if limit {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response()
+                } else {
+                    (StatusCode::BAD_REQUEST, "could not read the request body\n").into_response()
+                };
+            }
+            Err(_) => {
+                warn!(
+                    endpoint = endpoint.as_str(),
+                    "request body not received in time"
+                );
+                return (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request body not received in time\n",
+                )
+                    .into_response();
+            }
+        };
         handle(&app, endpoint, method, uri, headers, body).await
     };
     post(handler).get(handler)

@@ -1050,3 +1050,75 @@ async fn the_worker_loop_dead_letters_a_job_that_keeps_failing() {
     assert_eq!(event["processed"], false, "left for the sweeper");
     assert_eq!(event["lease_until"], 0, "lease dropped after each failure");
 }
+
+/// Trust issue, item 13: one slow client held a connection open forever. A client that
+/// trickles its headers is cut off, and one that stalls its body gets 408, both after the
+/// configured timeouts, while other clients are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_time_out_on_headers_and_body() {
+    let dir = TempDir::new();
+    let mut config = ServeConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.0.clone(),
+        AuthToken::new(TEST_AUTH_TOKEN).unwrap(),
+    );
+    config.header_read_timeout = Duration::from_millis(300);
+    config.body_read_timeout = Duration::from_millis(300);
+    let server = Server::bind(config).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap()
+    });
+
+    // Headers begun, never finished.
+    let started = std::time::Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"POST /sms HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Meanwhile, others are served.
+    assert!(
+        raw_http(
+            addr,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .await
+        .starts_with("HTTP/1.1 200")
+    );
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "a trickled header held the connection");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    // Headers complete, body promised and never sent.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /sms HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nFrom=",
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut out))
+        .await
+        .expect("a stalled body held the connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // A body over the limit is refused, not read whole.
+    let big = format!(
+        "POST /sms HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        webhook_local::BODY_LIMIT + 1,
+        "a".repeat(webhook_local::BODY_LIMIT + 1)
+    );
+    assert!(raw_http(addr, &big).await.starts_with("HTTP/1.1 413"));
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
