@@ -3,7 +3,7 @@
 //! (the latest status never moves back to an earlier stage).
 
 use serde::{Deserialize, Serialize};
-use twilio_webhook::payload::{CallStatus, MessageStatus, Webhook};
+use twilio_webhook::payload::{CallStatus, FallbackOriginal, MessageStatus, Webhook};
 
 /// One status seen for a message or call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,7 +101,13 @@ impl StateUpdate {
                 sequence: c.sequence_number,
                 error_code: None,
             },
-            Webhook::Fallback(_) => return None,
+            // An event first accepted at the fallback URL changes state as the primary would.
+            Webhook::Fallback(f) => {
+                return Self::from_webhook(&match &f.original {
+                    FallbackOriginal::Message(m) => Webhook::InboundMessage(m.clone()),
+                    FallbackOriginal::Call(c) => Webhook::InboundCall(c.clone()),
+                });
+            }
         };
         Some(u)
     }

@@ -555,3 +555,37 @@ async fn the_one_call_fold_is_used_only_without_slow_work() {
         webhook_pipeline::Processing::AlreadyDone
     );
 }
+
+/// Trust issue, item 12: an event first accepted at `/fallback` got no state record.
+#[tokio::test]
+async fn an_event_first_accepted_at_the_fallback_updates_state_like_the_primary() {
+    let r = rig(ReplyPolicy::default());
+    let fb_url = "https://hooks.example.com/fallback";
+    for (params, id, status) in [
+        (
+            samples::inbound_sms(MESSAGE_SID, "hi"),
+            format!("msg#{MESSAGE_SID}"),
+            "received",
+        ),
+        (
+            samples::inbound_call(CALL_SID),
+            format!("call#{CALL_SID}"),
+            "ringing",
+        ),
+    ] {
+        let mut params = params;
+        params.push(("ErrorCode", "11200".into()));
+        let fallback = signed_request(TEST_AUTH_TOKEN, fb_url, &params);
+        assert_eq!(r.pipeline.handle(Endpoint::Fallback, &fallback).await.status, 200);
+        let job = r.queue.pop().expect("the fallback's event is enqueued");
+        assert_eq!(r.worker.process(&job).await.unwrap(), Outcome::Processed);
+        let (state, _) = r
+            .store
+            .load_state(&id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no state record {id}"));
+        assert_eq!(state.latest_status, status, "{id}");
+        assert_eq!(state.timeline.len(), 1);
+    }
+}
