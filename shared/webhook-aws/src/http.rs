@@ -6,9 +6,14 @@
 //! - REST API (v1): `Host` + `requestContext.path` (stage or custom-domain base path included).
 //!   With `PUBLIC_BASE_URL`, the route joined to it is `requestContext.resourcePath` (which,
 //!   unlike `path`, never has a custom domain's base path), or `path` for a `{proxy+}` resource.
-//!   v1 only gives the query string as a map, order and encoding lost: a request with a query
-//!   string is refused with a clear error (a lone `key=value` of unreserved characters, which
-//!   has only one spelling, is the exception). GET webhooks on v1 are refused for the same reason.
+//!   v1 only gives the query string as a map, decoded, its order lost. One key (repeated or
+//!   not) whose names and values are unreserved characters is rebuilt; an empty value has two
+//!   spellings (`?a` and `?a=`), so both are candidates and the signature decides which one
+//!   Twilio signed. Anything else (several keys, reserved characters, GET webhooks, which put
+//!   every parameter in the query) is refused with a clear error. A query that percent-encodes
+//!   unreserved characters (`%41` for `A`) cannot be told from its decoded form: it fails the
+//!   signature check. HTTP APIs and Function URLs keep the raw query and have none of these
+//!   limits.
 //! - With `PUBLIC_BASE_URL` (custom domains, proxies): that base + the route path + query.
 
 use bytes::Bytes;
@@ -19,7 +24,8 @@ use webhook_pipeline::{IncomingRequest, Reply};
 
 /// Turn a Lambda HTTP event into the pipeline's request.
 pub fn incoming(req: Request, base: Option<&PublicBaseUrl>) -> Result<IncomingRequest, UrlError> {
-    let signed_url = signed_url(&req, base)?;
+    let mut urls = signed_urls(&req, base)?.into_iter();
+    let signed_url = urls.next().expect("at least one candidate");
     let (parts, body) = req.into_parts();
     let body = match body {
         Body::Empty => Bytes::new(),
@@ -30,14 +36,22 @@ pub fn incoming(req: Request, base: Option<&PublicBaseUrl>) -> Result<IncomingRe
     Ok(IncomingRequest {
         method: parts.method,
         url: signed_url,
+        other_urls: urls.collect(),
         headers: parts.headers,
         body,
     })
 }
 
-/// The URL Twilio signed, for every event shape (see the module docs).
+/// The URL Twilio signed, for every event shape (see the module docs); for a REST API event
+/// with more than one possible spelling, the first.
 pub fn signed_url(req: &Request, base: Option<&PublicBaseUrl>) -> Result<String, UrlError> {
-    let (request_path, route_path, query) = match req.request_context_ref() {
+    let mut urls = signed_urls(req, base)?;
+    Ok(urls.swap_remove(0))
+}
+
+/// Every URL Twilio may have signed: one, except for REST API queries with an empty value.
+pub fn signed_urls(req: &Request, base: Option<&PublicBaseUrl>) -> Result<Vec<String>, UrlError> {
+    let (request_path, route_path, queries) = match req.request_context_ref() {
         Some(RequestContext::ApiGatewayV2(ctx)) => {
             let raw_path = req.raw_http_path().to_owned();
             let stage = ctx.stage.as_deref().filter(|s| *s != "$default");
@@ -48,7 +62,7 @@ pub fn signed_url(req: &Request, base: Option<&PublicBaseUrl>) -> Result<String,
                 .filter(|p| !p.contains('{'))
                 .map(str::to_owned)
                 .unwrap_or_else(|| strip_stage(&raw_path, stage));
-            (raw_path, route, req.uri().query().map(str::to_owned))
+            (raw_path, route, vec![req.uri().query().map(str::to_owned)])
         }
         Some(RequestContext::ApiGatewayV1(ctx)) => {
             // `path` carries a custom domain's base path mapping (`/twilio/sms`); the resource
@@ -66,20 +80,25 @@ pub fn signed_url(req: &Request, base: Option<&PublicBaseUrl>) -> Result<String,
         }
         _ => {
             let path = req.uri().path().to_owned();
-            (path.clone(), path, req.uri().query().map(str::to_owned))
+            (
+                path.clone(),
+                path,
+                vec![req.uri().query().map(str::to_owned)],
+            )
         }
     };
     if let Some(base) = base {
-        return Ok(base.join(&route_path, query.as_deref()));
+        return Ok(queries
+            .iter()
+            .map(|q| base.join(&route_path, q.as_deref()))
+            .collect());
     }
     let host = header(req, "host").ok_or(UrlError::MissingHost)?;
     let scheme = header(req, "x-forwarded-proto").unwrap_or("https");
-    Ok(url::from_parts(
-        scheme,
-        host,
-        &request_path,
-        query.as_deref(),
-    ))
+    Ok(queries
+        .iter()
+        .map(|q| url::from_parts(scheme, host, &request_path, q.as_deref()))
+        .collect())
 }
 
 fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
@@ -102,37 +121,52 @@ fn strip_stage(path: &str, stage: Option<&str>) -> String {
     }
 }
 
-/// REST v1 keeps the query only as a map. Accept the one case with a single spelling.
-fn v1_query(req: &Request) -> Result<Option<String>, UrlError> {
+/// REST v1 keeps the query only as a decoded map: the spellings it may have had, when they are
+/// few and certain (see the module docs). Never empty: `[None]` for no query.
+fn v1_query(req: &Request) -> Result<Vec<Option<String>>, UrlError> {
     let params = req.query_string_parameters_ref();
     let Some(params) = params.filter(|p| !p.is_empty()) else {
         if req.method() == http::Method::GET {
             // GET webhooks carry every parameter in the query string: it cannot be empty.
             return Err(UrlError::QueryNotRecoverable("GET on a REST API"));
         }
-        return Ok(None);
+        return Ok(vec![None]);
     };
-    let pairs: Vec<(&str, &str)> = params
-        .iter()
-        .flat_map(|(k, _)| {
-            params
-                .all(k)
-                .unwrap_or_default()
-                .into_iter()
-                .map(move |v| (k, v))
-        })
-        .collect();
+    if req.method() == http::Method::GET {
+        return Err(UrlError::QueryNotRecoverable("GET on a REST API"));
+    }
+    // `iter` yields a repeated key once per value.
+    let key = params.iter().map(|(k, _)| k).next().unwrap_or_default();
+    if params.iter().any(|(k, _)| k != key) {
+        return Err(UrlError::QueryNotRecoverable(
+            "REST API (v1) events lose the order of query parameters",
+        ));
+    }
+    let values = params.all(key).unwrap_or_default();
     let unreserved = |s: &str| {
         s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
     };
-    match pairs.as_slice() {
-        [(k, v)] if unreserved(k) && unreserved(v) && req.method() != http::Method::GET => {
-            Ok(Some(format!("{k}={v}")))
-        }
-        _ => Err(UrlError::QueryNotRecoverable(
-            "REST API (v1) events lose the order and encoding of query strings",
-        )),
+    if key.is_empty() || !unreserved(key) || !values.iter().all(|v| unreserved(v)) {
+        return Err(UrlError::QueryNotRecoverable(
+            "REST API (v1) events decode the query string, losing how it was encoded",
+        ));
+    }
+    let spell = |bare_empty: bool| {
+        let pairs: Vec<String> = values
+            .iter()
+            .map(|v| match (v.is_empty(), bare_empty) {
+                (true, true) => key.to_owned(),
+                _ => format!("{key}={v}"),
+            })
+            .collect();
+        Some(pairs.join("&"))
+    };
+    if values.iter().any(|v| v.is_empty()) {
+        // `?a` and `?a=` both decode to a = "": the signature tells which was signed.
+        Ok(vec![spell(true), spell(false)])
+    } else {
+        Ok(vec![spell(false)])
     }
 }
 

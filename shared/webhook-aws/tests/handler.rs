@@ -500,6 +500,61 @@ async fn rest_api_single_unreserved_query_param_is_accepted() {
     assert_accepted(&event, Endpoint::Sms, None, &url).await;
 }
 
+/// Trust issue, item 11: `?a` was rebuilt as `a=`, and a valid signature failed. Both
+/// spellings of an empty value are tried; the one Twilio signed is what is stored.
+#[tokio::test]
+async fn rest_api_empty_query_value_verifies_with_either_spelling() {
+    for (pairs, signed) in [
+        (&[("a", "")][..], "a"),
+        (&[("a", "")][..], "a="),
+        (&[("flag", "")][..], "flag"),
+    ] {
+        let mut event = load("sms.rest-api.json");
+        set_v1_query(&mut event, pairs);
+        let url = format!("{REST_API}/sms?{signed}");
+        resign(&mut event, &url);
+        let h = harness();
+        let incoming = http::incoming(request(&event), None).expect("rebuilds");
+        let reply = h.pipeline.handle(Endpoint::Sms, &incoming).await;
+        assert_eq!(reply.status, 200, "{signed}: {}", reply.body);
+        assert_eq!(h.queue.pop().expect("a job").event.url, url);
+        // A third spelling is not invented: a signature over it fails.
+        resign(&mut event, &format!("{REST_API}/sms?{signed}&"));
+        let (status, _, _, jobs) = respond(&event, Endpoint::Sms, None).await;
+        assert_eq!((status, jobs), (403, 0), "{signed}&");
+    }
+}
+
+/// A repeated key keeps its values' order in `multiValueQueryStringParameters`.
+#[tokio::test]
+async fn rest_api_repeated_single_key_is_rebuilt_in_order() {
+    let mut event = load("sms.rest-api.json");
+    event["queryStringParameters"] = json!({ "t": "2" });
+    event["multiValueQueryStringParameters"] = json!({ "t": ["1", "2"] });
+    let url = format!("{REST_API}/sms?t=1&t=2");
+    resign(&mut event, &url);
+    assert_accepted(&event, Endpoint::Sms, None, &url).await;
+}
+
+/// What a REST API cannot give back (the raw encoding) fails closed; an HTTP API event
+/// carries the raw query, and the same URL verifies there.
+#[tokio::test]
+async fn percent_encoded_unreserved_characters_need_the_raw_query() {
+    let mut event = load("sms.rest-api.json");
+    set_v1_query(&mut event, &[("x", "A")]);
+    resign(&mut event, &format!("{REST_API}/sms?x=%41"));
+    let (status, _, _, jobs) = respond(&event, Endpoint::Sms, None).await;
+    assert_eq!((status, jobs), (403, 0));
+
+    let mut event = load("sms.http-api.json");
+    for raw in ["x=%41", "a", "a=&a", "b=2&a"] {
+        event["rawQueryString"] = json!(raw);
+        let url = format!("{HTTP_API}/sms?{raw}");
+        resign(&mut event, &url);
+        assert_accepted(&event, Endpoint::Sms, None, &url).await;
+    }
+}
+
 #[tokio::test]
 async fn rest_api_query_that_cannot_be_rebuilt_is_refused() {
     let cases: [(&[(&str, &str)], &str); 2] = [

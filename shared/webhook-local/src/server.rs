@@ -409,6 +409,7 @@ async fn handle(
     let req = IncomingRequest {
         method,
         url,
+        other_urls: Vec::new(),
         headers,
         body,
     };

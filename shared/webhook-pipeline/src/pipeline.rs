@@ -8,7 +8,7 @@ use tracing::{error, info, warn};
 use twilio_webhook::Validator;
 use twilio_webhook::payload::{Endpoint, Webhook};
 use twilio_webhook::signature::{
-    IDEMPOTENCY_HEADER, SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER, SignedRequest,
+    IDEMPOTENCY_HEADER, SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER, SignatureError, SignedRequest,
 };
 
 use crate::config::Settings;
@@ -35,6 +35,9 @@ pub struct IncomingRequest {
     pub method: http::Method,
     /// The URL Twilio signed (see `twilio_webhook::url`).
     pub url: String,
+    /// Other spellings Twilio may have signed when the adapter cannot know which (a REST API
+    /// event's decoded query): tried in turn if `url` does not verify. Usually empty.
+    pub other_urls: Vec<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -144,14 +147,25 @@ impl Pipeline {
         req: &IncomingRequest,
     ) -> Result<(Webhook, EventRecord), PipelineError> {
         let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
-        let verified = self.validator.verify(&SignedRequest {
-            method: req.method.as_str(),
-            url: &req.url,
-            content_type: header(http::header::CONTENT_TYPE.as_str()),
-            body: &req.body,
-            signature: header(SIGNATURE_HEADER),
-            signature_settings: header(SIGNATURE_SETTINGS_HEADER),
-        })?;
+        let verify = |url: &str| {
+            self.validator.verify(&SignedRequest {
+                method: req.method.as_str(),
+                url,
+                content_type: header(http::header::CONTENT_TYPE.as_str()),
+                body: &req.body,
+                signature: header(SIGNATURE_HEADER),
+                signature_settings: header(SIGNATURE_SETTINGS_HEADER),
+            })
+        };
+        // Each candidate is a URL Twilio may have signed; an HMAC over one of them proves it.
+        let mut verified = verify(&req.url);
+        for url in &req.other_urls {
+            match verified {
+                Err(SignatureError::InvalidSignature) => verified = verify(url),
+                _ => break,
+            }
+        }
+        let verified = verified?;
         let webhook = Webhook::parse(endpoint, &verified)?;
         let reply = self.policy.reply(&webhook, verified.url());
         let event = EventRecord {

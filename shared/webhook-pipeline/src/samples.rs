@@ -212,6 +212,7 @@ pub fn signed_request(token: &str, url: &str, params: &[(&str, String)]) -> Inco
     IncomingRequest {
         method: Method::POST,
         url: url.to_owned(),
+        other_urls: Vec::new(),
         headers,
         body: Bytes::from(form.encode()),
     }

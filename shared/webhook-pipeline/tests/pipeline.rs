@@ -576,7 +576,13 @@ async fn an_event_first_accepted_at_the_fallback_updates_state_like_the_primary(
         let mut params = params;
         params.push(("ErrorCode", "11200".into()));
         let fallback = signed_request(TEST_AUTH_TOKEN, fb_url, &params);
-        assert_eq!(r.pipeline.handle(Endpoint::Fallback, &fallback).await.status, 200);
+        assert_eq!(
+            r.pipeline
+                .handle(Endpoint::Fallback, &fallback)
+                .await
+                .status,
+            200
+        );
         let job = r.queue.pop().expect("the fallback's event is enqueued");
         assert_eq!(r.worker.process(&job).await.unwrap(), Outcome::Processed);
         let (state, _) = r
