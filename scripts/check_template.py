@@ -253,6 +253,10 @@ class CodeFacts:
     # functions/ crates: dir name -> (package name, [bin names]); workspace members.
     function_crates: dict = field(default_factory=dict)
     workspace_members: list = field(default_factory=list)
+    # Seconds: the forwarder's worst case per event and the store allowance per record (the
+    # worker budgets each record against its deadline with their sum); None if not found.
+    forward_worst_case_s: float | None = None
+    store_allowance_s: float | None = None
     warnings: list = field(default_factory=list)
 
 
@@ -407,6 +411,20 @@ def scan_code(root: Path) -> CodeFacts:
     else:
         facts.warnings.append(f"code: {SERVICES['dynamodb'][1]} does not exist yet: table/index names "
                               f"not checked against it")
+
+    # (e) The worker's per-record worst case.
+    fwd = root / "shared/webhook-pipeline/src/forward.rs"
+    wrk = root / "shared/webhook-pipeline/src/worker.rs"
+    if fwd.is_file():
+        m = re.search(r"FORWARD_WORST_CASE_SECS\s*:\s*u64\s*=\s*(\d+)", fwd.read_text(encoding="utf-8"))
+        facts.forward_worst_case_s = float(m.group(1)) if m else None
+    if wrk.is_file():
+        m = re.search(r"STORE_ALLOWANCE\s*:\s*Duration\s*=\s*Duration::from_secs\((\d+)\)",
+                      wrk.read_text(encoding="utf-8"))
+        facts.store_allowance_s = float(m.group(1)) if m else None
+    if facts.forward_worst_case_s is None or facts.store_allowance_s is None:
+        facts.warnings.append("code: FORWARD_WORST_CASE_SECS or STORE_ALLOWANCE not found: "
+                              "the worker's timing is not checked")
 
     # (c) Crates.
     fdir = root / "functions"
@@ -904,6 +922,39 @@ def check_queues(t, rep):
         rep.error(f"{WORK_QUEUE}: must be a standard queue")
 
 
+def check_worker_timing(t, facts, rep, fns):
+    """The worker's Timeout, the queue's VisibilityTimeout and the code's per-record worst case
+    agree: one record (forward retries + store calls) fits in an invocation with time to send
+    the partial-batch response, and a message stays hidden while any invocation holding it can
+    still run (AWS's guidance: VisibilityTimeout >= 6 x the function timeout)."""
+    if facts.forward_worst_case_s is None or facts.store_allowance_s is None:
+        return
+    record = facts.forward_worst_case_s + facts.store_allowance_s
+    q = ((t.get("Resources") or {}).get(WORK_QUEUE) or {}).get("Properties") or {}
+    visibility = resolve_number(t, q.get("VisibilityTimeout", 30))
+    for f in fns:
+        if f.binary not in WORKER_FUNCTIONS:
+            continue
+        timeout = resolve_number(t, f.props.get("Timeout", 3))
+        if timeout is None:
+            rep.error(f"{f.logical_id}: Timeout must be a number")
+            continue
+        if timeout < record + 2:
+            rep.error(f"{f.logical_id}: Timeout {timeout:g} s cannot fit one record "
+                      f"({facts.forward_worst_case_s:g} s of forwarding + {facts.store_allowance_s:g} s "
+                      f"of store calls) plus 2 s to answer: raise it to at least {record + 2:g}")
+        if visibility is None or visibility < 6 * timeout:
+            rep.error(f"{WORK_QUEUE}: VisibilityTimeout {visibility} s is under 6 x the worker's "
+                      f"Timeout ({6 * timeout:g} s): a message would reappear while an invocation "
+                      f"still holds it")
+    # Without partial batch responses, records left for redelivery would fail the whole batch.
+    for lid, esm in resources_of(t, "AWS::Lambda::EventSourceMapping").items():
+        p = esm.get("Properties") or {}
+        if "ReportBatchItemFailures" not in (p.get("FunctionResponseTypes") or []):
+            rep.error(f"{lid}: must report batch item failures "
+                      f"(FunctionResponseTypes: [ReportBatchItemFailures])")
+
+
 INTRINSIC_SUB_RE = re.compile(r"\$\{(?!!)([A-Za-z0-9]+)(?:\.[A-Za-z0-9.]+)?\}")
 
 
@@ -989,6 +1040,7 @@ def run_checks(t: dict, facts: CodeFacts) -> Report:
     check_routes(t, facts, rep, fns)
     check_table(t, facts, rep)
     check_queues(t, rep)
+    check_worker_timing(t, facts, rep, fns)
     check_cycles(t, rep)
     return rep
 
@@ -1058,6 +1110,17 @@ def _add_statement(t, binary, stmt):
 
 MUTATIONS = [
     # (description, template mutation, code-facts mutation, substring expected in a new error)
+    ("worker Timeout below one record's worst case",
+     lambda t: _fn(t, "event-worker")["Properties"].__setitem__("Timeout", 15), None,
+     "cannot fit one record"),
+    ("forwarder worst case raised past the worker Timeout",
+     None, lambda f: setattr(f, "forward_worst_case_s", 40.0), "cannot fit one record"),
+    ("worker trigger without partial batch responses",
+     lambda t: t["Resources"]["WorkQueueEventSource"]["Properties"].pop("FunctionResponseTypes"), None,
+     "must report batch item failures"),
+    ("VisibilityTimeout under 6 x the worker Timeout",
+     lambda t: t["Resources"]["WorkQueue"]["Properties"].__setitem__("VisibilityTimeout", 90), None,
+     "under 6 x the worker's"),
     ("remove sqs:SendMessage from voice-webhook's policy",
      lambda t: _remove_action(t, "voice-webhook", "sqs:SendMessage"), None, "lacks sqs:SendMessage"),
     ("remove secretsmanager:GetSecretValue from status-callback's policy",

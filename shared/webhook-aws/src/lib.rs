@@ -9,7 +9,7 @@ pub mod http;
 pub mod sqs;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -18,7 +18,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use lambda_http::{Body, Error, Request, Response, service_fn};
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 pub use twilio_webhook::payload::Endpoint;
 use twilio_webhook::url::PublicBaseUrl;
 use webhook_pipeline::config::{ConfigError, FORWARD_URL, Settings, var};
@@ -221,10 +221,13 @@ impl WorkerApp {
     }
 
     /// Handle one Lambda event: an SQS batch (partial failures reported) or a schedule tick.
-    pub async fn handle(&self, event: Value) -> Result<Value, Error> {
+    /// `deadline`: when the invocation times out (the runtime's `Lambda-Runtime-Deadline-Ms`).
+    pub async fn handle(&self, event: Value, deadline: Option<SystemTime>) -> Result<Value, Error> {
         if event.get("Records").is_some() {
             let batch: SqsEvent = serde_json::from_value(event)?;
-            return Ok(serde_json::to_value(self.handle_batch(batch).await)?);
+            return Ok(serde_json::to_value(
+                self.handle_batch(batch, deadline).await,
+            )?);
         }
         let report = self
             .worker
@@ -249,10 +252,28 @@ impl WorkerApp {
         Ok(serde_json::to_value(report)?)
     }
 
-    pub async fn handle_batch(&self, batch: SqsEvent) -> SqsBatchResponse {
+    /// Process a batch one record at a time. A record starts only if the worst case of one
+    /// record ([`Worker::record_budget`]) still fits before `deadline`; the rest are reported
+    /// as failures at once, so the partial-batch response is always sent and SQS redelivers
+    /// them (a timed-out invocation would burn a receive of every message in the batch).
+    pub async fn handle_batch(
+        &self,
+        batch: SqsEvent,
+        deadline: Option<SystemTime>,
+    ) -> SqsBatchResponse {
+        let budget = self.worker.record_budget();
         let mut failures = Vec::new();
+        let mut deferred = 0usize;
         for record in batch.records {
             let id = record.message_id.clone().unwrap_or_default();
+            let left = deadline.map(|d| d.duration_since(SystemTime::now()).unwrap_or_default());
+            if deferred > 0 || left.is_some_and(|left| left < budget) {
+                deferred += 1;
+                let mut f = BatchItemFailure::default();
+                f.item_identifier = id;
+                failures.push(f);
+                continue;
+            }
             let result = match serde_json::from_str::<Job>(record.body.as_deref().unwrap_or("")) {
                 Ok(job) => self
                     .worker
@@ -270,6 +291,13 @@ impl WorkerApp {
                 failures.push(f);
             }
         }
+        if deferred > 0 {
+            warn!(
+                deferred,
+                budget_ms = budget.as_millis() as u64,
+                "not enough time left before the deadline: records left for redelivery"
+            );
+        }
         let mut response = SqsBatchResponse::default();
         response.batch_item_failures = failures;
         response
@@ -284,7 +312,10 @@ pub async fn run_worker() -> Result<(), Error> {
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: LambdaEvent<Value>| {
             let app = app.clone();
-            async move { app.handle(event.payload).await }
+            async move {
+                let deadline = event.context.deadline();
+                app.handle(event.payload, Some(deadline)).await
+            }
         },
     ))
     .await

@@ -681,3 +681,104 @@ async fn tampered_body_is_forbidden() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The worker's batch against the invocation deadline
+// ---------------------------------------------------------------------------------------------
+
+/// Slow work that takes `delay` and says so.
+struct Slow {
+    delay: std::time::Duration,
+    runs: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl webhook_pipeline::SlowWork for Slow {
+    fn name(&self) -> &'static str {
+        "slow"
+    }
+    async fn run(
+        &self,
+        _event: &webhook_pipeline::EventRecord,
+    ) -> Result<(), webhook_pipeline::worker::WorkError> {
+        tokio::time::sleep(self.delay).await;
+        self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+    fn max_duration(&self) -> std::time::Duration {
+        self.delay
+    }
+}
+
+/// Trust issue, item 3: a batch of slow records outlived the Lambda timeout, so the partial
+/// batch response was never sent and every message burned a receive. A record now starts
+/// only if its worst case fits before the deadline; the rest are reported back at once.
+#[tokio::test]
+async fn a_batch_stops_starting_records_when_the_deadline_is_near() {
+    use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+    use std::time::{Duration, SystemTime};
+    use webhook_pipeline::worker::WorkerSettings;
+
+    let store = Arc::new(MemoryStore::default());
+    let queue = Arc::new(MemoryQueue::default());
+    let pipeline = Pipeline::new(
+        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
+        store.clone(),
+        queue.clone(),
+        ReplyPolicy::default(),
+        Settings::default(),
+    );
+    for i in 0..5 {
+        let sid = format!("SM{i:032}");
+        let req = samples::signed_request(
+            TEST_AUTH_TOKEN,
+            "https://h.example.com/sms",
+            &samples::inbound_sms(&sid, "hi"),
+        );
+        assert_eq!(pipeline.handle(Endpoint::Sms, &req).await.status, 200);
+    }
+    let slow = Arc::new(Slow {
+        delay: Duration::from_millis(400),
+        runs: Default::default(),
+    });
+    let app = webhook_aws::WorkerApp {
+        worker: webhook_pipeline::Worker::new(store, queue.clone(), WorkerSettings::default())
+            .with_work(slow.clone()),
+    };
+    let budget = app.worker.record_budget();
+    assert_eq!(
+        budget,
+        Duration::from_millis(400) + webhook_pipeline::worker::STORE_ALLOWANCE
+    );
+    let mut batch = SqsEvent::default();
+    batch.records = (0..5)
+        .map(|i| {
+            let mut m = SqsMessage::default();
+            m.message_id = Some(format!("m{i}"));
+            m.body = Some(serde_json::to_string(&queue.pop().unwrap()).unwrap());
+            m
+        })
+        .collect();
+
+    // Time for one record and not two: the other four come back at once, in order.
+    let started = std::time::Instant::now();
+    let deadline = SystemTime::now() + budget + Duration::from_millis(350);
+    let response = app.handle_batch(batch.clone(), Some(deadline)).await;
+    let failed: Vec<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(failed, ["m1", "m2", "m3", "m4"]);
+    assert_eq!(slow.runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(started.elapsed() < budget + Duration::from_millis(350));
+
+    // Already past the deadline: nothing starts. Without one (tests, local): everything runs.
+    let response = app
+        .handle_batch(batch.clone(), Some(SystemTime::now()))
+        .await;
+    assert_eq!(response.batch_item_failures.len(), 5);
+    let response = app.handle_batch(batch, None).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(slow.runs.load(std::sync::atomic::Ordering::SeqCst), 5);
+}

@@ -254,7 +254,7 @@ impl Aws {
                 r
             })
             .collect();
-        let resp = worker.handle_batch(event).await;
+        let resp = worker.handle_batch(event, None).await;
         let failed: Vec<String> = resp
             .batch_item_failures
             .iter()
@@ -468,7 +468,7 @@ async fn the_sweeper_delivers_a_crashed_event_nobody_retried() {
     let worker = aws.worker(clock);
     now.fetch_add(30_000 + 120_001, Ordering::SeqCst);
     let tick = serde_json::json!({"source": "aws.events", "detail-type": "Scheduled Event"});
-    let swept = worker.handle(tick).await.unwrap();
+    let swept = worker.handle(tick, None).await.unwrap();
     assert_eq!(swept["resent"], 1);
     assert!(aws.drain(&worker).await.is_empty());
     assert!(
@@ -505,7 +505,7 @@ async fn an_unreadable_record_is_parked_and_the_sweep_goes_on() {
     let worker = aws.worker(clock);
     now.fetch_add(30_000 + 120_001, Ordering::SeqCst);
     let tick = serde_json::json!({"source": "aws.events", "detail-type": "Scheduled Event"});
-    let report = worker.handle(tick.clone()).await.unwrap();
+    let report = worker.handle(tick.clone(), None).await.unwrap();
     assert_eq!(
         (report["resent"].as_u64(), report["parked"].as_u64()),
         (Some(1), Some(1))
@@ -519,7 +519,7 @@ async fn an_unreadable_record_is_parked_and_the_sweep_goes_on() {
     assert_eq!(corrupt["sweeps"], AttributeValue::N("1".into()));
     // Parked: later sweeps pass it by.
     now.fetch_add(3_600_000, Ordering::SeqCst);
-    let report = worker.handle(tick).await.unwrap();
+    let report = worker.handle(tick, None).await.unwrap();
     assert_eq!(
         (report["resent"].as_u64(), report["parked"].as_u64()),
         (Some(0), Some(0))
@@ -648,7 +648,7 @@ async fn the_sample_worker_events_drive_the_worker_function() {
         expires_at_s: i64::MAX / 2000,
     };
     aws.store().claim(&job.event, "webhook", t).await.unwrap();
-    let out = worker.handle(sqs).await.unwrap();
+    let out = worker.handle(sqs, None).await.unwrap();
     assert_eq!(out, serde_json::json!({"batchItemFailures": []}));
     assert!(
         !aws.item(&job.event.key)
@@ -657,7 +657,7 @@ async fn the_sample_worker_events_drive_the_worker_function() {
             .contains_key("pending")
     );
     let out = worker
-        .handle(read("event-worker.schedule.json"))
+        .handle(read("event-worker.schedule.json"), None)
         .await
         .unwrap();
     assert_eq!(

@@ -47,17 +47,30 @@ pub struct HttpForwarder {
     attempts: u32,
 }
 
+/// Timeout of one POST to `FORWARD_URL`.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// POSTs per event and processing attempt; the queue's redelivery handles longer outages.
+pub const FORWARD_ATTEMPTS: u32 = 3;
+/// The longest one event's forwarding can take: every attempt timing out, plus the pauses
+/// between them. `scripts/check_template.py` reads this line to check the worker's Timeout.
+pub const FORWARD_WORST_CASE_SECS: u64 = 16;
+
+/// The pause before attempt `attempt` (from 1): 200 ms, 800 ms, ...
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(200 * 4u64.pow(attempt - 1))
+}
+
 impl HttpForwarder {
     pub fn new(url: String) -> Self {
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
+            .timeout(FORWARD_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("reqwest client with static settings");
         Self {
             url,
             client,
-            attempts: 3,
+            attempts: FORWARD_ATTEMPTS,
         }
     }
 }
@@ -68,12 +81,16 @@ impl SlowWork for HttpForwarder {
         "forward"
     }
 
+    fn max_duration(&self) -> Duration {
+        FORWARD_TIMEOUT * self.attempts + (1..self.attempts).map(backoff).sum::<Duration>()
+    }
+
     async fn run(&self, event: &EventRecord) -> Result<(), WorkError> {
         let body = normalized(event).to_string();
         let mut last = String::new();
         for attempt in 0..self.attempts {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(200 * 4u64.pow(attempt - 1))).await;
+                tokio::time::sleep(backoff(attempt)).await;
             }
             let res = self
                 .client
@@ -140,4 +157,18 @@ fn describe(e: &reqwest::Error, url: &str) -> String {
         text = text.replace(query, "<redacted>");
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The constant the template check reads is the forwarder's real worst case.
+    #[test]
+    fn worst_case_constant_matches_the_retry_policy() {
+        let f = HttpForwarder::new("http://127.0.0.1:9/".into());
+        let worst = f.max_duration();
+        assert!(worst <= Duration::from_secs(FORWARD_WORST_CASE_SECS));
+        assert!(worst > Duration::from_secs(FORWARD_WORST_CASE_SECS - 1));
+    }
 }

@@ -20,7 +20,17 @@ use crate::store::{
 pub trait SlowWork: Send + Sync {
     fn name(&self) -> &'static str;
     async fn run(&self, event: &EventRecord) -> Result<(), WorkError>;
+    /// The longest one `run` can take (its timeouts and retries): a Lambda batch starts a
+    /// record only if this much time is left before the invocation's deadline.
+    fn max_duration(&self) -> Duration {
+        Duration::ZERO
+    }
 }
+
+/// Time allowed for one record's store calls (lease, state fold, finish) when budgeting a
+/// batch against a deadline: they take milliseconds; one that stalls longer is cut short by
+/// the SDK's timeouts, and the lease keeps a second worker away meanwhile.
+pub const STORE_ALLOWANCE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -116,6 +126,11 @@ impl Worker {
 
     pub fn settings(&self) -> &WorkerSettings {
         &self.settings
+    }
+
+    /// The longest one job can take: the slow work's worst case plus [`STORE_ALLOWANCE`].
+    pub fn record_budget(&self) -> Duration {
+        self.work.iter().map(|w| w.max_duration()).sum::<Duration>() + STORE_ALLOWANCE
     }
 
     /// Whether slow work runs for each event (else the state fold is all there is to do).
