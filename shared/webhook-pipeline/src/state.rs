@@ -1,8 +1,16 @@
 //! Per-message and per-call state, folded from status callbacks that may arrive out of order
 //! and more than once. The fold is idempotent (an event key is applied once) and monotonic
-//! (the latest status never moves back to an earlier stage).
+//! (the latest status never moves back to an earlier stage). A record stays small whatever
+//! the number of events (a long conference sends thousands): the timeline keeps the last
+//! [`TIMELINE_LIMIT`] entries, counters keep the totals, and the memory of applied events keeps
+//! 8-byte digests of the last [`APPLIED_LIMIT`] keys.
 
+use std::collections::{BTreeMap, VecDeque};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD_NO_PAD as BASE64;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use twilio_webhook::payload::{CallStatus, FallbackOriginal, MessageStatus, Webhook};
 
 /// One status seen for a message or call.
@@ -28,7 +36,84 @@ pub struct StateRecord {
     pub latest_rank: (u8, i64),
     pub error_code: Option<u32>,
     pub error_meaning: Option<String>,
+    /// The last [`TIMELINE_LIMIT`] entries, in event order.
     pub timeline: Vec<TimelineEntry>,
+    /// Events applied in all.
+    #[serde(default)]
+    pub events: u64,
+    /// Events applied per status.
+    #[serde(default)]
+    pub counts: BTreeMap<String, u64>,
+    /// Which events were applied (the last [`APPLIED_LIMIT`]).
+    #[serde(default)]
+    pub applied: AppliedKeys,
+}
+
+/// Entries kept in a state record's timeline.
+pub const TIMELINE_LIMIT: usize = 50;
+/// Applied event keys remembered per state record: about 11 KB. A repeat is caught by the
+/// event record's processed mark first; this memory covers the one window that mark cannot
+/// (the state was saved, the worker died before marking the event processed), which closes
+/// at the job's next delivery, long before 2,048 more events reach the same record.
+pub const APPLIED_LIMIT: usize = 2048;
+
+/// SHA-256 digests (first 8 bytes) of the last applied event keys, oldest first; stored as
+/// one base64 string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedKeys(VecDeque<[u8; 8]>);
+
+impl AppliedKeys {
+    fn digest(key: &str) -> [u8; 8] {
+        let d = Sha256::digest(key.as_bytes());
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&d[..8]);
+        out
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        let d = Self::digest(key);
+        self.0.contains(&d)
+    }
+
+    fn insert(&mut self, key: &str) {
+        if self.0.len() == APPLIED_LIMIT {
+            self.0.pop_front();
+        }
+        self.0.push_back(Self::digest(key));
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for AppliedKeys {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = self.0.iter().flatten().copied().collect();
+        s.serialize_str(&BASE64.encode(bytes))
+    }
+}
+
+impl<'de> Deserialize<'de> for AppliedKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = BASE64.decode(text).map_err(serde::de::Error::custom)?;
+        if bytes.len() % 8 != 0 {
+            return Err(serde::de::Error::custom(
+                "applied keys: not a whole number of digests",
+            ));
+        }
+        Ok(Self(
+            bytes
+                .chunks_exact(8)
+                .map(|c| c.try_into().expect("chunks of 8"))
+                .collect(),
+        ))
+    }
 }
 
 /// What a webhook contributes to a state record.
@@ -116,9 +201,15 @@ impl StateUpdate {
 impl StateRecord {
     /// Apply one event; `false` when it was already applied.
     pub fn apply(&mut self, u: &StateUpdate, event_key: &str, received_at: i64) -> bool {
-        if self.timeline.iter().any(|e| e.event_key == event_key) {
+        // The timeline check covers records written before `applied` existed.
+        if self.applied.contains(event_key)
+            || self.timeline.iter().any(|e| e.event_key == event_key)
+        {
             return false;
         }
+        self.applied.insert(event_key);
+        self.events += 1;
+        *self.counts.entry(u.status.clone()).or_default() += 1;
         if self.id.is_empty() {
             self.id = u.id.clone();
         }
@@ -148,6 +239,10 @@ impl StateRecord {
             .position(|e| order(e) > order(&entry))
             .unwrap_or(self.timeline.len());
         self.timeline.insert(pos, entry);
+        if self.timeline.len() > TIMELINE_LIMIT {
+            // The earliest in event order goes (which may be the one just inserted).
+            self.timeline.remove(0);
+        }
         true
     }
 }
@@ -267,5 +362,89 @@ mod tests {
         s.apply(&upd("ringing", (3, 1), None), "c1", 3);
         assert_eq!(s.latest_status, "completed");
         assert_eq!(s.timeline[0].status, "ringing");
+    }
+}
+
+#[cfg(test)]
+mod bounded {
+    use super::*;
+
+    fn conference_event(seq: u32) -> (StateUpdate, String) {
+        let event = if seq % 3 == 0 {
+            "participant-leave"
+        } else {
+            "participant-join"
+        };
+        (
+            StateUpdate {
+                id: "conf#CF1".into(),
+                status: event.into(),
+                rank: (1, i64::from(seq)),
+                sequence: Some(seq),
+                error_code: None,
+            },
+            format!("conference#CF00000000000000000000000000000001#{event}#{seq}"),
+        )
+    }
+
+    /// Trust issue, item 5: every event was appended to the timeline and the whole item
+    /// rewritten, until DynamoDB's 400 KB item limit failed every later event into the DLQ.
+    #[test]
+    fn ten_thousand_events_stay_small_and_end_in_the_right_state() {
+        let mut state = StateRecord::default();
+        // Out of order: odd sequence numbers first, then the even ones backwards.
+        let order: Vec<u32> = (1..=10_000)
+            .filter(|n| n % 2 == 1)
+            .chain((1..=10_000).filter(|n| n % 2 == 0).rev())
+            .collect();
+        for (i, seq) in order.iter().enumerate() {
+            let (u, key) = conference_event(*seq);
+            assert!(state.apply(&u, &key, i as i64));
+        }
+        let end = StateUpdate {
+            id: "conf#CF1".into(),
+            status: "conference-end".into(),
+            rank: (9, 10_001),
+            sequence: Some(10_001),
+            error_code: None,
+        };
+        assert!(state.apply(&end, "conference#CF1#conference-end#10001", 10_001));
+        let json = serde_json::to_string(&state).unwrap();
+        assert!(json.len() < 100 * 1024, "{} bytes", json.len());
+        assert_eq!(state.latest_status, "conference-end");
+        assert_eq!(state.events, 10_001);
+        assert_eq!(state.counts.values().sum::<u64>(), 10_001);
+        assert_eq!(state.counts["participant-leave"], 3_333);
+        assert_eq!(state.timeline.len(), TIMELINE_LIMIT);
+        // The timeline holds the latest events, in event order.
+        let seqs: Vec<u32> = state.timeline.iter().filter_map(|e| e.sequence).collect();
+        assert_eq!(seqs, (9_952..=10_001).collect::<Vec<_>>());
+        // Recent events are remembered: a redelivery is a no-op, before and after a round trip.
+        let mut reloaded: StateRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(reloaded, state);
+        // (the last applied were the even numbers, backwards, down to 2)
+        for seq in [2, 1_000, 4_000] {
+            let (u, key) = conference_event(seq);
+            assert!(!reloaded.apply(&u, &key, 0), "{seq} applied twice");
+        }
+        assert_eq!(reloaded.events, 10_001);
+        assert_eq!(reloaded.applied.len(), APPLIED_LIMIT);
+    }
+
+    /// A record saved before the applied-key memory existed still refuses a repeat.
+    #[test]
+    fn records_without_the_memory_still_deduplicate_by_timeline() {
+        let old = r#"{"id":"msg#SM1","latest_status":"sent","latest_rank":[5,0],"error_code":null,
+            "error_meaning":null,"timeline":[{"status":"sent","sequence":null,"stage":5,
+            "error_code":null,"received_at":1,"event_key":"msgstatus#SM1#sent"}]}"#;
+        let mut state: StateRecord = serde_json::from_str(old).unwrap();
+        let u = StateUpdate {
+            id: "msg#SM1".into(),
+            status: "sent".into(),
+            rank: (5, 0),
+            sequence: None,
+            error_code: None,
+        };
+        assert!(!state.apply(&u, "msgstatus#SM1#sent", 2));
     }
 }
