@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
+use twilio_webhook::basic::BasicAuth;
 use twilio_webhook::url::PublicBaseUrl;
 use twilio_webhook::{AuthToken, FormParams, sign};
 use webhook_local::{ServeConfig, Server, shutdown_signal, termination_signal};
-use webhook_pipeline::config::{FORWARD_URL, var};
+use webhook_pipeline::config::{FORWARD_URL, Secret, var};
 use webhook_pipeline::forward::HttpForwarder;
 use webhook_pipeline::samples::{MESSAGE_SID, inbound_sms};
 use webhook_pipeline::{ReplyPolicy, Settings};
@@ -49,6 +50,14 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     auth_token: Option<String>,
+    /// The Lambda secret's JSON (or a bare token) from a file: `auth_token`,
+    /// `secondary_auth_token`, `shared_keys`, `basic_auth`. Replaces --auth-token.
+    #[arg(long, value_name = "FILE", conflicts_with = "auth_token")]
+    secret_file: Option<PathBuf>,
+    /// Require HTTP Basic credentials (Twilio sends them for https://USER:PASS@host/... URLs):
+    /// 401 with a challenge without them.
+    #[arg(long, value_name = "USER:PASS")]
+    basic_auth: Option<String>,
     /// Accept the public test token even though this server is reachable from outside
     /// (a non-loopback --addr or a --public-url): anyone can then sign requests. For demos only.
     #[arg(long)]
@@ -68,8 +77,22 @@ enum LogFormat {
 
 pub fn run(args: ServeArgs) -> CliResult {
     init_logs(args.log_format);
-    let (token, is_test) = token_or_test(args.auth_token)?;
+    let (token, is_test) = token_or_test(args.auth_token.clone())?;
     let mut config = ServeConfig::new(args.addr, args.data.clone(), token.clone());
+    let mut banner_token = Some(token);
+    if let Some(path) = &args.secret_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --secret-file {}: {e}", path.display()))?;
+        config.secret = Secret::parse(&text, "--secret-file").map_err(|e| e.to_string())?;
+        // The first key is the auth token: the banner's curl is signed with it.
+        banner_token = config.secret.keys.first().cloned();
+    }
+    if let Some(pair) = &args.basic_auth {
+        config.secret.basic_auth =
+            Some(BasicAuth::parse(pair).map_err(|e| format!("--basic-auth: {e}"))?);
+    }
+    let is_test = is_test && args.secret_file.is_none();
+    let basic = config.secret.basic_auth.clone();
     config.public_url = args.public_url.clone();
     config.insecure_public_test_token = args.insecure_public_test_token;
     config.policy = ReplyPolicy::from_env();
@@ -100,7 +123,13 @@ pub fn run(args: ServeArgs) -> CliResult {
             let shown = webhook_pipeline::redact::redact_url(url);
             tracing::info!(url = %shown, "forwarding every processed event (FORWARD_URL)");
         }
-        print_banner(addr, &args.data, args.public_url.as_ref(), &token);
+        print_banner(
+            addr,
+            &args.data,
+            args.public_url.as_ref(),
+            banner_token.as_ref(),
+            basic.as_ref(),
+        );
         // A second Ctrl-C / SIGTERM while draining: stop waiting.
         tokio::spawn(async {
             termination_signal().await;
@@ -137,7 +166,8 @@ fn print_banner(
     addr: SocketAddr,
     data: &std::path::Path,
     public: Option<&PublicBaseUrl>,
-    token: &AuthToken,
+    token: Option<&AuthToken>,
+    basic: Option<&BasicAuth>,
 ) {
     // A wildcard address is reachable (and signed) as localhost.
     let local = if addr.ip().is_unspecified() {
@@ -149,11 +179,20 @@ fn print_banner(
         Some(p) => p.as_str().to_owned(),
         None => format!("http://{local}"),
     };
-    let url = |path: &str| format!("{base}{path}");
-    let sms_url = url("/sms");
+    let sms_url = format!("{base}/sms");
+    // What to paste into Twilio: with Basic auth, the credentials go into the URL.
+    let console_base = match basic {
+        Some(b) => match base.split_once("://") {
+            Some((scheme, rest)) => {
+                format!("{scheme}://{}:{}@{rest}", b.username(), b.expose_password())
+            }
+            None => base.clone(),
+        },
+        None => base.clone(),
+    };
+    let url = |path: &str| format!("{console_base}{path}");
     let params = inbound_sms(MESSAGE_SID, "Hello from curl");
     let form = FormParams::from_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
-    let signature = sign(token, &sms_url, &form);
 
     println!(
         "twilio-webhooks serve: listening on http://{addr} (data: {})",
@@ -187,8 +226,20 @@ fn print_banner(
         );
     }
     println!();
-    println!("Try it: a signed inbound SMS (run it twice: the duplicate gets the same reply):");
-    println!("  {}", curl_form(&sms_url, &signature, &form));
+    if let Some(token) = token {
+        let signature = sign(token, &sms_url, &form);
+        let mut curl = curl_form(&sms_url, &signature, &form);
+        if let Some(b) = basic {
+            curl.push_str(" -u ");
+            curl.push_str(&crate::util::shell_quote(&format!(
+                "{}:{}",
+                b.username(),
+                b.expose_password()
+            )));
+        }
+        println!("Try it: a signed inbound SMS (run it twice: the duplicate gets the same reply):");
+        println!("  {curl}");
+    }
     println!();
     println!(
         "See what was stored: twilio-webhooks inspect --data {}",

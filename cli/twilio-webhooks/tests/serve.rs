@@ -672,3 +672,60 @@ async fn public_url_is_what_signatures_cover_and_logs_can_be_json() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["url"], format!("{public}/sms?tenant=a%20b"));
 }
+
+/// HTTP Basic auth through `serve`: the challenge, a wrong password, the right one; the
+/// banner gives the URL with the credentials, as it goes into the Twilio console.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_through_serve() {
+    let work = TempDir::new("basic");
+    let serve = Serve::start_with(
+        &work.0,
+        free_port(),
+        1,
+        None,
+        &["--basic-auth", "twilio:s3cret"],
+    );
+    let banner = std::fs::read_to_string(&serve.stdout).unwrap();
+    assert!(
+        banner.contains(&format!(
+            "http://twilio:s3cret@127.0.0.1:{}/sms",
+            serve.port
+        )),
+        "{banner}"
+    );
+    let c = client();
+    let url = format!("{}/sms", serve.base());
+    let params = samples::inbound_sms("SM88888888888888888888888888888888", "basic");
+    let form = FormParams::from_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
+    let signature = sign(&AuthToken::new(TEST_AUTH_TOKEN).unwrap(), &url, &form);
+    let post = |auth: Option<(&'static str, &'static str)>| {
+        let mut r = c
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-twilio-signature", &signature)
+            .body(form.encode());
+        if let Some((u, p)) = auth {
+            r = r.basic_auth(u, Some(p));
+        }
+        r.send()
+    };
+    let first = post(None).await.unwrap();
+    assert_eq!(first.status(), 401);
+    assert!(
+        first.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic realm=")
+    );
+    assert_eq!(post(Some(("twilio", "wrong"))).await.unwrap().status(), 401);
+    assert_eq!(
+        post(Some(("twilio", "s3cret"))).await.unwrap().status(),
+        200
+    );
+    serve.terminate();
+    let events = of_type(&inspect(&work.0.join("data")), "event")
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(events.len(), 1, "only the authenticated request was stored");
+}

@@ -6,7 +6,9 @@
 //! - [`form`]: an `application/x-www-form-urlencoded` parser that keeps order, duplicates and blanks.
 //! - [`payload`]: typed webhook payloads, reachable only from a [`VerifiedRequest`].
 //! - [`twiml`]: TwiML builders for replies.
+//! - [`basic`]: HTTP Basic authentication, Twilio's optional second factor.
 
+pub mod basic;
 pub mod form;
 pub mod payload;
 pub mod signature;

@@ -3,13 +3,14 @@
 
 use twilio_webhook::url::PublicBaseUrl;
 use twilio_webhook::{AuthToken, Validator};
-use webhook_pipeline::config::{ConfigError, var};
+use webhook_pipeline::config::{ConfigError, Secret, var};
 
 pub const EVENT_TABLE: &str = "EVENT_TABLE";
 pub const WORK_QUEUE_URL: &str = "WORK_QUEUE_URL";
 pub const PUBLIC_BASE_URL: &str = "PUBLIC_BASE_URL";
 /// Secrets Manager secret: the bare auth token, or
-/// `{"auth_token": ..., "secondary_auth_token": ..., "shared_keys": {"<key id>": "<secret>"}}`.
+/// `{"auth_token": ..., "secondary_auth_token": ..., "shared_keys": {"<key id>": "<secret>"},
+/// "basic_auth": {"username": ..., "password": ...}}` (see `webhook_pipeline::config::Secret`).
 pub const TWILIO_AUTH_TOKEN_SECRET_ARN: &str = "TWILIO_AUTH_TOKEN_SECRET_ARN";
 /// For local runs (`cargo lambda watch`) only; production reads the secret.
 pub const TWILIO_AUTH_TOKEN: &str = "TWILIO_AUTH_TOKEN";
@@ -61,46 +62,9 @@ pub fn public_base_url() -> Result<Option<PublicBaseUrl>, ConfigError> {
         .transpose()
 }
 
-/// Tokens from a secret string: a bare token, or JSON with a secondary for rotation and
-/// Webhooks SharedKeys. Every value is trimmed, and a blank one (`""`, `"  "`) is an error:
-/// an empty HMAC key is one anyone can sign with.
+/// The validator of a secret string (see [`webhook_pipeline::config::Secret::parse`]).
 pub fn validator_from_secret(secret: &str) -> Result<Validator, ConfigError> {
-    let bad = |reason: String| ConfigError {
-        name: TWILIO_AUTH_TOKEN_SECRET_ARN,
-        reason,
-    };
-    let token = |field: &str, value: &str| {
-        AuthToken::new(value).map_err(|_| bad(format!("{field} in the secret is empty or blank")))
-    };
-    let secret = secret.trim();
-    if !secret.starts_with('{') {
-        return Ok(Validator::new(token("the token", secret)?));
-    }
-    #[derive(serde::Deserialize)]
-    struct Tokens {
-        auth_token: String,
-        secondary_auth_token: Option<String>,
-        /// Webhooks SharedKeys by key id (`X-Twilio-Webhooks-Signature-Settings: key=<id>`).
-        #[serde(default)]
-        shared_keys: std::collections::BTreeMap<String, String>,
-    }
-    let t: Tokens = serde_json::from_str(secret).map_err(|_| {
-        bad("JSON secret needs an \"auth_token\" string (optional: \"secondary_auth_token\", \"shared_keys\": {id: secret})".into())
-    })?;
-    let secondary = t
-        .secondary_auth_token
-        .map(|s| token("\"secondary_auth_token\"", &s))
-        .transpose()?;
-    let mut validator =
-        Validator::new(token("\"auth_token\"", &t.auth_token)?).with_secondary(secondary);
-    for (id, secret) in t.shared_keys {
-        if id.trim().is_empty() {
-            return Err(bad("a \"shared_keys\" id is empty or blank".into()));
-        }
-        let key = token(&format!("\"shared_keys\".{id:?}"), &secret)?;
-        validator = validator.with_shared_key(id.trim(), key);
-    }
-    Ok(validator)
+    Ok(Secret::parse(secret, TWILIO_AUTH_TOKEN_SECRET_ARN)?.validator)
 }
 
 /// Tokens from plain environment variables (local development). `Ok(None)` when

@@ -176,6 +176,9 @@ pub fn response(reply: Reply) -> Response<Body> {
     if let Some(ct) = &reply.content_type {
         b = b.header(http::header::CONTENT_TYPE, ct.as_str());
     }
+    if let Some(challenge) = &reply.www_authenticate {
+        b = b.header(http::header::WWW_AUTHENTICATE, challenge.as_str());
+    }
     let body = if reply.body.is_empty() {
         Body::Empty
     } else {

@@ -21,7 +21,7 @@ use serde_json::Value;
 use tracing::{error, info, warn};
 pub use twilio_webhook::payload::Endpoint;
 use twilio_webhook::url::PublicBaseUrl;
-use webhook_pipeline::config::{ConfigError, FORWARD_URL, Settings, var};
+use webhook_pipeline::config::{ConfigError, FORWARD_URL, Secret, Settings, var};
 use webhook_pipeline::forward::HttpForwarder;
 use webhook_pipeline::store::Job;
 use webhook_pipeline::worker::WorkerSettings;
@@ -87,30 +87,29 @@ pub fn amazon_roots_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
         .build_https()
 }
 
-/// The auth token(s): from Secrets Manager when `TWILIO_AUTH_TOKEN_SECRET_ARN` is set, else
-/// from `TWILIO_AUTH_TOKEN` (local development).
-pub async fn validator(sdk: &SdkConfig) -> Result<twilio_webhook::Validator, Error> {
+/// The auth token(s) and optional Basic credentials: from Secrets Manager when
+/// `TWILIO_AUTH_TOKEN_SECRET_ARN` is set, else from `TWILIO_AUTH_TOKEN` (local development).
+pub async fn secret(sdk: &SdkConfig) -> Result<Secret, Error> {
     if let Some(arn) = var(TWILIO_AUTH_TOKEN_SECRET_ARN) {
-        return validator_from_secret_arn(sdk, &arn).await;
+        return secret_from_arn(sdk, &arn).await;
     }
-    config::validator_from_env()?.ok_or_else(|| {
-        ConfigError {
-            name: TWILIO_AUTH_TOKEN_SECRET_ARN,
-            reason: format!(
-                "is required (or {} for local runs)",
-                config::TWILIO_AUTH_TOKEN
-            ),
-        }
-        .into()
+    let validator = config::validator_from_env()?.ok_or_else(|| ConfigError {
+        name: TWILIO_AUTH_TOKEN_SECRET_ARN,
+        reason: format!(
+            "is required (or {} for local runs)",
+            config::TWILIO_AUTH_TOKEN
+        ),
+    })?;
+    Ok(Secret {
+        validator,
+        basic_auth: None,
+        keys: Vec::new(),
     })
 }
 
-/// The validator of a Secrets Manager secret. A secret that is read but unusable (blank, bad
-/// JSON) is a [`ConfigError`]; a failed read is another error (it may pass on a retry).
-pub async fn validator_from_secret_arn(
-    sdk: &SdkConfig,
-    arn: &str,
-) -> Result<twilio_webhook::Validator, Error> {
+/// A Secrets Manager secret. One that is read but unusable (blank, bad JSON) is a
+/// [`ConfigError`]; a failed read is another error (it may pass on a retry).
+pub async fn secret_from_arn(sdk: &SdkConfig, arn: &str) -> Result<Secret, Error> {
     let client = aws_sdk_secretsmanager::Client::new(sdk);
     let out = client
         .get_secret_value()
@@ -127,7 +126,7 @@ pub async fn validator_from_secret_arn(
         name: TWILIO_AUTH_TOKEN_SECRET_ARN,
         reason: "the secret has no SecretString".into(),
     })?;
-    Ok(config::validator_from_secret(secret)?)
+    Ok(Secret::parse(secret, TWILIO_AUTH_TOKEN_SECRET_ARN)?)
 }
 
 /// Everything a webhook function needs, built once.
@@ -140,14 +139,20 @@ impl WebhookApp {
     pub async fn from_env(sdk: &SdkConfig) -> Result<Self, Error> {
         let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), required(EVENT_TABLE)?);
         let queue = SqsQueue::new(aws_sdk_sqs::Client::new(sdk), required(WORK_QUEUE_URL)?);
+        let Secret {
+            validator,
+            basic_auth,
+            ..
+        } = secret(sdk).await?;
         let pipeline = Pipeline::new(
-            validator(sdk).await?,
+            validator,
             Arc::new(store),
             Arc::new(queue),
             ReplyPolicy::from_env(),
             Settings::from_env()?,
         )
-        .with_log_pii(webhook_pipeline::config::log_pii());
+        .with_log_pii(webhook_pipeline::config::log_pii())
+        .with_basic_auth(basic_auth);
         Ok(Self {
             pipeline,
             base: config::public_base_url()?,

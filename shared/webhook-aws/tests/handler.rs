@@ -782,3 +782,101 @@ async fn a_batch_stops_starting_records_when_the_deadline_is_near() {
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(slow.runs.load(std::sync::atomic::Ordering::SeqCst), 5);
 }
+
+// ---------------------------------------------------------------------------------------------
+// HTTP Basic authentication (Twilio's https://user:pass@host/... URLs)
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn basic_auth_challenges_then_accepts_twilios_second_try() {
+    use twilio_webhook::basic::BasicAuth;
+    let secret = webhook_pipeline::config::Secret::parse(
+        &format!(
+            r#"{{"auth_token":"{TEST_AUTH_TOKEN}","basic_auth":{{"username":"twilio","password":"p@ss w0rd"}}}}"#
+        ),
+        "test",
+    )
+    .unwrap();
+    let basic = secret.basic_auth.clone().expect("basic_auth in the secret");
+    let app_with = || {
+        let queue = Arc::new(MemoryQueue::default());
+        let pipeline = Pipeline::new(
+            secret_validator(),
+            Arc::new(MemoryStore::default()),
+            queue.clone(),
+            ReplyPolicy::default(),
+            Settings::default(),
+        )
+        .with_basic_auth(Some(basic.clone()));
+        (
+            WebhookApp {
+                pipeline,
+                base: None,
+            },
+            queue,
+        )
+    };
+    let mut event = load("sms.http-api.json");
+    let (app, queue) = app_with();
+
+    // Twilio's first try: no credentials. 401, the challenge, nothing stored.
+    let response = app.handle(Endpoint::Sms, request(&event)).await;
+    assert_eq!(response.status(), 401);
+    let challenge = response
+        .headers()
+        .get(lambda_http::http::header::WWW_AUTHENTICATE)
+        .expect("a challenge")
+        .to_str()
+        .unwrap();
+    assert!(challenge.starts_with("Basic realm="), "{challenge}");
+    assert_eq!(queue.len(), 0);
+
+    // Wrong credentials: 401, nothing stored.
+    let wrong = BasicAuth::new("twilio", "guess").unwrap();
+    set_header(&mut event, "authorization", &wrong.header_value());
+    assert_eq!(
+        app.handle(Endpoint::Sms, request(&event)).await.status(),
+        401
+    );
+    assert_eq!(queue.len(), 0);
+
+    // The second try with the right credentials and a valid signature: the normal reply.
+    set_header(&mut event, "authorization", &basic.header_value());
+    let response = app.handle(Endpoint::Sms, request(&event)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(queue.len(), 1);
+    let job = queue.pop().unwrap();
+    assert!(
+        !job.event.url.contains("w0rd"),
+        "credentials stored: {}",
+        job.event.url
+    );
+
+    // Right credentials do not replace the signature.
+    let mut forged = event.clone();
+    set_header(
+        &mut forged,
+        "x-twilio-signature",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    );
+    assert_eq!(
+        app.handle(Endpoint::Sms, request(&forged)).await.status(),
+        403
+    );
+
+    // A signature over the URL with the credentials in it (as some libraries compute it)
+    // verifies too.
+    let (app, queue) = app_with();
+    let url = format!("{HTTP_API}/sms");
+    let with_creds = url.replacen("https://", "https://twilio:p%40ss%20w0rd@", 1);
+    resign(&mut event, &with_creds);
+    assert_eq!(
+        app.handle(Endpoint::Sms, request(&event)).await.status(),
+        200
+    );
+    assert_eq!(queue.pop().unwrap().event.url, url);
+}
+
+fn secret_validator() -> Validator {
+    Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap())
+}

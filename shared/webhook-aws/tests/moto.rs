@@ -698,7 +698,7 @@ async fn a_blank_token_in_secrets_manager_is_a_configuration_error() {
         arns.insert(name, out.arn().unwrap().to_owned());
     }
     for name in ["empty", "blank", "blank-secondary", "blank-shared-key"] {
-        let err = webhook_aws::validator_from_secret_arn(&sdk, &arns[name])
+        let err = webhook_aws::secret_from_arn(&sdk, &arns[name])
             .await
             .expect_err(name);
         assert!(
@@ -708,12 +708,12 @@ async fn a_blank_token_in_secrets_manager_is_a_configuration_error() {
         );
     }
     assert!(
-        webhook_aws::validator_from_secret_arn(&sdk, &arns["good"])
+        webhook_aws::secret_from_arn(&sdk, &arns["good"])
             .await
             .is_ok()
     );
     // A secret that cannot be read is not a configuration error: init fails and is retried.
-    let err = webhook_aws::validator_from_secret_arn(
+    let err = webhook_aws::secret_from_arn(
         &sdk,
         "arn:aws:secretsmanager:us-east-1:123456789012:secret:missing",
     )

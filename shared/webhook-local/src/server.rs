@@ -16,9 +16,10 @@ use axum::routing::{MethodRouter, get, post};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
+use twilio_webhook::AuthToken;
 use twilio_webhook::payload::Endpoint;
 use twilio_webhook::url::{PublicBaseUrl, from_parts};
-use twilio_webhook::{AuthToken, Validator};
+use webhook_pipeline::config::Secret;
 use webhook_pipeline::samples::TEST_AUTH_TOKEN;
 use webhook_pipeline::worker::{SlowWork, WorkerSettings};
 use webhook_pipeline::{IncomingRequest, Pipeline, Reply, ReplyPolicy, Settings, Worker};
@@ -37,7 +38,8 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// The URL Twilio calls, when it is not `http://<Host header>` (a tunnel, a proxy).
     pub public_url: Option<PublicBaseUrl>,
-    pub auth_token: AuthToken,
+    /// Tokens, shared keys and optional Basic credentials (the Lambda secret's JSON).
+    pub secret: Secret,
     pub policy: ReplyPolicy,
     pub settings: Settings,
     pub worker: WorkerSettings,
@@ -65,7 +67,7 @@ impl ServeConfig {
             addr,
             data_dir,
             public_url: None,
-            auth_token,
+            secret: Secret::from_token(auth_token),
             policy: ReplyPolicy::default(),
             settings: Settings::default(),
             worker: WorkerSettings::default(),
@@ -131,7 +133,11 @@ impl Server {
     /// Lock and open the data directory, recover from a previous crash, bind the address.
     pub async fn bind(config: ServeConfig) -> Result<Self, ServeError> {
         // Fail closed before touching anything: a forged request must never be accepted.
-        if config.auth_token.expose() == TEST_AUTH_TOKEN
+        if config
+            .secret
+            .keys
+            .iter()
+            .any(|k| k.expose() == TEST_AUTH_TOKEN)
             && config.is_exposed()
             && !config.insecure_public_test_token
         {
@@ -171,14 +177,15 @@ impl Server {
         }
         let queue = Arc::new(queue);
         let pipeline = Pipeline::new(
-            Validator::new(config.auth_token),
+            config.secret.validator,
             store.clone(),
             queue.clone(),
             config.policy,
             config.settings,
         )
         .with_outbox(queue.clone())
-        .with_log_pii(config.log_pii);
+        .with_log_pii(config.log_pii)
+        .with_basic_auth(config.secret.basic_auth);
         let worker = config.slow_work.into_iter().fold(
             Worker::new(store.clone(), queue.clone(), config.worker)
                 .with_fold_in_one(store.clone()),
@@ -459,6 +466,13 @@ fn to_response(reply: Reply) -> Response {
         .and_then(|ct| HeaderValue::from_str(&ct).ok())
     {
         res.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    if let Some(challenge) = reply
+        .www_authenticate
+        .and_then(|c| HeaderValue::from_str(&c).ok())
+    {
+        res.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, challenge);
     }
     res
 }

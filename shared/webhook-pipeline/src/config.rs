@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use twilio_webhook::basic::BasicAuth;
+use twilio_webhook::{AuthToken, Validator};
+
 pub const EVENT_TTL_SECONDS: &str = "EVENT_TTL_SECONDS";
 pub const LOCK_SECONDS: &str = "LOCK_SECONDS";
 pub const SMS_AUTO_REPLY: &str = "SMS_AUTO_REPLY";
@@ -81,6 +84,90 @@ fn secs(name: &'static str, default: Duration, max: u64) -> Result<Duration, Con
     }
 }
 
+/// What the auth secret holds: the signature validator and, optionally, the HTTP Basic
+/// credentials Twilio must send.
+#[derive(Debug)]
+pub struct Secret {
+    pub validator: Validator,
+    pub basic_auth: Option<BasicAuth>,
+    /// Every key the validator holds (to refuse a publicly known one where it matters).
+    pub keys: Vec<AuthToken>,
+}
+
+impl Secret {
+    /// One auth token, nothing else.
+    pub fn from_token(token: AuthToken) -> Self {
+        Self {
+            validator: Validator::new(token.clone()),
+            basic_auth: None,
+            keys: vec![token],
+        }
+    }
+
+    /// A bare auth token, or JSON:
+    /// `{"auth_token": ..., "secondary_auth_token": ..., "shared_keys": {"<key id>": "<secret>"},
+    /// "basic_auth": {"username": ..., "password": ...}}`. Every value is trimmed, and a blank
+    /// one is an error naming `name` (an empty HMAC key is one anyone can sign with).
+    pub fn parse(secret: &str, name: &'static str) -> Result<Self, ConfigError> {
+        let bad = |reason: String| ConfigError { name, reason };
+        let token = |field: &str, value: &str| {
+            AuthToken::new(value)
+                .map_err(|_| bad(format!("{field} in the secret is empty or blank")))
+        };
+        let secret = secret.trim();
+        if !secret.starts_with('{') {
+            return Ok(Self::from_token(token("the token", secret)?));
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Json {
+            auth_token: String,
+            secondary_auth_token: Option<String>,
+            /// Webhooks SharedKeys by key id (`X-Twilio-Webhooks-Signature-Settings: key=<id>`).
+            #[serde(default)]
+            shared_keys: std::collections::BTreeMap<String, String>,
+            basic_auth: Option<Basic>,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Basic {
+            username: String,
+            password: String,
+        }
+        let t: Json = serde_json::from_str(secret).map_err(|e| {
+            bad(format!("JSON secret: {e} (expected \"auth_token\"; optional: \"secondary_auth_token\", \"shared_keys\": {{id: secret}}, \"basic_auth\": {{\"username\", \"password\"}})"))
+        })?;
+        let primary = token("\"auth_token\"", &t.auth_token)?;
+        let secondary = t
+            .secondary_auth_token
+            .map(|s| token("\"secondary_auth_token\"", &s))
+            .transpose()?;
+        let mut keys: Vec<AuthToken> = [Some(primary.clone()), secondary.clone()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut validator = Validator::new(primary).with_secondary(secondary);
+        for (id, secret) in t.shared_keys {
+            if id.trim().is_empty() {
+                return Err(bad("a \"shared_keys\" id is empty or blank".into()));
+            }
+            let key = token(&format!("\"shared_keys\".{id:?}"), &secret)?;
+            keys.push(key.clone());
+            validator = validator.with_shared_key(id.trim(), key);
+        }
+        let basic_auth = t
+            .basic_auth
+            .map(|b| BasicAuth::new(&b.username, &b.password))
+            .transpose()
+            .map_err(|e| bad(format!("\"basic_auth\": {e}")))?;
+        Ok(Self {
+            validator,
+            basic_auth,
+            keys,
+        })
+    }
+}
+
 /// A non-empty environment variable (an empty one counts as unset: SAM passes "" for blanks).
 pub fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
@@ -137,6 +224,27 @@ mod tests {
         // A lock as long as the record's life would let a record expire while locked.
         let err = with_env(&[(EVENT_TTL_SECONDS, "60"), (LOCK_SECONDS, "60")]).unwrap_err();
         assert_eq!(err.name, LOCK_SECONDS);
+    }
+
+    #[test]
+    fn basic_auth_in_the_secret() {
+        let s = Secret::parse(
+            r#"{"auth_token":"t","basic_auth":{"username":" u ","password":"p"}}"#,
+            "S",
+        )
+        .unwrap();
+        assert_eq!(s.basic_auth.unwrap().username(), "u");
+        for bad in [
+            r#"{"auth_token":"t","basic_auth":{"username":"","password":"p"}}"#,
+            r#"{"auth_token":"t","basic_auth":{"username":"u","password":" "}}"#,
+            r#"{"auth_token":"t","basic_auth":{"username":"u:x","password":"p"}}"#,
+            r#"{"auth_token":"t","basic_auth":{"username":"u"}}"#,
+            // A misspelt field would silently turn a protection off: refused.
+            r#"{"auth_token":"t","basicauth":{"username":"u","password":"p"}}"#,
+        ] {
+            let err = Secret::parse(bad, "S").expect_err(bad);
+            assert_eq!(err.name, "S");
+        }
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The one place where failures become HTTP statuses.
 //!
+//! - missing / wrong Basic credentials (when configured) → 401 with the challenge;
 //! - missing / wrong signature → 403 (Twilio's own middleware says 400 for a missing header;
 //!   we answer 403 for both so a prober learns nothing);
 //! - unreadable request → 400 (a retry would fail the same way);
 //! - our store or queue failed → 503, so Twilio retries (with `#rp=5xx`) or calls the fallback URL;
 //! - our own configuration cannot check the request → 500.
 
+use twilio_webhook::basic::BasicAuthError;
 use twilio_webhook::payload::PayloadError;
 use twilio_webhook::signature::SignatureError;
 use twilio_webhook::url::UrlError;
@@ -17,6 +19,9 @@ use crate::store::StoreError;
 pub enum PipelineError {
     #[error(transparent)]
     Signature(#[from] SignatureError),
+    /// HTTP Basic credentials missing or wrong (when configured): 401 with the challenge.
+    #[error(transparent)]
+    Unauthorized(#[from] BasicAuthError),
     #[error("cannot rebuild the signed URL: {0}")]
     Url(#[from] UrlError),
     #[error("bad payload: {0}")]
@@ -38,6 +43,7 @@ impl PipelineError {
             Self::Signature(e) if e.is_server_error() => 500,
             Self::Signature(e) if e.is_malformed() => 400,
             Self::Signature(_) => 403,
+            Self::Unauthorized(_) => 401,
             // The URL Twilio signed cannot be known: refusing is the only safe answer.
             Self::Url(UrlError::MissingHost) => 400,
             Self::Url(_) => 403,
@@ -51,10 +57,15 @@ impl PipelineError {
     pub fn to_reply(&self) -> Reply {
         let text = match self.status() {
             400 => "Bad Request",
+            401 => "Unauthorized",
             403 => "Forbidden",
             503 => "Service Unavailable",
             _ => "Internal Server Error",
         };
-        Reply::text(self.status(), text)
+        let mut reply = Reply::text(self.status(), text);
+        if let Self::Unauthorized(_) = self {
+            reply.www_authenticate = Some(twilio_webhook::basic::CHALLENGE.to_owned());
+        }
+        reply
     }
 }

@@ -18,6 +18,9 @@ pub struct Reply {
     pub status: u16,
     pub content_type: Option<String>,
     pub body: String,
+    /// `WWW-Authenticate` of a 401 (the Basic auth challenge); never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub www_authenticate: Option<String>,
 }
 
 impl Reply {
@@ -26,6 +29,7 @@ impl Reply {
             status: 200,
             content_type: Some(twiml::CONTENT_TYPE.to_owned()),
             body: doc.to_xml(),
+            www_authenticate: None,
         }
     }
 
@@ -34,6 +38,7 @@ impl Reply {
             status,
             content_type: Some("text/plain; charset=utf-8".to_owned()),
             body: body.to_owned(),
+            www_authenticate: None,
         }
     }
 }
