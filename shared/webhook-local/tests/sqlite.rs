@@ -853,11 +853,24 @@ async fn start_server(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 ) {
-    let config = ServeConfig::new(
+    start_server_with(dir, |_| {}).await
+}
+
+/// A server on a free port with `adjust` applied to its configuration.
+async fn start_server_with(
+    dir: &TempDir,
+    adjust: impl FnOnce(&mut ServeConfig),
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut config = ServeConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         dir.0.clone(),
         AuthToken::new(TEST_AUTH_TOKEN).unwrap(),
     );
+    adjust(&mut config);
     let server = Server::bind(config).await.unwrap();
     let addr = server.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -1057,24 +1070,11 @@ async fn the_worker_loop_dead_letters_a_job_that_keeps_failing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_time_out_on_headers_and_body() {
     let dir = TempDir::new();
-    let mut config = ServeConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.0.clone(),
-        AuthToken::new(TEST_AUTH_TOKEN).unwrap(),
-    );
-    config.header_read_timeout = Duration::from_millis(300);
-    config.body_read_timeout = Duration::from_millis(300);
-    let server = Server::bind(config).await.unwrap();
-    let addr = server.local_addr().unwrap();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap()
-    });
+    let (addr, stop, task) = start_server_with(&dir, |config| {
+        config.header_read_timeout = Duration::from_millis(300);
+        config.body_read_timeout = Duration::from_millis(300);
+    })
+    .await;
 
     // Headers begun, never finished.
     let started = std::time::Instant::now();
