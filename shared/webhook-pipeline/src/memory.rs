@@ -35,6 +35,8 @@ pub struct MemoryStore {
     inner: Mutex<Inner>,
     /// Number of upcoming calls that fail, to test error paths.
     pub fail_next: AtomicUsize,
+    /// Number of upcoming claims that take effect but answer an error (a lost answer).
+    pub lose_next_answer: AtomicUsize,
 }
 
 impl MemoryStore {
@@ -102,6 +104,14 @@ impl EventStore for MemoryStore {
                 sweeps: 0,
             },
         );
+        drop(g);
+        let lost = self.lose_next_answer.load(Ordering::SeqCst);
+        if lost > 0 {
+            self.lose_next_answer.store(lost - 1, Ordering::SeqCst);
+            return Err(StoreError(
+                "injected lost answer (the write took effect)".into(),
+            ));
+        }
         Ok(Claim::New)
     }
 

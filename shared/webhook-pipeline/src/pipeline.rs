@@ -248,7 +248,24 @@ impl Pipeline {
             Some(outbox) => outbox.claim_and_enqueue(event, &attempt, times).await,
             None => self.store.claim(event, &attempt, times).await,
         };
-        match claim.map_err(PipelineError::Store)? {
+        let claim = match claim {
+            Ok(claim) => claim,
+            Err(e) => {
+                // The write may have landed with its answer lost. Free it (only if this
+                // attempt wrote it), so that Twilio's retry claims it at once instead of
+                // finding it locked and unsent until the sweeper comes by.
+                let release = self.store.release(&event.key, &attempt);
+                match tokio::time::timeout(std::time::Duration::from_secs(1), release).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        debug!(key = %event.key, error = %e, "could not release a failed claim")
+                    }
+                    Err(_) => debug!(key = %event.key, "releasing a failed claim timed out"),
+                }
+                return Err(PipelineError::Store(e));
+            }
+        };
+        match claim {
             Claim::Duplicate { reply, processed } => {
                 info!(key = %event.key, processed, "duplicate webhook: replaying the stored reply");
                 Ok(reply)

@@ -595,3 +595,29 @@ async fn an_event_first_accepted_at_the_fallback_updates_state_like_the_primary(
         assert_eq!(state.timeline.len(), 1);
     }
 }
+
+/// A claim whose write landed but whose answer was lost (the SDK gave up) answered 503, and
+/// Twilio's retry then found the record locked: a duplicate, 200, never enqueued, waiting for
+/// the sweeper. The failed attempt now frees its own claim, so the retry takes it at once.
+#[tokio::test]
+async fn a_claim_whose_answer_was_lost_is_redone_by_the_retry_at_once() {
+    let r = rig(ReplyPolicy::default());
+    r.store.lose_next_answer.store(1, Ordering::SeqCst);
+    assert_eq!(
+        r.pipeline
+            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
+            .await
+            .status,
+        503
+    );
+    assert_eq!(r.store.len(), 1, "the write took effect");
+    assert_eq!(r.queue.len(), 0);
+    assert_eq!(
+        r.pipeline
+            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(r.queue.len(), 1, "the retry enqueued it");
+}
