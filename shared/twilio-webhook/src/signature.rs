@@ -648,12 +648,21 @@ pub fn sign_with(alg: Algorithm, secret: &AuthToken, url: &str, params: &FormPar
 }
 
 /// For a JSON webhook: the URL with `bodySHA256` appended, and its signature.
+/// The hash goes at the end of the query string, before any fragment (`#rc=...`), which is
+/// not signed.
 pub fn sign_json(token: &AuthToken, url: &str, body: &[u8]) -> (String, String) {
     let hash = hex::encode(Sha256::digest(body));
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let url = format!("{url}{sep}bodySHA256={hash}");
-    let sig = sign(token, &url, &FormParams::default());
-    (url, sig)
+    let (base, fragment) = match url.split_once('#') {
+        Some((base, fragment)) => (base, Some(fragment)),
+        None => (url, None),
+    };
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let signed = format!("{base}{sep}bodySHA256={hash}");
+    let sig = sign(token, &signed, &FormParams::default());
+    match fragment {
+        Some(fragment) => (format!("{signed}#{fragment}"), sig),
+        None => (signed, sig),
+    }
 }
 
 #[cfg(test)]

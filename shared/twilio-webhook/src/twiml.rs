@@ -52,6 +52,8 @@ fn push_text(out: &mut String, s: &str) {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
+            // A literal CR is read back as LF (XML end-of-line handling): keep it a CR.
+            '\r' => out.push_str("&#13;"),
             c if is_xml_char(c) => out.push(c),
             _ => {}
         }
@@ -1161,7 +1163,7 @@ mod tests {
             .to_xml();
         assert_eq!(
             xml,
-            doc("<Response><Say voice=\"x&#9;y&#10;z&#13;\">a\tb\nc\r\nd</Say></Response>")
+            doc("<Response><Say voice=\"x&#9;y&#10;z&#13;\">a\tb\nc&#13;\nd</Say></Response>")
         );
     }
 
