@@ -156,7 +156,8 @@ CONFIG_FILES = ("shared/webhook-aws/src/config.rs", "shared/webhook-pipeline/src
 ENV_SCAN_DIRS = ("shared", "functions")
 # Read by libraries rather than through a literal in our code.
 IMPLICIT_ENV = {"RUST_LOG": "tracing_subscriber::EnvFilter::from_default_env()"}
-COMMON_ENV = {"EVENT_TABLE", "WORK_QUEUE_URL", "EVENT_TTL_SECONDS", "LOG_PII", "RUST_LOG", "TLS_TRUST_STORE"}
+COMMON_ENV = {"EVENT_TABLE", "WORK_QUEUE_URL", "EVENT_TTL_SECONDS", "LOG_PII", "METRICS_NAMESPACE", "RUST_LOG",
+              "TLS_TRUST_STORE"}
 WEBHOOK_ENV = COMMON_ENV | {"TWILIO_AUTH_TOKEN_SECRET_ARN", "PUBLIC_BASE_URL", "LOCK_SECONDS"}
 SMS_ENV = {"SMS_AUTO_REPLY"}
 VOICE_ENV = {"VOICE_GREETING", "VOICE_FORWARD_TO", "STATUS_CALLBACK_URL"}
@@ -255,6 +256,8 @@ class CodeFacts:
     workspace_members: list = field(default_factory=list)
     # Seconds: the forwarder's worst case per event and the store allowance per record (the
     # worker budgets each record against its deadline with their sum); None if not found.
+    # Metric names the code emits (EMF); None when metrics.rs does not exist.
+    metric_names: set | None = None
     forward_worst_case_s: float | None = None
     store_allowance_s: float | None = None
     warnings: list = field(default_factory=list)
@@ -411,6 +414,17 @@ def scan_code(root: Path) -> CodeFacts:
     else:
         facts.warnings.append(f"code: {SERVICES['dynamodb'][1]} does not exist yet: table/index names "
                               f"not checked against it")
+
+    # (f) EMF metric names: `("Name", Unit::...` in emit calls, and Outcome::metric()'s names.
+    if (root / "shared/webhook-pipeline/src/metrics.rs").is_file():
+        names = set()
+        for path in rust_files(root, ["shared"]):
+            src = path.read_text(encoding="utf-8")
+            names |= set(re.findall(r'"([A-Z][A-Za-z]+)",\s*Unit::', src))
+            m = re.search(r"fn metric\(self\) -> &'static str \{(.*?)\n    \}", src, re.S)
+            if m:
+                names |= set(re.findall(r'=> "([A-Z][A-Za-z]+)"', m.group(1)))
+        facts.metric_names = names
 
     # (e) The worker's per-record worst case.
     fwd = root / "shared/webhook-pipeline/src/forward.rs"
@@ -922,6 +936,39 @@ def check_queues(t, rep):
         rep.error(f"{WORK_QUEUE}: must be a standard queue")
 
 
+def check_metrics(t, facts, rep):
+    """Every alarm and dashboard widget on the functions' own namespace names a metric the
+    code emits (a renamed metric would leave an alarm silent forever)."""
+    if facts.metric_names is None:
+        return
+    own = "Ref:MetricsNamespace"
+    for lid, a in resources_of(t, "AWS::CloudWatch::Alarm").items():
+        p = a.get("Properties") or {}
+        if canon(p.get("Namespace")) == own and p.get("MetricName") not in facts.metric_names:
+            rep.error(f"{lid}: metric {p.get('MetricName')!r} is not emitted by the code "
+                      f"(emitted: {', '.join(sorted(facts.metric_names))})")
+    for lid, d in resources_of(t, "AWS::CloudWatch::Dashboard").items():
+        body = (d.get("Properties") or {}).get("DashboardBody")
+        if isinstance(body, dict) and "Fn::Sub" in body:
+            sub = body["Fn::Sub"]
+            text, names = (sub[0], sub[1]) if isinstance(sub, list) else (sub, {})
+            # Substitute every ${X} with a placeholder: the body must be JSON whatever values.
+            filled = re.sub(r"\$\{([A-Za-z0-9.:]+)\}", lambda m: m.group(1), text)
+            try:
+                doc = json.loads(filled)
+            except ValueError as e:
+                rep.error(f"{lid}: DashboardBody is not JSON: {e}")
+                continue
+            for w in doc.get("widgets", []):
+                namespace = None
+                for row in (w.get("properties") or {}).get("metrics", []):
+                    if row and row[0] != ".":
+                        namespace = row[0]
+                    if namespace == "Ns" and len(row) > 1 and row[1] != "." and row[1] not in facts.metric_names:
+                        rep.error(f"{lid}: widget {w['properties'].get('title')!r} shows metric "
+                                  f"{row[1]!r}, which the code does not emit")
+
+
 def check_worker_timing(t, facts, rep, fns):
     """The worker's Timeout, the queue's VisibilityTimeout and the code's per-record worst case
     agree: one record (forward retries + store calls) fits in an invocation with time to send
@@ -1041,6 +1088,7 @@ def run_checks(t: dict, facts: CodeFacts) -> Report:
     check_table(t, facts, rep)
     check_queues(t, rep)
     check_worker_timing(t, facts, rep, fns)
+    check_metrics(t, facts, rep)
     check_cycles(t, rep)
     return rep
 
@@ -1115,6 +1163,11 @@ MUTATIONS = [
      "cannot fit one record"),
     ("forwarder worst case raised past the worker Timeout",
      None, lambda f: setattr(f, "forward_worst_case_s", 40.0), "cannot fit one record"),
+    ("an alarm on a metric the code never emits",
+     lambda t: t["Resources"]["FailedRequestsAlarm"]["Properties"].__setitem__("MetricName", "Failures"), None,
+     "is not emitted by the code"),
+    ("the code stops emitting a metric the dashboard shows",
+     None, lambda f: f.metric_names.discard("EventAge"), "does not emit"),
     ("worker trigger without partial batch responses",
      lambda t: t["Resources"]["WorkQueueEventSource"]["Properties"].pop("FunctionResponseTypes"), None,
      "must report batch item failures"),

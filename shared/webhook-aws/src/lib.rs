@@ -23,6 +23,7 @@ pub use twilio_webhook::payload::Endpoint;
 use twilio_webhook::url::PublicBaseUrl;
 use webhook_pipeline::config::{ConfigError, FORWARD_URL, Secret, Settings, var};
 use webhook_pipeline::forward::HttpForwarder;
+use webhook_pipeline::metrics::Metrics;
 use webhook_pipeline::store::Job;
 use webhook_pipeline::worker::WorkerSettings;
 use webhook_pipeline::{Pipeline, PipelineError, ReplyPolicy, Worker};
@@ -152,7 +153,8 @@ impl WebhookApp {
             Settings::from_env()?,
         )
         .with_log_pii(webhook_pipeline::config::log_pii())
-        .with_basic_auth(basic_auth);
+        .with_basic_auth(basic_auth)
+        .with_metrics(Metrics::stdout_from_env());
         Ok(Self {
             pipeline,
             base: config::public_base_url()?,
@@ -218,7 +220,8 @@ impl WorkerApp {
             event_ttl: Settings::from_env()?.event_ttl,
             ..Default::default()
         };
-        let mut worker = Worker::new(store, queue, settings);
+        let mut worker =
+            Worker::new(store, queue, settings).with_metrics(Metrics::stdout_from_env());
         if let Some(url) = var(FORWARD_URL) {
             worker = worker.with_work(Arc::new(HttpForwarder::new(url)));
         }

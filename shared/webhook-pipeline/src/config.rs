@@ -14,6 +14,8 @@ pub const STATUS_CALLBACK_URL: &str = "STATUS_CALLBACK_URL";
 pub const FALLBACK_VOICE_MESSAGE: &str = "FALLBACK_VOICE_MESSAGE";
 pub const FORWARD_URL: &str = "FORWARD_URL";
 pub const LOG_PII: &str = "LOG_PII";
+/// The CloudWatch namespace of the EMF metrics (default `TwilioWebhooks`).
+pub const METRICS_NAMESPACE: &str = "METRICS_NAMESPACE";
 
 #[derive(Debug, thiserror::Error)]
 #[error("environment variable {name}: {reason}")]

@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod forward;
 pub mod memory;
+pub mod metrics;
 pub mod pipeline;
 pub mod redact;
 pub mod reply;

@@ -14,6 +14,7 @@ use twilio_webhook::signature::{
 
 use crate::config::Settings;
 use crate::error::PipelineError;
+use crate::metrics::{Metrics, Unit};
 use crate::redact::url_for_log;
 use crate::reply::{Reply, ReplyPolicy};
 use crate::state::StateUpdate;
@@ -86,6 +87,38 @@ pub struct Pipeline {
     log_pii: bool,
     /// HTTP Basic credentials every request must carry, when configured.
     basic_auth: Option<BasicAuth>,
+    metrics: Metrics,
+}
+
+/// What became of one webhook: the metric it counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new event, recorded and handed to the worker.
+    Accepted,
+    /// A copy of a recorded event: the stored reply, nothing else.
+    Duplicate,
+    /// No Basic credentials yet: Twilio's first try, answered with the challenge.
+    Challenged,
+    /// Wrong signature or credentials (401/403).
+    Refused,
+    /// Unreadable (400).
+    Malformed,
+    /// Our store or queue failed (5xx), or a fallback could not be recorded.
+    Failed,
+}
+
+impl Outcome {
+    /// The metric name (see [`crate::metrics`]).
+    pub fn metric(self) -> &'static str {
+        match self {
+            Self::Accepted => "Accepted",
+            Self::Duplicate => "Duplicate",
+            Self::Challenged => "Challenged",
+            Self::Refused => "Refused",
+            Self::Malformed => "Malformed",
+            Self::Failed => "Failed",
+        }
+    }
 }
 
 impl Pipeline {
@@ -106,7 +139,14 @@ impl Pipeline {
             clock: system_clock(),
             log_pii: false,
             basic_auth: None,
+            metrics: Metrics::disabled(),
         }
+    }
+
+    /// Count every webhook's outcome and latency (EMF on stdout in Lambda).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Require HTTP Basic credentials (Twilio's `https://user:pass@host/...` URLs) before
@@ -139,10 +179,13 @@ impl Pipeline {
         self
     }
 
-    /// Handle one webhook; never fails: errors become their HTTP reply here.
+    /// Handle one webhook; never fails: errors become their HTTP reply here. Counts the
+    /// outcome in the metrics.
     pub async fn handle(&self, endpoint: Endpoint, req: &IncomingRequest) -> Reply {
-        match self.try_handle(endpoint, req).await {
-            Ok(reply) => reply,
+        let started = std::time::Instant::now();
+        let (result, kind) = self.run(endpoint, req).await;
+        let (reply, outcome) = match result {
+            Ok(done) => done,
             Err(e) => {
                 let status = e.status();
                 if let PipelineError::Unauthorized(BasicAuthError::Missing) = e {
@@ -157,30 +200,80 @@ impl Pipeline {
                     let url = url_for_log(&req.url, self.log_pii);
                     warn!(endpoint = endpoint.as_str(), status, error = %e, %url, "webhook refused");
                 }
-                e.to_reply()
+                let outcome = match (status, &e) {
+                    // The challenge is Twilio's first try, not a refusal worth an alarm.
+                    (_, PipelineError::Unauthorized(BasicAuthError::Missing)) => {
+                        Outcome::Challenged
+                    }
+                    (400, _) => Outcome::Malformed,
+                    (s, _) if s >= 500 => Outcome::Failed,
+                    _ => Outcome::Refused,
+                };
+                (e.to_reply(), outcome)
             }
+        };
+        let mut values = vec![
+            (outcome.metric(), Unit::Count, 1.0),
+            (
+                "Latency",
+                Unit::Milliseconds,
+                started.elapsed().as_secs_f64() * 1000.0,
+            ),
+        ];
+        if endpoint == Endpoint::Fallback
+            && matches!(
+                outcome,
+                Outcome::Accepted | Outcome::Duplicate | Outcome::Failed
+            )
+        {
+            values.push(("FallbackUsed", Unit::Count, 1.0));
         }
+        self.metrics.emit(
+            &[
+                ("Endpoint", endpoint.as_str()),
+                ("Kind", kind.unwrap_or("unknown")),
+            ],
+            &values,
+        );
+        reply
     }
 
     /// The whole pipeline for callers that want the error itself (tests, the local server's
-    /// logs); [`Pipeline::handle`] is this plus the status mapping.
+    /// logs); [`Pipeline::handle`] is this plus the status mapping and the metrics.
     pub async fn try_handle(
         &self,
         endpoint: Endpoint,
         req: &IncomingRequest,
     ) -> Result<Reply, PipelineError> {
-        let (webhook, event) = self.accept(endpoint, req)?;
-        match self.record(&event).await {
-            Ok(reply) => Ok(reply),
+        self.run(endpoint, req).await.0.map(|(reply, _)| reply)
+    }
+
+    /// The pipeline, with the outcome and the payload kind (once known).
+    async fn run(
+        &self,
+        endpoint: Endpoint,
+        req: &IncomingRequest,
+    ) -> (
+        Result<(Reply, Outcome), PipelineError>,
+        Option<&'static str>,
+    ) {
+        let (webhook, event) = match self.accept(endpoint, req) {
+            Ok(accepted) => accepted,
+            Err(e) => return (Err(e), None),
+        };
+        let kind = Some(webhook.kind());
+        let result = match self.record(&event).await {
+            Ok(done) => Ok(done),
             // The fallback URL is Twilio's last call: answer safe TwiML even when our backend
             // is down (Twilio would not call anything else), and say loudly that it was not kept.
             Err(e) if endpoint == Endpoint::Fallback => {
                 error!(key = %event.key, kind = webhook.kind(), error = %e,
                     "fallback could not be recorded; answering safe TwiML anyway");
-                Ok(event.reply)
+                Ok((event.reply, Outcome::Failed))
             }
             Err(e) => Err(e),
-        }
+        };
+        (result, kind)
     }
 
     /// Everything before I/O: verify, parse, key, reply. Public for benchmarks.
@@ -236,7 +329,7 @@ impl Pipeline {
 
     /// Record once and enqueue: 2 sequential round trips for a new event, 1 for a duplicate
     /// (1 and 1 with an [`Outbox`]).
-    async fn record(&self, event: &EventRecord) -> Result<Reply, PipelineError> {
+    async fn record(&self, event: &EventRecord) -> Result<(Reply, Outcome), PipelineError> {
         let now = (self.clock)();
         let attempt = uuid::Uuid::new_v4().to_string();
         let times = ClaimTimes {
@@ -268,11 +361,11 @@ impl Pipeline {
         match claim {
             Claim::Duplicate { reply, processed } => {
                 info!(key = %event.key, processed, "duplicate webhook: replaying the stored reply");
-                Ok(reply)
+                Ok((reply, Outcome::Duplicate))
             }
             Claim::New if self.outbox.is_some() => {
                 info!(key = %event.key, kind = %event.kind, "webhook accepted");
-                Ok(event.reply.clone())
+                Ok((event.reply.clone(), Outcome::Accepted))
             }
             Claim::New => {
                 let job = Job {
@@ -287,7 +380,7 @@ impl Pipeline {
                     return Err(PipelineError::Queue(e));
                 }
                 info!(key = %event.key, kind = %event.kind, "webhook accepted");
-                Ok(event.reply.clone())
+                Ok((event.reply.clone(), Outcome::Accepted))
             }
         }
     }

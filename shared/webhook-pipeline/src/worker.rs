@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tracing::{error, info, warn};
 
+use crate::metrics::{Metrics, Unit};
 use crate::pipeline::{Clock, system_clock};
 use crate::state::StateRecord;
 use crate::store::{
@@ -89,6 +90,7 @@ pub struct Worker {
     fold_in_one: Option<Arc<dyn FoldInOne>>,
     settings: WorkerSettings,
     clock: Clock,
+    metrics: Metrics,
 }
 
 impl Worker {
@@ -104,7 +106,14 @@ impl Worker {
             fold_in_one: None,
             settings,
             clock: system_clock(),
+            metrics: Metrics::disabled(),
         }
+    }
+
+    /// Count processed and failed jobs, event age, slow work latency and sweeps.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Process events with one [`FoldInOne`] call while no slow work is configured (it must
@@ -140,6 +149,28 @@ impl Worker {
 
     /// Process one job. `Err` means "retry this job later".
     pub async fn process(&self, job: &Job) -> Result<Outcome, WorkerError> {
+        let result = self.process_uncounted(job).await;
+        let kind = [("Kind", job.event.kind.as_str())];
+        match &result {
+            Ok(Outcome::Processed) => {
+                let age = ((self.clock)() - job.event.received_at).max(0) as f64;
+                self.metrics.emit(
+                    &kind,
+                    &[
+                        ("Processed", Unit::Count, 1.0),
+                        ("EventAge", Unit::Milliseconds, age),
+                    ],
+                );
+            }
+            Ok(Outcome::Skipped) => {}
+            // Another worker has it: not a failure of the job.
+            Err(WorkerError::Busy(_)) => {}
+            Err(_) => self.metrics.emit(&kind, &[("JobFailed", Unit::Count, 1.0)]),
+        }
+        result
+    }
+
+    async fn process_uncounted(&self, job: &Job) -> Result<Outcome, WorkerError> {
         let key = &job.event.key;
         let now = (self.clock)();
         if let Some(store) = self.fold_in_one.as_ref().filter(|_| self.work.is_empty()) {
@@ -173,7 +204,17 @@ impl Worker {
     async fn run(&self, event: &EventRecord) -> Result<(), WorkerError> {
         self.fold_state(event).await?;
         for w in &self.work {
-            w.run(event).await.map_err(|error| WorkerError::Work {
+            let started = std::time::Instant::now();
+            let result = w.run(event).await;
+            self.metrics.emit(
+                &[("Work", w.name())],
+                &[(
+                    "ForwardLatency",
+                    Unit::Milliseconds,
+                    started.elapsed().as_secs_f64() * 1000.0,
+                )],
+            );
+            result.map_err(|error| WorkerError::Work {
                 work: w.name(),
                 error,
             })?;
@@ -256,6 +297,14 @@ impl Worker {
             warn!(%key, sweeps, "re-sent an event that was never processed");
             report.resent += 1;
         }
+        self.metrics.emit(
+            &[],
+            &[
+                ("Resent", Unit::Count, report.resent as f64),
+                ("Parked", Unit::Count, report.parked as f64),
+                ("SweepFailed", Unit::Count, report.failed as f64),
+            ],
+        );
         Ok(report)
     }
 }

@@ -621,3 +621,89 @@ async fn a_claim_whose_answer_was_lost_is_redone_by_the_retry_at_once() {
     );
     assert_eq!(r.queue.len(), 1, "the retry enqueued it");
 }
+
+/// Every webhook counts once in EMF, by outcome, with its latency; the fallback's use is
+/// counted; the worker counts processed jobs and their age. Lines follow the EMF structure
+/// and carry no personal data.
+#[tokio::test]
+async fn outcomes_are_counted_in_emf_lines() {
+    use std::sync::Mutex;
+    use webhook_pipeline::metrics::{Metrics, check_emf};
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    let metrics = Metrics::to_sink("Test", Arc::new(move |l| sink.lock().unwrap().push(l)));
+    let mut r = rig(ReplyPolicy::default());
+    r.pipeline = r.pipeline.with_metrics(metrics.clone());
+    let now = r.now.clone();
+    let worker = Worker::new(r.store.clone(), r.queue.clone(), WorkerSettings::default())
+        .with_clock(Arc::new(move || now.load(Ordering::SeqCst)))
+        .with_metrics(metrics);
+
+    let sms_req = signed_request(
+        TEST_AUTH_TOKEN,
+        URL,
+        &samples::inbound_sms(MESSAGE_SID, "secret body"),
+    );
+    assert_eq!(r.pipeline.handle(Endpoint::Sms, &sms_req).await.status, 200);
+    assert_eq!(r.pipeline.handle(Endpoint::Sms, &sms_req).await.status, 200);
+    let mut forged = sms_req.clone();
+    forged
+        .headers
+        .insert("x-twilio-signature", HeaderValue::from_static("Zm9yZ2Vk"));
+    assert_eq!(r.pipeline.handle(Endpoint::Sms, &forged).await.status, 403);
+    r.store.fail_next.store(1, Ordering::SeqCst);
+    let other = signed_request(
+        TEST_AUTH_TOKEN,
+        URL,
+        &samples::inbound_sms("SM99999999999999999999999999999999", "x"),
+    );
+    assert_eq!(r.pipeline.handle(Endpoint::Sms, &other).await.status, 503);
+    let mut params = samples::inbound_call(CALL_SID);
+    params.push(("ErrorCode", "11200".into()));
+    let fallback = signed_request(
+        TEST_AUTH_TOKEN,
+        "https://hooks.example.com/fallback",
+        &params,
+    );
+    assert_eq!(
+        r.pipeline
+            .handle(Endpoint::Fallback, &fallback)
+            .await
+            .status,
+        200
+    );
+    let job = r.queue.pop().unwrap();
+    r.now.fetch_add(1_500, Ordering::SeqCst);
+    assert_eq!(worker.process(&job).await.unwrap(), Outcome::Processed);
+
+    let lines = lines.lock().unwrap();
+    let parsed: Vec<serde_json::Value> = lines.iter().map(|l| check_emf(l).unwrap()).collect();
+    let count = |name: &str| parsed.iter().filter(|v| v.get(name).is_some()).count();
+    assert_eq!(
+        (
+            count("Accepted"),
+            count("Duplicate"),
+            count("Refused"),
+            count("Failed"),
+            count("FallbackUsed")
+        ),
+        (2, 1, 1, 1, 1)
+    );
+    assert_eq!(count("Latency"), 5);
+    let processed = parsed
+        .iter()
+        .find(|v| v.get("Processed").is_some())
+        .unwrap();
+    assert_eq!(processed["Kind"], "inbound_message");
+    assert_eq!(processed["EventAge"], 1_500.0);
+    let refused = parsed.iter().find(|v| v.get("Refused").is_some()).unwrap();
+    assert_eq!(
+        (refused["Endpoint"].as_str(), refused["Kind"].as_str()),
+        (Some("sms"), Some("unknown"))
+    );
+    for line in lines.iter() {
+        for secret in ["secret body", "+1415", TEST_AUTH_TOKEN, MESSAGE_SID] {
+            assert!(!line.contains(secret), "{secret} in {line}");
+        }
+    }
+}
