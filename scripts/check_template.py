@@ -977,6 +977,15 @@ def check_worker_timing(t, facts, rep, fns):
     if facts.forward_worst_case_s is None or facts.store_allowance_s is None:
         return
     record = facts.forward_worst_case_s + facts.store_allowance_s
+    # The worker's batch size with and without FORWARD_URL (`!If [HasForwardUrl, a, b]`).
+    batch_with = batch_without = None
+    for lid, esm in resources_of(t, "AWS::Lambda::EventSourceMapping").items():
+        size = (esm.get("Properties") or {}).get("BatchSize", 10)
+        if isinstance(size, dict) and "Fn::If" in size and size["Fn::If"][0] == "HasForwardUrl":
+            batch_with = resolve_number(t, size["Fn::If"][1])
+            batch_without = resolve_number(t, size["Fn::If"][2])
+        else:
+            batch_with = batch_without = resolve_number(t, size)
     q = ((t.get("Resources") or {}).get(WORK_QUEUE) or {}).get("Properties") or {}
     visibility = resolve_number(t, q.get("VisibilityTimeout", 30))
     for f in fns:
@@ -990,6 +999,14 @@ def check_worker_timing(t, facts, rep, fns):
             rep.error(f"{f.logical_id}: Timeout {timeout:g} s cannot fit one record "
                       f"({facts.forward_worst_case_s:g} s of forwarding + {facts.store_allowance_s:g} s "
                       f"of store calls) plus 2 s to answer: raise it to at least {record + 2:g}")
+        # A whole batch must fit, or its tail is handed back untried at every receive and
+        # reaches the DLQ without ever being tried.
+        if batch_with is not None and batch_with * record + 2 > timeout:
+            rep.error(f"{f.logical_id}: a batch of {batch_with:g} records with FORWARD_URL "
+                      f"({record:g} s each) does not fit in Timeout {timeout:g} s")
+        if batch_without is not None and batch_without * facts.store_allowance_s + 2 > timeout:
+            rep.error(f"{f.logical_id}: a batch of {batch_without:g} records without FORWARD_URL "
+                      f"({facts.store_allowance_s:g} s each) does not fit in Timeout {timeout:g} s")
         if visibility is None or visibility < 6 * timeout:
             rep.error(f"{WORK_QUEUE}: VisibilityTimeout {visibility} s is under 6 x the worker's "
                       f"Timeout ({6 * timeout:g} s): a message would reappear while an invocation "
@@ -1168,6 +1185,9 @@ MUTATIONS = [
      "is not emitted by the code"),
     ("the code stops emitting a metric the dashboard shows",
      None, lambda f: f.metric_names.discard("EventAge"), "does not emit"),
+    ("a batch of 10 slow records for a 30 s worker",
+     lambda t: t["Resources"]["WorkQueueEventSource"]["Properties"].__setitem__("BatchSize", 10), None,
+     "does not fit in Timeout"),
     ("worker trigger without partial batch responses",
      lambda t: t["Resources"]["WorkQueueEventSource"]["Properties"].pop("FunctionResponseTypes"), None,
      "must report batch item failures"),

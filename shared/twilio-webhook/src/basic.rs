@@ -43,11 +43,12 @@ pub enum BadCredentials {
 
 impl BasicAuth {
     pub fn new(username: &str, password: &str) -> Result<Self, BadCredentials> {
-        let (username, password) = (username.trim(), password.trim());
-        if username.is_empty() {
+        // Compared exactly as configured (a space may be part of a password); blank ones
+        // are refused.
+        if username.trim().is_empty() {
             return Err(BadCredentials::BlankUsername);
         }
-        if password.is_empty() {
+        if password.trim().is_empty() {
             return Err(BadCredentials::BlankPassword);
         }
         if username.contains(':') {

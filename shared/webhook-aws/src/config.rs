@@ -126,12 +126,12 @@ mod tests {
 
     #[test]
     fn secret_formats() {
-        assert!(validator_from_secret("abc").is_ok());
-        assert!(validator_from_secret(r#"{"auth_token":"a","secondary_auth_token":"b"}"#).is_ok());
+        assert!(validator_from_secret("0123456789abcdef0123456789abcdef").is_ok());
+        assert!(validator_from_secret(r#"{"auth_token":"0123456789abcdef0123456789abcdef","secondary_auth_token":"fedcba9876543210fedcba9876543210"}"#).is_ok());
         assert!(validator_from_secret(r#"{"token":"a"}"#).is_err());
         // A SharedKey from the secret validates an HMAC-SHA256 webhook naming it.
         use twilio_webhook::signature::{Algorithm, SignedRequest, sign_with};
-        let v = validator_from_secret(r#"{"auth_token":"a","shared_keys":{"k1":"s1","k2":"s2"}}"#)
+        let v = validator_from_secret(r#"{"auth_token":"0123456789abcdef0123456789abcdef","shared_keys":{"k1":"s1","k2":"s2"}}"#)
             .unwrap();
         let url = "https://h.example.com/sms";
         let sig = sign_with(
@@ -167,11 +167,11 @@ mod tests {
             r#"{"auth_token":""}"#,
             r#"{"auth_token":"  "}"#,
             r#"{"auth_token":"\n\t"}"#,
-            r#"{"auth_token":"a","secondary_auth_token":""}"#,
-            r#"{"auth_token":"a","secondary_auth_token":" "}"#,
-            r#"{"auth_token":"a","shared_keys":{"k1":""}}"#,
-            r#"{"auth_token":"a","shared_keys":{"k1":"s1","k2":"  "}}"#,
-            r#"{"auth_token":"a","shared_keys":{" ":"s1"}}"#,
+            r#"{"auth_token":"0123456789abcdef0123456789abcdef","secondary_auth_token":""}"#,
+            r#"{"auth_token":"0123456789abcdef0123456789abcdef","secondary_auth_token":" "}"#,
+            r#"{"auth_token":"0123456789abcdef0123456789abcdef","shared_keys":{"k1":""}}"#,
+            r#"{"auth_token":"0123456789abcdef0123456789abcdef","shared_keys":{"k1":"s1","k2":"  "}}"#,
+            r#"{"auth_token":"0123456789abcdef0123456789abcdef","shared_keys":{" ":"s1"}}"#,
         ] {
             let err = validator_from_secret(secret).expect_err(secret);
             assert_eq!(err.name, TWILIO_AUTH_TOKEN_SECRET_ARN, "{secret}");
@@ -179,12 +179,59 @@ mod tests {
         }
     }
 
+    /// A placeholder left in, or anything that is not an auth token's shape, is refused.
+    #[test]
+    fn auth_tokens_must_look_like_auth_tokens() {
+        for secret in [
+            "<your auth token>",
+            "abc",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdefg",
+            "0123456789abcdef0123456789abcdez",
+            r#"{"auth_token":"<your auth token>"}"#,
+            r#"{"auth_token":"0123456789abcdef0123456789abcdef","secondary_auth_token":"x"}"#,
+        ] {
+            let err = validator_from_secret(secret).expect_err(secret);
+            assert!(
+                err.reason.contains("32 hexadecimal"),
+                "{secret}: {}",
+                err.reason
+            );
+        }
+    }
+
+    /// A malformed secret is reported without quoting any of its values.
+    #[test]
+    fn secret_errors_never_quote_the_secret() {
+        for secret in [
+            r#"{"auth_token":"0123456789abcdef0123456789abcdef","basic_auth":"twilio:s3cret-pw"}"#,
+            r#"{"auth_token":"0123456789abcdef0123456789abcdef","shared_keys":"s3cret-pw"}"#,
+            r#"{"auth_token":"0123456789abcdef0123456789abcdef","basic_auth":{"username":"u","password":12345678}}"#,
+            r#"{"auth_token":"s3cret-pw" "#,
+        ] {
+            let err = validator_from_secret(secret).expect_err(secret);
+            for leak in ["s3cret-pw", "12345678", "0123456789abcdef"] {
+                assert!(!err.reason.contains(leak), "{secret}: {}", err.reason);
+            }
+        }
+        let err = validator_from_secret(r#"{"auth_token":"x","basicauth":{}}"#).unwrap_err();
+        assert!(
+            err.reason.contains("unknown field \"basicauth\""),
+            "{}",
+            err.reason
+        );
+    }
+
     /// JSON values are trimmed as the bare form is: a pasted newline does not change the key.
     #[test]
     fn json_values_are_trimmed_like_the_bare_secret() {
         use twilio_webhook::signature::SignedRequest;
         let url = "https://h.example.com/sms";
-        let sig = twilio_webhook::sign(&AuthToken::new("tok").unwrap(), url, &Default::default());
+        let sig = twilio_webhook::sign(
+            &AuthToken::new("0123456789abcdef0123456789abcdef").unwrap(),
+            url,
+            &Default::default(),
+        );
         let req = SignedRequest {
             method: "POST",
             url,
@@ -194,9 +241,9 @@ mod tests {
             signature_settings: None,
         };
         for secret in [
-            "tok\n",
-            r#"{"auth_token":" tok\n"}"#,
-            r#"{"auth_token":"old","secondary_auth_token":"tok "}"#,
+            "0123456789abcdef0123456789abcdef\n",
+            r#"{"auth_token":" 0123456789abcdef0123456789abcdef\n"}"#,
+            r#"{"auth_token":"fedcba9876543210fedcba9876543210","secondary_auth_token":"0123456789abcdef0123456789abcdef "}"#,
         ] {
             let v = validator_from_secret(secret).unwrap();
             assert!(v.verify(&req).is_ok(), "{secret}");

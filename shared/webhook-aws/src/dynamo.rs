@@ -75,7 +75,15 @@ fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
 #[doc(hidden)] // pub for the fuzz targets (fuzz/bodies/src/stored_json.rs)
 pub fn event_of(item: &Item) -> Result<EventRecord, StoreError> {
     let json = get_s(item, "event").ok_or_else(|| StoreError("record without event".into()))?;
-    serde_json::from_str(json).map_err(StoreError::new)
+    // Not serde's message: it may quote the stored event (phone numbers, bodies).
+    serde_json::from_str(json).map_err(|e| {
+        StoreError(format!(
+            "unreadable event ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })
 }
 
 /// A conditional write that failed: the item as it was, when DynamoDB returned it.
@@ -163,7 +171,9 @@ impl EventStore for DynamoStore {
             // Our own write: the put took effect, its answer was lost, and the SDK's retry
             // met the record it had just written. The event is new and must be enqueued.
             Conditional::Failed(Some(old))
-                if get_s(&old, "attempt") == Some(attempt) && old.contains_key(PENDING) =>
+                if get_s(&old, "attempt") == Some(attempt)
+                    && old.contains_key(PENDING)
+                    && get_n(&old, "lease_until").unwrap_or(0) <= t.now_ms =>
             {
                 Ok(Claim::New)
             }

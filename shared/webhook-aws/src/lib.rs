@@ -127,7 +127,20 @@ pub async fn secret_from_arn(sdk: &SdkConfig, arn: &str) -> Result<Secret, Error
         name: TWILIO_AUTH_TOKEN_SECRET_ARN,
         reason: "the secret has no SecretString".into(),
     })?;
-    Ok(Secret::parse(secret, TWILIO_AUTH_TOKEN_SECRET_ARN)?)
+    let secret = Secret::parse(secret, TWILIO_AUTH_TOKEN_SECRET_ARN)?;
+    // A deployed function is reachable by anyone: the published test token must not sign.
+    if secret
+        .keys
+        .iter()
+        .any(|k| k.expose() == webhook_pipeline::samples::TEST_AUTH_TOKEN)
+    {
+        return Err(ConfigError {
+            name: TWILIO_AUTH_TOKEN_SECRET_ARN,
+            reason: "the secret holds the public test token, which anyone can sign with".into(),
+        }
+        .into());
+    }
+    Ok(secret)
 }
 
 /// Everything a webhook function needs, built once.
@@ -283,14 +296,34 @@ impl WorkerApp {
                 continue;
             }
             let result = match serde_json::from_str::<Job>(record.body.as_deref().unwrap_or("")) {
-                Ok(job) => self
-                    .worker
-                    .process(&job)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
+                // The budget is a worst case the code controls; the store calls' own timeouts
+                // are not, so the record is also cut off a second before the deadline: the
+                // partial-batch response must go out. A record cut off mid-way keeps its
+                // lease, and its redelivery finds it again (the fold is idempotent).
+                Ok(job) => {
+                    let work = self.worker.process(&job);
+                    let outcome = match left {
+                        Some(left) => {
+                            tokio::time::timeout(left.saturating_sub(CUTOFF_MARGIN), work)
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(webhook_pipeline::worker::WorkerError::Busy(format!(
+                                        "{}: cut off before the invocation's deadline",
+                                        job.event.key
+                                    )))
+                                })
+                        }
+                        None => work.await,
+                    };
+                    outcome.map(|_| ()).map_err(|e| e.to_string())
+                }
                 // Unreadable: fail it so it ends in the DLQ for a human, never silently dropped.
-                Err(e) => Err(format!("unreadable job: {e}")),
+                // (Not `{e}`: serde may quote the body, which holds personal data.)
+                Err(e) => Err(format!(
+                    "unreadable job ({:?} error at column {})",
+                    e.classify(),
+                    e.column()
+                )),
             };
             if let Err(e) = result {
                 error!(message_id = %id, error = %e, "job failed; SQS will redeliver it");
@@ -311,6 +344,9 @@ impl WorkerApp {
         response
     }
 }
+
+/// Time kept back before the deadline to send the partial-batch response.
+const CUTOFF_MARGIN: Duration = Duration::from_secs(1);
 
 /// `main` of the event-worker function.
 pub async fn run_worker() -> Result<(), Error> {

@@ -880,3 +880,56 @@ async fn basic_auth_challenges_then_accepts_twilios_second_try() {
 fn secret_validator() -> Validator {
     Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap())
 }
+
+/// A record whose store calls stall past its budget is cut off a second before the deadline:
+/// the partial-batch response still goes out, with that record in it.
+#[tokio::test]
+async fn a_record_that_outlives_its_budget_is_cut_off_before_the_deadline() {
+    use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+    use std::time::{Duration, SystemTime};
+    use webhook_pipeline::worker::WorkerSettings;
+
+    /// Says it takes no time, then takes 10 s (a store call stalling, say).
+    struct Liar;
+    #[async_trait::async_trait]
+    impl webhook_pipeline::SlowWork for Liar {
+        fn name(&self) -> &'static str {
+            "liar"
+        }
+        async fn run(
+            &self,
+            _event: &webhook_pipeline::EventRecord,
+        ) -> Result<(), webhook_pipeline::worker::WorkError> {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok(())
+        }
+    }
+    let store = Arc::new(MemoryStore::default());
+    let queue = Arc::new(MemoryQueue::default());
+    let pipeline = Pipeline::new(
+        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
+        store.clone(),
+        queue.clone(),
+        ReplyPolicy::default(),
+        Settings::default(),
+    );
+    let req = samples::signed_request(
+        TEST_AUTH_TOKEN,
+        "https://h.example.com/sms",
+        &samples::inbound_sms(samples::MESSAGE_SID, "hi"),
+    );
+    assert_eq!(pipeline.handle(Endpoint::Sms, &req).await.status, 200);
+    let app = webhook_aws::WorkerApp {
+        worker: webhook_pipeline::Worker::new(store, queue.clone(), WorkerSettings::default())
+            .with_work(Arc::new(Liar)),
+    };
+    let mut batch = SqsEvent::default();
+    let mut m = SqsMessage::default();
+    m.message_id = Some("m0".into());
+    m.body = Some(serde_json::to_string(&queue.pop().unwrap()).unwrap());
+    batch.records = vec![m];
+    let deadline = SystemTime::now() + app.worker.record_budget() + Duration::from_millis(500);
+    let response = app.handle_batch(batch, Some(deadline)).await;
+    assert!(SystemTime::now() < deadline, "answered after the deadline");
+    assert_eq!(response.batch_item_failures.len(), 1);
+}

@@ -680,13 +680,20 @@ async fn a_blank_token_in_secrets_manager_is_a_configuration_error() {
         ("blank", r#"{"auth_token":" \n"}"#),
         (
             "blank-secondary",
-            r#"{"auth_token":"tok","secondary_auth_token":" "}"#,
+            r#"{"auth_token":"0123456789abcdef0123456789abcdef","secondary_auth_token":" "}"#,
         ),
         (
             "blank-shared-key",
-            r#"{"auth_token":"tok","shared_keys":{"k":""}}"#,
+            r#"{"auth_token":"0123456789abcdef0123456789abcdef","shared_keys":{"k":""}}"#,
         ),
-        ("good", r#"{"auth_token":" tok\n"}"#),
+        (
+            "test-token",
+            r#"{"auth_token":"12345678901234567890123456789012"}"#,
+        ),
+        (
+            "good",
+            r#"{"auth_token":" 0123456789abcdef0123456789abcdef\n"}"#,
+        ),
     ] {
         let out = sm
             .create_secret()
@@ -697,7 +704,14 @@ async fn a_blank_token_in_secrets_manager_is_a_configuration_error() {
             .unwrap();
         arns.insert(name, out.arn().unwrap().to_owned());
     }
-    for name in ["empty", "blank", "blank-secondary", "blank-shared-key"] {
+    // ... and so is the public test token, which anyone can sign with.
+    for name in [
+        "empty",
+        "blank",
+        "blank-secondary",
+        "blank-shared-key",
+        "test-token",
+    ] {
         let err = webhook_aws::secret_from_arn(&sdk, &arns[name])
             .await
             .expect_err(name);

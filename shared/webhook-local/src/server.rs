@@ -118,6 +118,8 @@ struct App {
     public_url: Option<PublicBaseUrl>,
     header_read_timeout: Duration,
     body_read_timeout: Duration,
+    /// The public test token is in use: only requests made on this machine are served.
+    local_only: bool,
 }
 
 /// A server that owns its data directory and listens; [`Server::run`] serves.
@@ -133,14 +135,12 @@ impl Server {
     /// Lock and open the data directory, recover from a previous crash, bind the address.
     pub async fn bind(config: ServeConfig) -> Result<Self, ServeError> {
         // Fail closed before touching anything: a forged request must never be accepted.
-        if config
+        let uses_test_token = config
             .secret
             .keys
             .iter()
-            .any(|k| k.expose() == TEST_AUTH_TOKEN)
-            && config.is_exposed()
-            && !config.insecure_public_test_token
-        {
+            .any(|k| k.expose() == TEST_AUTH_TOKEN);
+        if uses_test_token && config.is_exposed() && !config.insecure_public_test_token {
             return Err(ServeError::PublicTestToken { addr: config.addr });
         }
         let lock = DirLock::acquire(&config.data_dir)?;
@@ -206,6 +206,7 @@ impl Server {
                 public_url: config.public_url,
                 header_read_timeout: config.header_read_timeout,
                 body_read_timeout: config.body_read_timeout,
+                local_only: uses_test_token && !config.insecure_public_test_token,
             }),
             worker,
             db,
@@ -395,6 +396,20 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
+    if app.local_only && !is_local_request(&headers) {
+        // A tunnel or proxy in front of a loopback address reaches it from outside, where
+        // anyone can sign with the public test token.
+        warn!(
+            endpoint = endpoint.as_str(),
+            "request from outside this machine refused: the public test token is in use \
+             (give your auth token, or --insecure-public-test-token)"
+        );
+        return (
+            StatusCode::FORBIDDEN,
+            "Forbidden: this server uses the public test token and serves this machine only\n",
+        )
+            .into_response();
+    }
     let url = match signed_url(app.public_url.as_ref(), &uri, &headers) {
         Some(url) => url,
         None => {
@@ -438,6 +453,34 @@ async fn handle(
         }
     }
     to_response(reply)
+}
+
+/// A request made on this machine: a loopback `Host` and no proxy headers.
+fn is_local_request(headers: &HeaderMap) -> bool {
+    let proxied = [
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "forwarded",
+    ]
+    .iter()
+    .any(|h| headers.contains_key(*h));
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    // Strip the port: `127.0.0.1:3000`, `[::1]:3000`, `localhost:3000`.
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    // (No Host at all is refused further on: its URL cannot be rebuilt.)
+    let loopback = name.is_empty()
+        || name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    loopback && !proxied
 }
 
 /// The URL Twilio signed: the public base URL when configured, else `http://<Host>`; then the

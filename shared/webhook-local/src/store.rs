@@ -332,7 +332,13 @@ impl EventStore for SqliteStore {
                 sweeps,
                 event: match serde_json::from_str(&event) {
                     Ok(event) => StaleEvent::Readable(Box::new(event)),
-                    Err(e) => StaleEvent::Corrupt(e.to_string()),
+                    // Not serde's message: it may quote stored personal data.
+                    Err(e) => StaleEvent::Corrupt(format!(
+                        "unreadable event ({:?} error at line {} column {})",
+                        e.classify(),
+                        e.line(),
+                        e.column()
+                    )),
                 },
             })
             .collect())

@@ -1122,3 +1122,40 @@ async fn slow_clients_time_out_on_headers_and_body() {
     stop.send(()).unwrap();
     task.await.unwrap();
 }
+
+/// Trust issue, item 9, behind a tunnel: on the public test token, a loopback server still
+/// refuses what reached it through a proxy or tunnel (anyone there can sign with that token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_token_serves_this_machine_only() {
+    let dir = TempDir::new();
+    let (addr, stop, task) = start_server(&dir).await;
+    let post = |extra: &str| {
+        format!(
+            "POST /sms HTTP/1.1\r\n{extra}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    };
+    for (extra, refused) in [
+        ("Host: abc.ngrok.app\r\n".to_owned(), true),
+        (
+            format!("Host: {addr}\r\nX-Forwarded-For: 203.0.113.9\r\n"),
+            true,
+        ),
+        (
+            format!("Host: {addr}\r\nForwarded: for=203.0.113.9\r\n"),
+            true,
+        ),
+        // From this machine: on to the signature check (403 there, for an unsigned request).
+        (format!("Host: {addr}\r\n"), false),
+        (format!("Host: localhost:{}\r\n", addr.port()), false),
+    ] {
+        let answer = raw_http(addr, &post(&extra)).await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{extra}: {answer}");
+        assert_eq!(
+            answer.contains("serves this machine only"),
+            refused,
+            "{extra}: {answer}"
+        );
+    }
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}

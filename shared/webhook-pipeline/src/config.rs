@@ -47,6 +47,9 @@ impl Default for Settings {
 /// Longest `EVENT_TTL_SECONDS`: a year. Larger values would overflow the millisecond
 /// arithmetic of the claim conditions (a wrapped, negative expiry turns deduplication off).
 pub const MAX_EVENT_TTL_SECONDS: u64 = 365 * 24 * 3600;
+/// Shortest `EVENT_TTL_SECONDS`: an hour. Dedup must outlive Twilio's retries, every lock and
+/// lease, and the sweeper's re-sends; an expired record no longer protects its event.
+pub const MIN_EVENT_TTL_SECONDS: u64 = 3600;
 /// Longest `LOCK_SECONDS`: a day (a Lambda invocation lasts at most 15 minutes).
 pub const MAX_LOCK_SECONDS: u64 = 24 * 3600;
 
@@ -54,8 +57,12 @@ impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
         let d = Self::default();
         let settings = Self {
-            event_ttl: secs(EVENT_TTL_SECONDS, d.event_ttl, MAX_EVENT_TTL_SECONDS)?,
-            lock: secs(LOCK_SECONDS, d.lock, MAX_LOCK_SECONDS)?,
+            event_ttl: secs(
+                EVENT_TTL_SECONDS,
+                d.event_ttl,
+                MIN_EVENT_TTL_SECONDS..=MAX_EVENT_TTL_SECONDS,
+            )?,
+            lock: secs(LOCK_SECONDS, d.lock, 1..=MAX_LOCK_SECONDS)?,
         };
         if settings.lock >= settings.event_ttl {
             return Err(ConfigError {
@@ -70,18 +77,26 @@ impl Settings {
     }
 }
 
-fn secs(name: &'static str, default: Duration, max: u64) -> Result<Duration, ConfigError> {
+fn secs(
+    name: &'static str,
+    default: Duration,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Duration, ConfigError> {
     match var(name) {
         None => Ok(default),
         Some(v) => v
             .trim()
             .parse::<u64>()
             .ok()
-            .filter(|n| (1..=max).contains(n))
+            .filter(|n| range.contains(n))
             .map(Duration::from_secs)
             .ok_or_else(|| ConfigError {
                 name,
-                reason: format!("expected a whole number of seconds from 1 to {max}, got {v:?}"),
+                reason: format!(
+                    "expected a whole number of seconds from {} to {}, got {v:?}",
+                    range.start(),
+                    range.end()
+                ),
             }),
     }
 }
@@ -112,9 +127,20 @@ impl Secret {
     /// one is an error naming `name` (an empty HMAC key is one anyone can sign with).
     pub fn parse(secret: &str, name: &'static str) -> Result<Self, ConfigError> {
         let bad = |reason: String| ConfigError { name, reason };
-        let token = |field: &str, value: &str| {
+        let key = |field: &str, value: &str| {
             AuthToken::new(value)
                 .map_err(|_| bad(format!("{field} in the secret is empty or blank")))
+        };
+        // An account auth token is 32 hex characters: anything else is a placeholder left in
+        // (`<your auth token>`) or a paste gone wrong.
+        let token = |field: &str, value: &str| {
+            let t = key(field, value)?;
+            if t.expose().len() != 32 || !t.expose().bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad(format!(
+                    "{field} in the secret is not an auth token (32 hexadecimal characters)"
+                )));
+            }
+            Ok(t)
         };
         let secret = secret.trim();
         if !secret.starts_with('{') {
@@ -136,8 +162,42 @@ impl Secret {
             username: String,
             password: String,
         }
-        let t: Json = serde_json::from_str(secret).map_err(|e| {
-            bad(format!("JSON secret: {e} (expected \"auth_token\"; optional: \"secondary_auth_token\", \"shared_keys\": {{id: secret}}, \"basic_auth\": {{\"username\", \"password\"}})"))
+        // Never `{e}`: serde quotes the offending value, which may be a secret. Unknown
+        // fields are named (a misspelt one would silently turn a protection off).
+        const EXPECTED: &str = "expected \"auth_token\"; optional: \"secondary_auth_token\", \"shared_keys\": {id: secret}, \"basic_auth\": {\"username\", \"password\"}";
+        let value: serde_json::Value = serde_json::from_str(secret).map_err(|e| {
+            bad(format!(
+                "the JSON secret does not parse ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        })?;
+        let known = [
+            "auth_token",
+            "secondary_auth_token",
+            "shared_keys",
+            "basic_auth",
+        ];
+        if let Some(obj) = value.as_object() {
+            if let Some(unknown) = obj.keys().find(|k| !known.contains(&k.as_str())) {
+                return Err(bad(format!(
+                    "unknown field {unknown:?} in the JSON secret ({EXPECTED})"
+                )));
+            }
+            if let Some(unknown) = obj
+                .get("basic_auth")
+                .and_then(|b| b.as_object())
+                .and_then(|b| {
+                    b.keys()
+                        .find(|k| !["username", "password"].contains(&k.as_str()))
+                })
+            {
+                return Err(bad(format!("unknown field {unknown:?} in \"basic_auth\"")));
+            }
+        }
+        let t: Json = serde_json::from_value(value).map_err(|e| {
+            bad(format!("the JSON secret has a field of the wrong type or a missing field ({EXPECTED}; {:?} error)", e.classify()))
         })?;
         let primary = token("\"auth_token\"", &t.auth_token)?;
         let secondary = t
@@ -153,9 +213,9 @@ impl Secret {
             if id.trim().is_empty() {
                 return Err(bad("a \"shared_keys\" id is empty or blank".into()));
             }
-            let key = token(&format!("\"shared_keys\".{id:?}"), &secret)?;
-            keys.push(key.clone());
-            validator = validator.with_shared_key(id.trim(), key);
+            let shared = key(&format!("\"shared_keys\".{id:?}"), &secret)?;
+            keys.push(shared.clone());
+            validator = validator.with_shared_key(id.trim(), shared);
         }
         let basic_auth = t
             .basic_auth
@@ -212,6 +272,8 @@ mod tests {
             (EVENT_TTL_SECONDS, "18446744073709551615"),
             (EVENT_TTL_SECONDS, "9223372036854775807"),
             (EVENT_TTL_SECONDS, "31536001"),
+            (EVENT_TTL_SECONDS, "2"),
+            (EVENT_TTL_SECONDS, "3599"),
             (EVENT_TTL_SECONDS, "0"),
             (EVENT_TTL_SECONDS, "-1"),
             (EVENT_TTL_SECONDS, "1e9"),
@@ -224,25 +286,26 @@ mod tests {
             assert_eq!(err.name, name, "{value}");
         }
         // A lock as long as the record's life would let a record expire while locked.
-        let err = with_env(&[(EVENT_TTL_SECONDS, "60"), (LOCK_SECONDS, "60")]).unwrap_err();
+        let err = with_env(&[(EVENT_TTL_SECONDS, "3600"), (LOCK_SECONDS, "3600")]).unwrap_err();
         assert_eq!(err.name, LOCK_SECONDS);
     }
 
     #[test]
     fn basic_auth_in_the_secret() {
         let s = Secret::parse(
-            r#"{"auth_token":"t","basic_auth":{"username":" u ","password":"p"}}"#,
+            r#"{"auth_token":"0123456789abcdef0123456789ABCDEF","basic_auth":{"username":"u","password":" p "}}"#,
             "S",
         )
         .unwrap();
-        assert_eq!(s.basic_auth.unwrap().username(), "u");
+        let basic = s.basic_auth.unwrap();
+        assert_eq!((basic.username(), basic.expose_password()), ("u", " p "));
         for bad in [
-            r#"{"auth_token":"t","basic_auth":{"username":"","password":"p"}}"#,
-            r#"{"auth_token":"t","basic_auth":{"username":"u","password":" "}}"#,
-            r#"{"auth_token":"t","basic_auth":{"username":"u:x","password":"p"}}"#,
-            r#"{"auth_token":"t","basic_auth":{"username":"u"}}"#,
+            r#"{"auth_token":"0123456789abcdef0123456789abcdef","basic_auth":{"username":"","password":"p"}}"#,
+            r#"{"auth_token":"0123456789abcdef0123456789abcdef","basic_auth":{"username":"u","password":" "}}"#,
+            r#"{"auth_token":"0123456789abcdef0123456789abcdef","basic_auth":{"username":"u:x","password":"p"}}"#,
+            r#"{"auth_token":"0123456789abcdef0123456789abcdef","basic_auth":{"username":"u"}}"#,
             // A misspelt field would silently turn a protection off: refused.
-            r#"{"auth_token":"t","basicauth":{"username":"u","password":"p"}}"#,
+            r#"{"auth_token":"0123456789abcdef0123456789abcdef","basicauth":{"username":"u","password":"p"}}"#,
         ] {
             let err = Secret::parse(bad, "S").expect_err(bad);
             assert_eq!(err.name, "S");

@@ -153,7 +153,8 @@ fn describe(e: &reqwest::Error, url: &str) -> String {
     // Belt and braces: no cause may repeat the URL or its query.
     let redacted = redact_url(url);
     text = text.replace(url, &redacted);
-    if let Some((_, query)) = url.split_once('?') {
+    // (A query too short to be a secret would only mangle the text.)
+    if let Some((_, query)) = url.split_once('?').filter(|(_, q)| q.len() >= 4) {
         text = text.replace(query, "<redacted>");
     }
     text

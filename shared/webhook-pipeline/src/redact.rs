@@ -22,7 +22,16 @@ pub fn redact_url(url: &str) -> String {
 /// (`LOG_PII`). Userinfo is always dropped.
 pub fn url_for_log(url: &str, pii: bool) -> Cow<'_, str> {
     if pii {
-        return Cow::Borrowed(url);
+        return match url.split_once("://") {
+            Some((scheme, rest)) => {
+                let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+                match rest[..authority_end].rfind('@') {
+                    Some(at) => Cow::Owned(format!("{scheme}://{}", &rest[at + 1..])),
+                    None => Cow::Borrowed(url),
+                }
+            }
+            None => Cow::Borrowed(url),
+        };
     }
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, Some(query)),
@@ -77,6 +86,10 @@ mod tests {
             "https://h.example.com/prod/sms?From=***&Body=***&flag&To=***"
         );
         assert_eq!(url_for_log(url, true), url);
+        assert_eq!(
+            url_for_log("https://u:pw@h.example.com/sms?a=1", true),
+            "https://h.example.com/sms?a=1"
+        );
         assert_eq!(
             url_for_log("https://h.example.com/sms", false),
             "https://h.example.com/sms"

@@ -137,8 +137,17 @@ impl ReplyPolicy {
     }
 }
 
-/// `https://h/prod/voice?x=1` → `https://h/prod/status`.
+/// `https://h/prod/voice?x=1` → `https://h/prod/status`. A URL with Basic credentials
+/// (`https://user:pass@h/...`) gets the relative reference `status` instead, which Twilio
+/// resolves against the request URL, credentials included: the password is never written
+/// into a reply (replies are stored).
 fn sibling_url(url: &str, name: &str) -> String {
+    if let Some((_, rest)) = url.split_once("://") {
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if rest[..authority_end].contains('@') {
+            return name.to_owned();
+        }
+    }
     let path_end = url.find(['?', '#']).unwrap_or(url.len());
     let base = &url[..path_end];
     match base.rfind('/') {
@@ -162,5 +171,10 @@ mod tests {
             "http://127.0.0.1:3000/status"
         );
         assert_eq!(sibling_url("https://h", "status"), "https://h/status");
+        // Never the password of a Basic-auth URL: a relative reference Twilio resolves.
+        assert_eq!(
+            sibling_url("https://u:p@h/prod/voice?x=1", "status"),
+            "status"
+        );
     }
 }
