@@ -209,16 +209,20 @@ impl EventStore for DynamoStore {
         now_ms: i64,
         lease_until_ms: i64,
     ) -> Result<Processing, StoreError> {
+        // The lease names its taker, so that an SDK retry of this very call (the lease was
+        // taken, the answer lost) recognises its own lease instead of reporting Busy.
+        let owner = uuid::Uuid::new_v4().to_string();
         let r = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(PK, s(key))
-            .update_expression("SET lease_until = :until")
+            .update_expression("SET lease_until = :until, lease_owner = :owner")
             .condition_expression(
                 "attribute_exists(pending) AND (attribute_not_exists(lease_until) OR lease_until <= :now)",
             )
             .expression_attribute_values(":until", n(lease_until_ms))
+            .expression_attribute_values(":owner", s(&owner))
             .expression_attribute_values(":now", n(now_ms))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
@@ -227,6 +231,11 @@ impl EventStore for DynamoStore {
             Conditional::Done(_) => Processing::Ready,
             Conditional::Failed(None) => Processing::Missing,
             Conditional::Failed(Some(old)) if !old.contains_key(PENDING) => Processing::AlreadyDone,
+            Conditional::Failed(Some(old))
+                if get_s(&old, "lease_owner") == Some(owner.as_str()) =>
+            {
+                Processing::Ready
+            }
             Conditional::Failed(Some(_)) => Processing::Busy,
         })
     }

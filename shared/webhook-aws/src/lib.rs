@@ -229,10 +229,7 @@ impl WorkerApp {
             aws_sdk_sqs::Client::new(sdk),
             required(WORK_QUEUE_URL)?,
         ));
-        let settings = WorkerSettings {
-            event_ttl: Settings::from_env()?.event_ttl,
-            ..Default::default()
-        };
+        let settings = WorkerSettings::from_env(Settings::from_env()?.event_ttl)?;
         let mut worker =
             Worker::new(store, queue, settings).with_metrics(Metrics::stdout_from_env());
         if let Some(url) = var(FORWARD_URL) {

@@ -14,6 +14,10 @@ pub const STATUS_CALLBACK_URL: &str = "STATUS_CALLBACK_URL";
 pub const FALLBACK_VOICE_MESSAGE: &str = "FALLBACK_VOICE_MESSAGE";
 pub const FORWARD_URL: &str = "FORWARD_URL";
 pub const LOG_PII: &str = "LOG_PII";
+/// How long a worker owns a record it processes (default 60; must cover one record).
+pub const WORKER_LEASE_SECONDS: &str = "WORKER_LEASE_SECONDS";
+/// How long after its lock ends an unprocessed record waits for the sweeper (default 120).
+pub const SWEEP_GRACE_SECONDS: &str = "SWEEP_GRACE_SECONDS";
 /// The CloudWatch namespace of the EMF metrics (default `TwilioWebhooks`).
 pub const METRICS_NAMESPACE: &str = "METRICS_NAMESPACE";
 
@@ -77,7 +81,7 @@ impl Settings {
     }
 }
 
-fn secs(
+pub(crate) fn secs(
     name: &'static str,
     default: Duration,
     range: std::ops::RangeInclusive<u64>,

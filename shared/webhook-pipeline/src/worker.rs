@@ -71,6 +71,21 @@ pub struct WorkerSettings {
     pub event_ttl: Duration,
 }
 
+impl WorkerSettings {
+    /// The defaults, with `WORKER_LEASE_SECONDS` and `SWEEP_GRACE_SECONDS` when set (tests and
+    /// the fault harness shorten them; production keeps the defaults).
+    pub fn from_env(event_ttl: Duration) -> Result<Self, crate::config::ConfigError> {
+        use crate::config::{SWEEP_GRACE_SECONDS, WORKER_LEASE_SECONDS, secs};
+        let d = Self::default();
+        Ok(Self {
+            lease: secs(WORKER_LEASE_SECONDS, d.lease, 1..=900)?,
+            sweep_grace: secs(SWEEP_GRACE_SECONDS, d.sweep_grace, 1..=86_400)?,
+            event_ttl,
+            ..d
+        })
+    }
+}
+
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
