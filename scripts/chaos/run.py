@@ -90,14 +90,14 @@ def parse_args(argv=None):
                    help="LOCK_SECONDS of the webhooks (template: must exceed the 10 s webhook timeout)")
     p.add_argument("--sweep-grace", type=int, default=10,
                    help=f"{GRACE_ENV} for the worker, if its binary reads it (else the hard-coded 120 s applies)")
-    p.add_argument("--lease", type=int, default=15,
+    p.add_argument("--lease", type=int, default=40,
                    help=f"{LEASE_ENV} for the worker, if its binary reads it (else the hard-coded 60 s applies)")
     p.add_argument("--visibility", type=int,
                    help="work queue VisibilityTimeout (s); default: the worker timeout, and more than a "
                         "quarter of the lease so a job blocked by a dead worker's lease is not dead-lettered first")
     p.add_argument("--worker-timeout", type=float,
-                   help="event-worker function timeout (s); default min(30, lease / 1.5): 30 s (the template's) "
-                        "with the hard-coded 60 s lease, 10 s with a 15 s lease")
+                   help="event-worker function timeout (s); default 30 s, the template's: the worker starts a "
+                        "record only if its worst case (18 s with FORWARD_URL) fits before the deadline")
     p.add_argument("--webhook-timeout", type=float, default=10.0, help="webhook function timeout (template: 10 s)")
     p.add_argument("--sweep-interval", type=float, default=5.0, help="seconds between scheduled sweeps")
     p.add_argument("--dup-rate", type=float, default=0.08, help="share of accepted events Twilio sends again")
@@ -210,7 +210,10 @@ class Harness:
             a.batch_size = template_batch_size()
         lease = a.lease if reads_lease else HARD_CODED["lease_s"]
         if a.worker_timeout is None:
-            a.worker_timeout = float(min(30, int(lease / 1.5)))
+            a.worker_timeout = 30.0
+        if a.worker_timeout < 20:
+            raise SystemExit("--worker-timeout must be at least 20 s: the worker starts a record only if "
+                             "its worst case (16 s of forwarding + 2 s of store calls) fits before the deadline")
         if a.visibility is None:
             a.visibility = int(max(a.worker_timeout, lease // 4 + 1))
         if a.worker_timeout > a.visibility:
