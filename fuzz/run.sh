@@ -7,6 +7,8 @@
 #   fuzz/run.sh 10000000             each target for 10 million executions (also 10M, 500k)
 #   fuzz/run.sh -t form -t twiml 5m  only those targets
 #   fuzz/run.sh --no-results 30s     do not touch RESULTS.md (a quick local check)
+#   fuzz/run.sh --update-seeds 10m   then add to fuzz/seeds/<target> the few inputs of the run
+#                                    that reach code the seeds do not (set-cover merge, edges)
 #
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). The targets are
 # built with `cargo fuzz build -s none`: release, debug assertions and overflow checks on, no
@@ -17,15 +19,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 targets=()
 results=1
+update_seeds=0
 limit=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -t) targets+=("$2"); shift 2 ;;
     --no-results) results=0; shift ;;
+    --update-seeds) update_seeds=1; shift ;;
     -h|--help) usage ;;
     *) [ -z "$limit" ] || usage; limit="$1"; shift ;;
   esac
@@ -81,6 +85,12 @@ for t in "${targets[@]}"; do
   [ "$crashes" = 0 ] || grep -m1 -A3 -E "panicked at|ERROR: libFuzzer" "$log" | sed 's/^/    /' || true
   dur=$(printf '%dh%02dm%02ds' $((secs / 3600)) $((secs % 3600 / 60)) $((secs % 60)))
   rows+=("| $t | ${execs:-?} | $crashes | $date_utc | $dur | \`$limit\` | $commit$dirty |")
+  if [ "$update_seeds" = 1 ] && [ "$crashes" = 0 ]; then
+    n=$(ls "fuzz/seeds/$t" | wc -l)
+    "$bin/$t" -set_cover_merge=1 -use_counters=0 "fuzz/seeds/$t" "fuzz/corpus/$t" \
+      >"fuzz/logs/$t.merge.log" 2>&1
+    echo "    seeds: $n -> $(ls "fuzz/seeds/$t" | wc -l) files"
+  fi
 done
 
 if [ "$results" = 1 ]; then

@@ -296,18 +296,16 @@ fn lambda(s: &mut Seeds) {
     for (_, e) in events() {
         s.add("lambda_event", render(&e));
     }
-    let load = |name: &str| {
-        events()
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .unwrap()
-            .1
-    };
+    let load = |name: &str| events().into_iter().find(|(n, _)| n == name).unwrap().1;
     // Variants from the handler tests (shared/webhook-aws/tests/handler.rs).
     let host = "xyz.lambda-url.us-east-1.on.aws";
     let mut furl = load("voice.http-api.json");
     set(&mut furl, &["routeKey"], json!("$default"));
-    set(&mut furl, &["requestContext", "routeKey"], json!("$default"));
+    set(
+        &mut furl,
+        &["requestContext", "routeKey"],
+        json!("$default"),
+    );
     set(&mut furl, &["requestContext", "domainName"], json!(host));
     set(&mut furl, &["requestContext", "apiId"], json!("xyz"));
     set_header(&mut furl, "host", Some(host));
@@ -316,17 +314,35 @@ fn lambda(s: &mut Seeds) {
 
     let mut stage = load("status-call.http-api.json");
     set(&mut stage, &["routeKey"], json!("$default"));
-    set(&mut stage, &["requestContext", "routeKey"], json!("$default"));
+    set(
+        &mut stage,
+        &["requestContext", "routeKey"],
+        json!("$default"),
+    );
     set(&mut stage, &["requestContext", "stage"], json!("prod"));
     set(&mut stage, &["rawPath"], json!("/prod/status"));
-    set(&mut stage, &["requestContext", "http", "path"], json!("/prod/status"));
-    resign(&mut stage, "https://abc123.execute-api.us-east-1.amazonaws.com/prod/status");
+    set(
+        &mut stage,
+        &["requestContext", "http", "path"],
+        json!("/prod/status"),
+    );
+    resign(
+        &mut stage,
+        "https://abc123.execute-api.us-east-1.amazonaws.com/prod/status",
+    );
     s.add("lambda_event", render(&stage));
 
     let mut query = load("sms.http-api.json");
     set(&mut query, &["rawQueryString"], json!("b=2&a=%20x"));
-    set(&mut query, &["queryStringParameters"], json!({ "a": " x", "b": "2" }));
-    resign(&mut query, "https://abc123.execute-api.us-east-1.amazonaws.com/sms?b=2&a=%20x");
+    set(
+        &mut query,
+        &["queryStringParameters"],
+        json!({ "a": " x", "b": "2" }),
+    );
+    resign(
+        &mut query,
+        "https://abc123.execute-api.us-east-1.amazonaws.com/sms?b=2&a=%20x",
+    );
     s.add("lambda_event", render(&query));
 
     let mut plain = load("sms.http-api.json");
@@ -337,17 +353,40 @@ fn lambda(s: &mut Seeds) {
     s.add("lambda_event", render(&plain));
 
     let mut v1q = load("sms.rest-api.json");
-    set(&mut v1q, &["queryStringParameters"], json!({ "tenant": "a-1" }));
-    set(&mut v1q, &["multiValueQueryStringParameters"], json!({ "tenant": ["a-1"] }));
-    resign(&mut v1q, "https://def456.execute-api.us-east-1.amazonaws.com/prod/sms?tenant=a-1");
+    set(
+        &mut v1q,
+        &["queryStringParameters"],
+        json!({ "tenant": "a-1" }),
+    );
+    set(
+        &mut v1q,
+        &["multiValueQueryStringParameters"],
+        json!({ "tenant": ["a-1"] }),
+    );
+    resign(
+        &mut v1q,
+        "https://def456.execute-api.us-east-1.amazonaws.com/prod/sms?tenant=a-1",
+    );
     s.add("lambda_event", render(&v1q));
 
     let mut v1get = load("voice.rest-api.json");
     set(&mut v1get, &["httpMethod"], json!("GET"));
     set(&mut v1get, &["requestContext", "httpMethod"], json!("GET"));
-    set(&mut v1get, &["queryStringParameters"], json!({ "a": "1", "b": "x y" }));
-    set(&mut v1get, &["multiValueQueryStringParameters"], json!({ "a": ["1", "2"], "b": ["x y"] }));
-    set(&mut v1get, &["requestContext", "resourcePath"], json!("/{proxy+}"));
+    set(
+        &mut v1get,
+        &["queryStringParameters"],
+        json!({ "a": "1", "b": "x y" }),
+    );
+    set(
+        &mut v1get,
+        &["multiValueQueryStringParameters"],
+        json!({ "a": ["1", "2"], "b": ["x y"] }),
+    );
+    set(
+        &mut v1get,
+        &["requestContext", "resourcePath"],
+        json!("/{proxy+}"),
+    );
     s.add("lambda_event", render(&v1get));
 
     // The same events as fields.
@@ -405,7 +444,10 @@ fn payloads(s: &mut Seeds) {
     for (file, e) in events() {
         let url = signed_url(&file, &e);
         let endpoint = endpoint_of(&file);
-        s.add("payload", payload::encode(endpoint, file.contains("rest"), &url, &body_of(&e)));
+        s.add(
+            "payload",
+            payload::encode(endpoint, file.contains("rest"), &url, &body_of(&e)),
+        );
     }
     // The payload unit tests' parameters (shared/twilio-webhook/src/payload.rs).
     let sm = "SM0123456789abcdef0123456789abcdef";
@@ -433,37 +475,73 @@ fn payloads(s: &mut Seeds) {
         ),
         (
             Endpoint::Sms,
-            vec![("SmsSid", sm), ("AccountSid", ac), ("From", "+1"), ("To", "+2")],
+            vec![
+                ("SmsSid", sm),
+                ("AccountSid", ac),
+                ("From", "+1"),
+                ("To", "+2"),
+            ],
         ),
         (
             Endpoint::Status,
-            vec![("SmsSid", sm), ("SmsStatus", "sent"), ("ErrorCode", "30007")],
+            vec![
+                ("SmsSid", sm),
+                ("SmsStatus", "sent"),
+                ("ErrorCode", "30007"),
+            ],
         ),
         (
             Endpoint::Status,
-            vec![("CallSid", ca), ("CallStatus", "no-answer"), ("SipResponseCode", "487")],
+            vec![
+                ("CallSid", ca),
+                ("CallStatus", "no-answer"),
+                ("SipResponseCode", "487"),
+            ],
         ),
         (
             Endpoint::Status,
-            vec![("CallSid", ca), ("CallStatus", "in-progress"), ("RecordingSid", "RE1"), ("RecordingStatus", "absent")],
+            vec![
+                ("CallSid", ca),
+                ("CallStatus", "in-progress"),
+                ("RecordingSid", "RE1"),
+                ("RecordingStatus", "absent"),
+            ],
         ),
         (
             Endpoint::Status,
-            vec![("ConferenceSid", "CF1"), ("StatusCallbackEvent", "conference-end"), ("SequenceNumber", "9")],
+            vec![
+                ("ConferenceSid", "CF1"),
+                ("StatusCallbackEvent", "conference-end"),
+                ("SequenceNumber", "9"),
+            ],
         ),
         (
             Endpoint::Voice,
-            vec![("CallSid", ca), ("AccountSid", ac), ("Direction", "outbound-dial"), ("ParentCallSid", ca), ("ForwardedFrom", "+15551234567")],
+            vec![
+                ("CallSid", ca),
+                ("AccountSid", ac),
+                ("Direction", "outbound-dial"),
+                ("ParentCallSid", ca),
+                ("ForwardedFrom", "+15551234567"),
+            ],
         ),
         (
             Endpoint::Fallback,
-            vec![("CallSid", ca), ("AccountSid", ac), ("ErrorCode", "11205"), ("ErrorUrl", url)],
+            vec![
+                ("CallSid", ca),
+                ("AccountSid", ac),
+                ("ErrorCode", "11205"),
+                ("ErrorUrl", url),
+            ],
         ),
         (Endpoint::Status, vec![("Foo", "bar")]),
     ];
     for (i, (endpoint, pairs)) in cases.into_iter().enumerate() {
         let body = FormParams::from_pairs(pairs).encode();
-        s.add("payload", payload::encode(endpoint, i % 2 == 0, url, body.as_bytes()));
+        s.add(
+            "payload",
+            payload::encode(endpoint, i % 2 == 0, url, body.as_bytes()),
+        );
     }
 }
 
@@ -490,14 +568,64 @@ fn twiml(s: &mut Seeds) {
         out
     };
     // Messaging: Message (no media / with 2 media, all attributes), Redirect.
-    s.add("twiml", prog(&[0, 0, 0, 0, 0, 0x1f, 0x40, 1, 0xff, 0xff, 0, 0xff, 0x20]));
+    s.add(
+        "twiml",
+        prog(&[0, 0, 0, 0, 0, 0x1f, 0x40, 1, 0xff, 0xff, 0, 0xff, 0x20]),
+    );
     // Voice: every verb with every attribute, Gather with 3 prompts, Dial with numbers.
     s.add(
         "twiml",
         prog(&[
-            1, 0, 0xff, 0xff, 1, 0xff, 0xff, 2, 0xff, 0xff, 3 + 9 * 3, 0xff, 0xff, 0, 7, 0, 1, 1,
-            0, 2, 1, 0, 4, 0xff, 0xff, 5, 0xff, 0xff, 5 + 9 * 2, 0xff, 0xff, 0xff, 0xff, 0, 0,
-            5 + 9 * 2 + 128, 0, 0, 7, 0, 0, 6, 0, 0, 7, 0xff, 0xff, 8, 0xff, 0xff,
+            1,
+            0,
+            0xff,
+            0xff,
+            1,
+            0xff,
+            0xff,
+            2,
+            0xff,
+            0xff,
+            3 + 9 * 3,
+            0xff,
+            0xff,
+            0,
+            7,
+            0,
+            1,
+            1,
+            0,
+            2,
+            1,
+            0,
+            4,
+            0xff,
+            0xff,
+            5,
+            0xff,
+            0xff,
+            5 + 9 * 2,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0,
+            0,
+            5 + 9 * 2 + 128,
+            0,
+            0,
+            7,
+            0,
+            0,
+            6,
+            0,
+            0,
+            7,
+            0xff,
+            0xff,
+            8,
+            0xff,
+            0xff,
         ]),
     );
     s.add("twiml", prog(&[1, 6, 0, 0]));
@@ -578,11 +706,31 @@ fn stored(s: &mut Seeds) {
     let event = serde_json::to_string(rec).unwrap();
     s.add(
         "sqlite_rows",
-        join_fields([&[sqlite_rows::op::FOLD_READY][..], b"other#key", event.as_bytes(), b"{}", b"", b"{}"], 0),
+        join_fields(
+            [
+                &[sqlite_rows::op::FOLD_READY][..],
+                b"other#key",
+                event.as_bytes(),
+                b"{}",
+                b"",
+                b"{}",
+            ],
+            0,
+        ),
     );
     s.add(
         "sqlite_rows",
-        join_fields([&[sqlite_rows::op::ALL, 0, 0, 0, 0, 0, 0, 0x80][..], b"k", b"{\"key\":", b"null", b"[1,2", b"{\"id\":1}"], 0),
+        join_fields(
+            [
+                &[sqlite_rows::op::ALL, 0, 0, 0, 0, 0, 0, 0x80][..],
+                b"k",
+                b"{\"key\":",
+                b"null",
+                b"[1,2",
+                b"{\"id\":1}",
+            ],
+            0,
+        ),
     );
 }
 

@@ -56,10 +56,18 @@ pub fn run(data: &[u8]) {
 
     // Same pairs as the WHATWG parser.
     let reference: Vec<_> = form_urlencoded::parse(data).collect();
-    assert_eq!(p.len(), reference.len(), "pair count differs from form_urlencoded");
+    assert_eq!(
+        p.len(),
+        reference.len(),
+        "pair count differs from form_urlencoded"
+    );
     assert_eq!(p.is_empty(), reference.is_empty());
     for ((k, v), (rk, rv)) in p.iter().zip(&reference) {
-        assert_eq!((k, v), (rk.as_ref(), rv.as_ref()), "pair differs from form_urlencoded");
+        assert_eq!(
+            (k, v),
+            (rk.as_ref(), rv.as_ref()),
+            "pair differs from form_urlencoded"
+        );
     }
 
     // Lookups agree with the pairs (first keys only: all of them is quadratic).

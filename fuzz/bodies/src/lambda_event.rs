@@ -94,7 +94,11 @@ fn check_incoming(req: Request, base: Option<&PublicBaseUrl>) {
                 None => {
                     let host = host.expect("a URL without a Host header");
                     let front = format!("{scheme}://{host}");
-                    assert!(incoming.url.starts_with(&front), "{} for {front}", incoming.url);
+                    assert!(
+                        incoming.url.starts_with(&front),
+                        "{} for {front}",
+                        incoming.url
+                    );
                 }
             }
         }

@@ -110,8 +110,10 @@ impl EventFields {
             json!(String::from_utf8_lossy(&self.body))
         };
         if self.rest_v1 {
-            let multi_headers: Map<String, Value> =
-                headers.iter().map(|(k, v)| (k.clone(), json!([v]))).collect();
+            let multi_headers: Map<String, Value> = headers
+                .iter()
+                .map(|(k, v)| (k.clone(), json!([v])))
+                .collect();
             let mut single = Map::new();
             let mut multi: Map<String, Value> = Map::new();
             for (k, v) in form_urlencoded::parse(self.query.as_bytes()) {

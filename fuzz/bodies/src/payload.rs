@@ -7,9 +7,7 @@
 //! goes through `Validator::verify` like a real request: only that makes a `VerifiedRequest`.
 
 use twilio_webhook::form::FormParams;
-use twilio_webhook::payload::{
-    Endpoint, FallbackOriginal, MessageBody, PhoneNumber, Webhook,
-};
+use twilio_webhook::payload::{Endpoint, FallbackOriginal, MessageBody, PhoneNumber, Webhook};
 use twilio_webhook::signature::{SignedRequest, Validator};
 use twilio_webhook::twiml::CONTENT_TYPE;
 use twilio_webhook::{AuthToken, sign};

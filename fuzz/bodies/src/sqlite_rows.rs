@@ -77,14 +77,17 @@ impl Env {
         let _ = std::fs::remove_dir_all(&dir);
         let db = Database::open_dir(&dir).expect("a fresh database");
         let conn = Connection::open(db.path()).expect("a second connection");
-        conn.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+        conn.busy_timeout(Duration::from_secs(10))
+            .expect("busy timeout");
         let clock: webhook_pipeline::Clock = Arc::new(|| NOW_MS);
         Self {
             dir,
             conn,
             store: SqliteStore::new(db.clone()),
             queue: SqliteQueue::new(db.clone()).with_clock(clock.clone()),
-            records_queue: SqliteQueue::new(db).with_clock(clock).with_records_as_jobs(),
+            records_queue: SqliteQueue::new(db)
+                .with_clock(clock)
+                .with_records_as_jobs(),
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_time()
                 .build()
@@ -134,7 +137,15 @@ fn stored<T: serde::de::DeserializeOwned>(kind: u8, text: &str) -> Option<T> {
 }
 
 /// Plant the rows; a row SQLite refuses (NOT NULL, UNIQUE...) is simply not there.
-fn plant(conn: &Connection, ctl: &[u8], key: &str, event: &str, reply: &str, body: &str, state: &str) {
+fn plant(
+    conn: &Connection,
+    ctl: &[u8],
+    key: &str,
+    event: &str,
+    reply: &str,
+    body: &str,
+    state: &str,
+) {
     let k = |i: usize| ctl.get(i).copied().unwrap_or(0);
     // One transaction for the lot (one commit per input), statements prepared once.
     let run = |sql: &str, p: &[&dyn rusqlite::ToSql]| {
@@ -218,35 +229,42 @@ pub fn run(data: &[u8]) {
         let planted_state = || stored::<StateRecord>(k(13), &state);
         let rt = &env.rt;
 
-        if ops & op::STALE_PENDING != 0 {
-            if let Ok(stale) = rt.block_on(env.store.stale_pending(i64::MAX, 10)) {
-                for st in stale {
-                    assert_eq!(st.key, key, "sweeper key");
-                    match st.event {
-                        StaleEvent::Readable(rec) => {
-                            assert_eq!(Some(&*rec), planted_event().as_ref(), "sweeper record")
-                        }
-                        StaleEvent::Corrupt(_) => {
-                            assert!(planted_event().is_none(), "a readable record listed as corrupt")
-                        }
-                        StaleEvent::ReadFailed(_) => {}
+        if ops & op::STALE_PENDING != 0
+            && let Ok(stale) = rt.block_on(env.store.stale_pending(i64::MAX, 10))
+        {
+            for st in stale {
+                assert_eq!(st.key, key, "sweeper key");
+                match st.event {
+                    StaleEvent::Readable(rec) => {
+                        assert_eq!(Some(&*rec), planted_event().as_ref(), "sweeper record")
                     }
+                    StaleEvent::Corrupt(_) => {
+                        assert!(
+                            planted_event().is_none(),
+                            "a readable record listed as corrupt"
+                        )
+                    }
+                    StaleEvent::ReadFailed(_) => {}
                 }
             }
         }
         if ops & op::RECOVER != 0 {
-            let _ = rt.block_on(env.store.database().recover(NOW_MS, ops & op::SET_ASIDE != 0));
+            let _ = rt.block_on(
+                env.store
+                    .database()
+                    .recover(NOW_MS, ops & op::SET_ASIDE != 0),
+            );
         }
-        if ops & op::RECEIVE != 0 {
-            if let Ok(jobs) = rt.block_on(env.queue.receive(10, Duration::from_secs(30))) {
-                for (_, job) in jobs {
-                    let from_event = planted_event().as_ref() == Some(&job.event);
-                    let from_job = planted_job().as_ref() == Some(&job);
-                    // `recover` wraps the event row's text as a job body.
-                    let wrapped: Option<Job> = decoded(&format!("{{\"event\":{event}}}"));
-                    let from_recover = ops & op::RECOVER != 0 && wrapped.as_ref() == Some(&job);
-                    assert!(from_event || from_job || from_recover, "received {job:?}");
-                }
+        if ops & op::RECEIVE != 0
+            && let Ok(jobs) = rt.block_on(env.queue.receive(10, Duration::from_secs(30)))
+        {
+            for (_, job) in jobs {
+                let from_event = planted_event().as_ref() == Some(&job.event);
+                let from_job = planted_job().as_ref() == Some(&job);
+                // `recover` wraps the event row's text as a job body.
+                let wrapped: Option<Job> = decoded(&format!("{{\"event\":{event}}}"));
+                let from_recover = ops & op::RECOVER != 0 && wrapped.as_ref() == Some(&job);
+                assert!(from_event || from_job || from_recover, "received {job:?}");
             }
         }
         if ops & op::SET_ASIDE != 0 {
@@ -268,10 +286,10 @@ pub fn run(data: &[u8]) {
                 assert!(report.processed + report.dead.len() + report.deferred <= report.taken);
             }
         }
-        if ops & op::LOAD_STATE != 0 {
-            if let Ok(Some((s, _))) = rt.block_on(env.store.load_state(&key)) {
-                assert_eq!(Some(&s), planted_state().as_ref(), "loaded state");
-            }
+        if ops & op::LOAD_STATE != 0
+            && let Ok(Some((s, _))) = rt.block_on(env.store.load_state(&key))
+        {
+            assert_eq!(Some(&s), planted_state().as_ref(), "loaded state");
         }
         if ops & op::CLAIM != 0 {
             let mine = EventRecord {
@@ -297,11 +315,12 @@ pub fn run(data: &[u8]) {
             }
         }
         // `inspect` opens a database of its own: one input in four, not one in two.
-        if ops & op::INSPECT != 0 && ops & op::SET_ASIDE != 0 {
-            if let Ok(values) = webhook_local::inspect(&env.dir) {
-                for v in values {
-                    assert!(v.get("type").is_some());
-                }
+        if ops & op::INSPECT != 0
+            && ops & op::SET_ASIDE != 0
+            && let Ok(values) = webhook_local::inspect(&env.dir)
+        {
+            for v in values {
+                assert!(v.get("type").is_some());
             }
         }
     });

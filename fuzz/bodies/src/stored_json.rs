@@ -94,10 +94,8 @@ pub fn run(data: &[u8]) {
         (Err(_), _, false) => {}
         (d, r, s) => panic!("event_of: {d:?}, JSON decoder: {r:?}, string attribute: {s}"),
     }
-    if !is_string {
-        if let Ok(r) = &reference {
-            check_record(r);
-        }
+    if !is_string && let Ok(r) = &reference {
+        check_record(r);
     }
 
     // The other JSON forms a store or queue keeps.

@@ -9,8 +9,8 @@
 //! (which verb, and 16 bits saying which attributes are set).
 
 use twilio_webhook::twiml::{
-    Dial, Gather, Message, MessagingResponse, Number, Pause, Play, Record, Redirect, Reject,
-    Say, Twiml, VoiceResponse,
+    Dial, Gather, Message, MessagingResponse, Number, Pause, Play, Record, Redirect, Reject, Say,
+    Twiml, VoiceResponse,
 };
 
 use crate::Fields;
@@ -47,32 +47,14 @@ fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
-/// Whether a carriage return in text survives parsing. It does not today: text is written
-/// with a literal CR, which every XML parser turns into a line feed (XML 1.0 section 2.11,
-/// end-of-line handling; `\r\n` becomes `\n` too). Fuzz finding F1 (fuzz/RESULTS.md,
-/// shared/twilio-webhook/tests/fuzz_regressions.rs): once `push_text` writes `&#13;`, set this
-/// to `true` so the round trip is exact again.
-const TEXT_KEEPS_CR: bool = true;
-
-/// What an attribute value parses back to: the input less the characters XML cannot carry.
+/// What an attribute value or text parses back to: the input less the characters XML cannot
+/// carry. (Exactly: a CR in text is written `&#13;` since fuzz finding F1, see RESULTS.md.)
 fn xml_attr(s: &str) -> String {
     s.chars().filter(|c| is_xml_char(*c)).collect()
 }
 
-/// What text content parses back to.
 fn xml_text(s: &str) -> String {
-    eol(xml_attr(s))
-}
-
-/// XML end-of-line handling (while CRs in text are not escaped). Applied to the parsed text
-/// too: roxmltree 0.20 leaves a CR that follows an entity reference at the end of a text node
-/// (`&amp;\r</x>`), where a conforming parser gives LF.
-fn eol(s: String) -> String {
-    if TEXT_KEEPS_CR {
-        s
-    } else {
-        s.replace("\r\n", "\n").replace('\r', "\n")
-    }
+    xml_attr(s)
 }
 
 /// The strings of the input, handed out in turn.
@@ -376,7 +358,11 @@ fn dial(s: &mut Strings, mask: u16, numbers: &[u16], as_text_first: bool) -> (Di
         e.children.push(ne);
         Dial::number(n)
     };
-    let rest = if as_text_first { numbers } else { numbers.get(1..).unwrap_or(&[]) };
+    let rest = if as_text_first {
+        numbers
+    } else {
+        numbers.get(1..).unwrap_or(&[])
+    };
     for &m in rest {
         let (n, ne) = number(s, m);
         v = v.add_number(n);
@@ -436,15 +422,21 @@ fn check(node: roxmltree::Node<'_, '_>, e: &Expected, xml: &str) {
     let want: Vec<(&str, &str)> = e.attrs.iter().map(|(n, v)| (*n, v.as_str())).collect();
     assert_eq!(attrs, want, "attributes of <{}> in {xml}", e.name);
     let children: Vec<_> = node.children().filter(|n| n.is_element()).collect();
-    assert_eq!(children.len(), e.children.len(), "children of <{}> in {xml}", e.name);
+    assert_eq!(
+        children.len(),
+        e.children.len(),
+        "children of <{}> in {xml}",
+        e.name
+    );
     for (c, ce) in children.iter().zip(&e.children) {
         check(*c, ce, xml);
     }
-    let text: String = eol(node
+    let text: String = node
         .children()
         .filter(|n| n.is_text())
         .map(|n| n.text().unwrap_or(""))
-        .collect());
+        .collect();
+
     assert_eq!(text, e.text, "text of <{}> in {xml}", e.name);
 }
 
@@ -453,7 +445,10 @@ fn check_document(xml: &str, display: String, verbs: &[Expected]) {
         eprintln!("{xml}");
     }
     assert_eq!(display, xml, "Display differs from to_xml");
-    assert!(xml.starts_with(DECLARATION), "no declaration at byte 0: {xml}");
+    assert!(
+        xml.starts_with(DECLARATION),
+        "no declaration at byte 0: {xml}"
+    );
     let doc = roxmltree::Document::parse(xml)
         .unwrap_or_else(|err| panic!("not well-formed XML ({err}): {xml}"));
     let r = doc.root_element();
@@ -461,7 +456,10 @@ fn check_document(xml: &str, display: String, verbs: &[Expected]) {
     assert!(r.attributes().next().is_none());
     let children: Vec<_> = r.children().filter(|n| n.is_element()).collect();
     assert_eq!(children.len(), verbs.len(), "{xml}");
-    assert!(r.children().all(|n| n.is_element()), "text between verbs: {xml}");
+    assert!(
+        r.children().all(|n| n.is_element()),
+        "text between verbs: {xml}"
+    );
     for (c, e) in children.iter().zip(verbs) {
         check(*c, e, xml);
     }
@@ -487,7 +485,10 @@ pub fn run(data: &[u8]) {
         .unwrap_or(&[])
         .chunks(3)
         .map(|c| {
-            let mask = u16::from_le_bytes([c.get(1).copied().unwrap_or(0), c.get(2).copied().unwrap_or(0)]);
+            let mask = u16::from_le_bytes([
+                c.get(1).copied().unwrap_or(0),
+                c.get(2).copied().unwrap_or(0),
+            ]);
             (c[0], mask)
         })
         .take(24)

@@ -49,7 +49,10 @@ fn replay(target: &str) {
 fn every_target_has_a_test_here() {
     let tests = include_str!("replay.rs");
     for t in fuzz_bodies::TARGETS {
-        assert!(tests.contains(&format!("fn {t}() {{")), "no replay test for {t}");
+        assert!(
+            tests.contains(&format!("fn {t}() {{")),
+            "no replay test for {t}"
+        );
     }
 }
 
