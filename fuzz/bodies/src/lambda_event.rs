@@ -2,8 +2,9 @@
 //! `lambda_http::request::from_str` (what the Lambda runtime does), then
 //! `webhook_aws::http::incoming` (shared/webhook-aws/src/http.rs) with and without a
 //! `PUBLIC_BASE_URL`, then the whole webhook handler (`WebhookApp::handle`, with in-memory
-//! store and queue). Never panics; the rebuilt URL is the one `signed_url` gives, starts with
-//! the base URL or `scheme://host`, and the handler answers a status the pipeline can give.
+//! store and queue). Never panics; the rebuilt URL is the one `signed_url` gives and the other
+//! candidates (`other_urls`) the rest of `signed_urls`, all distinct and starting with the base
+//! URL or `scheme://host`; the handler answers a status the pipeline can give.
 //!
 //! Input: the event JSON (the seeds are the files of `events/`, variants of them from the
 //! handler tests, and Function URL events).
@@ -83,27 +84,34 @@ fn check_incoming(req: Request, base: Option<&PublicBaseUrl>) {
     // API Gateway and Function URLs set X-Forwarded-Proto themselves: it is taken as is.
     let scheme = header("x-forwarded-proto").unwrap_or_else(|| "https".into());
     let signed = http::signed_url(&req, base);
+    let candidates = http::signed_urls(&req, base);
     match http::incoming(req, base) {
         Ok(incoming) => {
             assert_eq!(Ok(&incoming.url), signed.as_ref());
+            // The first candidate is the URL, the others are the request's other spellings.
+            let all = candidates.expect("signed_urls agrees with incoming");
+            assert_eq!(all.first(), Some(&incoming.url));
+            assert_eq!(all[1..], incoming.other_urls[..]);
+            for (i, u) in all.iter().enumerate() {
+                assert!(!all[..i].contains(u), "candidate {u} twice");
+            }
             assert_eq!(incoming.method, method);
             assert_eq!(incoming.headers, headers);
             assert_eq!(&incoming.body[..], &body[..]);
-            match base {
-                Some(b) => assert!(incoming.url.starts_with(b.as_str()), "{}", incoming.url),
+            let front = match base {
+                Some(b) => b.as_str().to_owned(),
                 None => {
                     let host = host.expect("a URL without a Host header");
-                    let front = format!("{scheme}://{host}");
-                    assert!(
-                        incoming.url.starts_with(&front),
-                        "{} for {front}",
-                        incoming.url
-                    );
+                    format!("{scheme}://{host}")
                 }
+            };
+            for u in &all {
+                assert!(u.starts_with(&front), "{u} for {front}");
             }
         }
         Err(e) => {
             assert_eq!(Err(&e), signed.as_ref());
+            assert_eq!(Some(&e), candidates.as_ref().err());
             if e == UrlError::MissingHost {
                 assert!(base.is_none() && host.is_none());
             }
