@@ -9,6 +9,11 @@ use webhook_pipeline::events::{all_events, check_all, write_all};
 use crate::util::{CliResult, shell_quote};
 
 #[derive(Args)]
+#[command(after_help = "\
+Exit codes:
+  0  written, or (--check) up to date
+  1  error, or (--check) files missing or out of date
+  2  usage error")]
 pub struct EventsArgs {
     /// Directory of the sample events.
     #[arg(long, value_name = "DIR", default_value = "events")]

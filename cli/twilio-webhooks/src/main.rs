@@ -22,7 +22,9 @@ mod util;
     name = "twilio-webhooks",
     version,
     about = "Twilio webhooks, locally: serve the four endpoints with an embedded store, sign test requests, inspect what was stored.",
-    after_help = "Start here: `twilio-webhooks serve`, then run the curl command it prints."
+    after_help = "Start here: `twilio-webhooks serve`, then run the curl command it prints.\n\n\
+Exit codes: 0 success, 1 error (one line on stderr), 2 usage error; `configure --check` exits 3\n\
+when the Twilio configuration differs from the deployment. Each command's --help has details."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,11 +39,12 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Compute the X-Twilio-Signature Twilio would send for a request (and a curl command).
     Sign(sign::SignArgs),
-    /// Print everything stored in a local data directory as JSON lines (events, states, jobs).
+    /// Show what a local data directory holds: events (time, kind, outcome, processed), state
+    /// records and jobs; `--json` for every record as JSON lines.
     Inspect(inspect::InspectArgs),
     /// Regenerate the signed sample API Gateway events in events/ (or check them with --check).
     Events(events::EventsArgs),
-    /// Point a Twilio number's SMS, voice, fallback and status-callback URLs at this deployment
+    /// Point a Twilio number and/or Messaging Service at this deployment, showing the diff
     /// (Twilio REST API; credentials from the TWILIO_* environment variables).
     Configure(configure::ConfigureArgs),
 }

@@ -23,13 +23,19 @@ use crate::util::{CliResult, token_or_test, warn_test_token};
 #[command(after_help = "\
 Environment:
   TWILIO_AUTH_TOKEN       auth token (same as --auth-token)
+  PUBLIC_BASE_URL         public base URL (same as --public-base-url)
   SMS_AUTO_REPLY, VOICE_GREETING, VOICE_FORWARD_TO, STATUS_CALLBACK_URL, FALLBACK_VOICE_MESSAGE
                           the reply policy, as in the Lambda functions
   FORWARD_URL             POST every processed event (JSON) there
   EVENT_TTL_SECONDS, LOCK_SECONDS
                           dedup window and claim lock, as in the Lambda functions
   LOG_PII                 true: log the query values of refused URLs (phone numbers, bodies)
-  RUST_LOG                log filter (default: info)")]
+  RUST_LOG                log filter (default: info)
+
+Exit codes:
+  0  stopped by Ctrl-C or SIGTERM, after finishing the requests and jobs in flight
+  1  error (address in use, unusable data directory, bad secret, test token on a public address)
+  2  usage error")]
 pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:3000")]
@@ -37,11 +43,16 @@ pub struct ServeArgs {
     /// Directory of the embedded database (created if missing).
     #[arg(long, value_name = "DIR", default_value = ".local-data")]
     data: PathBuf,
-    /// The public URL Twilio calls when it is not http://<Host header> (a tunnel such as
+    /// The public base URL Twilio calls when it is not http://<Host header> (a tunnel such as
     /// https://abc.ngrok.app, a reverse proxy): signatures are checked against
-    /// <public-url><path>?<query>.
-    #[arg(long, value_name = "URL")]
-    public_url: Option<PublicBaseUrl>,
+    /// <public-base-url><path>?<query>. The same setting as PUBLIC_BASE_URL in Lambda.
+    #[arg(
+        long,
+        alias = "public-url",
+        value_name = "URL",
+        env = "PUBLIC_BASE_URL"
+    )]
+    public_base_url: Option<PublicBaseUrl>,
     /// Twilio auth token used to check X-Twilio-Signature; the public test token when unset.
     #[arg(
         long,
@@ -59,7 +70,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "USER:PASS")]
     basic_auth: Option<String>,
     /// Accept the public test token even though this server is reachable from outside
-    /// (a non-loopback --addr or a --public-url): anyone can then sign requests. For demos only.
+    /// (a non-loopback --addr or a --public-base-url): anyone can then sign requests. For demos only.
     #[arg(long)]
     insecure_public_test_token: bool,
     /// Log format (logs go to stderr).
@@ -93,7 +104,7 @@ pub fn run(args: ServeArgs) -> CliResult {
     }
     let is_test = is_test && args.secret_file.is_none();
     let basic = config.secret.basic_auth.clone();
-    config.public_url = args.public_url.clone();
+    config.public_url = args.public_base_url.clone();
     config.insecure_public_test_token = args.insecure_public_test_token;
     config.policy = ReplyPolicy::from_env();
     config.settings = Settings::from_env().map_err(|e| e.to_string())?;
@@ -126,7 +137,7 @@ pub fn run(args: ServeArgs) -> CliResult {
         print_banner(
             addr,
             &args.data,
-            args.public_url.as_ref(),
+            args.public_base_url.as_ref(),
             banner_token.as_ref(),
             basic.as_ref(),
         );
@@ -222,7 +233,7 @@ fn print_banner(
             addr.port()
         );
         println!(
-            "restart with --public-url https://<your-tunnel-host> (signatures cover the URL)."
+            "restart with --public-base-url https://<your-tunnel-host> (signatures cover the URL)."
         );
     }
     println!();

@@ -13,14 +13,25 @@ use crate::util::{CliResult, shell_quote, token_or_test, warn_test_token};
 #[command(after_help = "\
 Examples:
   twilio-webhooks sign --url http://127.0.0.1:3000/sms -d MessageSid=SM123 -d From=+14155550100 -d Body=hi --curl
-  twilio-webhooks sign --url https://example.com/hook --json-body event.json")]
+  twilio-webhooks sign --url https://example.com/hook --json-body event.json
+
+Exit codes:
+  0  signed
+  1  error (blank token, unreadable --json-body, a -d without =)
+  2  usage error")]
 pub struct SignArgs {
     /// The full URL Twilio calls (scheme, host, path and query string, exactly).
     #[arg(long)]
     url: String,
     /// Auth token to sign with; the public test token when unset.
-    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[arg(
+        long,
+        alias = "token",
+        value_name = "T",
+        env = "TWILIO_AUTH_TOKEN",
+        hide_env_values = true
+    )]
+    auth_token: Option<String>,
     /// A form parameter (repeatable, order kept). Values are taken literally, not URL-decoded.
     #[arg(
         short = 'd',
@@ -39,7 +50,7 @@ pub struct SignArgs {
 }
 
 pub fn run(args: SignArgs) -> CliResult {
-    let (token, is_test) = token_or_test(args.token)?;
+    let (token, is_test) = token_or_test(args.auth_token)?;
     if is_test {
         warn_test_token(false);
     }

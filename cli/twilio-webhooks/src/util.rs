@@ -45,7 +45,9 @@ pub fn warn_test_token(loud: bool) {
                      ************************************************************************\n"
         );
     } else {
-        eprintln!("warning: no --token / TWILIO_AUTH_TOKEN; signing with the public test token");
+        eprintln!(
+            "warning: no --auth-token / TWILIO_AUTH_TOKEN; signing with the public test token"
+        );
     }
 }
 

@@ -22,12 +22,23 @@ fn stdout(o: &Output) -> String {
 
 #[test]
 fn every_command_has_help() {
-    for cmd in [&[][..], &["serve"], &["sign"], &["inspect"], &["events"]] {
+    for cmd in [
+        &[][..],
+        &["serve"],
+        &["sign"],
+        &["inspect"],
+        &["events"],
+        &["configure"],
+    ] {
         let mut args = cmd.to_vec();
         args.push("--help");
         let out = run(&args);
         assert!(out.status.success(), "{args:?}");
         assert!(stdout(&out).contains("Usage: twilio-webhooks"), "{args:?}");
+        assert!(
+            stdout(&out).contains("Exit codes"),
+            "{args:?}: exit codes documented"
+        );
     }
 }
 

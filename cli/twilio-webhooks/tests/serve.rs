@@ -189,7 +189,7 @@ impl Drop for Serve {
 
 fn inspect(data: &Path) -> Vec<Value> {
     let out = Command::new(BIN)
-        .args(["inspect", "--data"])
+        .args(["inspect", "--json", "--data"])
         .arg(data)
         .output()
         .unwrap();
@@ -451,6 +451,26 @@ async fn every_accepted_event_is_stored_and_processed_once_across_a_crash() {
         assert_eq!(e["reply"]["status"], 200, "{e}");
     }
     assert!(of_type(&lines, "job").is_empty(), "no queued or dead job");
+    // The default (human) view says the same.
+    let out = Command::new(BIN)
+        .args(["inspect", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.starts_with(&format!("Events ({})\n", events.len())),
+        "{summary}"
+    );
+    assert_eq!(
+        summary.matches(" processed ").count(),
+        events.len(),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("Jobs: 0 queued, 0 dead-lettered"),
+        "{summary}"
+    );
     let states = of_type(&lines, "state");
     assert!(
         states.iter().any(|s| s["latest_status"] == "delivered"),

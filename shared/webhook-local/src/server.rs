@@ -106,7 +106,7 @@ pub enum ServeError {
     #[error(
         "refusing to serve {addr} with the public test token: anyone can sign requests with it. \
          Give your auth token (--auth-token or TWILIO_AUTH_TOKEN), listen on 127.0.0.1 without \
-         --public-url, or pass --insecure-public-test-token"
+         --public-base-url, or pass --insecure-public-test-token"
     )]
     PublicTestToken { addr: SocketAddr },
     #[error("server error: {0}")]
@@ -448,7 +448,7 @@ async fn handle(
                 url = %webhook_pipeline::redact::url_for_log(&req.url, app.pipeline.log_pii()),
                 x_forwarded_proto = %proto,
                 "signature check failed on a request that came through a proxy or tunnel: \
-                 pass --public-url with the URL Twilio calls"
+                 pass --public-base-url with the URL Twilio calls"
             );
         }
     }
