@@ -57,8 +57,8 @@ impl LogSettings {
         let filter = var(RUST_LOG)
             .and_then(|v| v.parse::<Targets>().ok())
             .unwrap_or_else(|| {
-                let level = var(AWS_LAMBDA_LOG_LEVEL)
-                    .map_or(LevelFilter::INFO, |l| lambda_level(&l));
+                let level =
+                    var(AWS_LAMBDA_LOG_LEVEL).map_or(LevelFilter::INFO, |l| lambda_level(&l));
                 Targets::new().with_default(level)
             });
         Self { format, filter }
@@ -101,7 +101,7 @@ pub fn init_tracing() {
 /// then `requestId` and the other fields of the enclosing spans (the Lambda runtime's
 /// `Lambda runtime invoke` span carries `requestId` and `xrayTraceId`), then the event's own
 /// fields, all at the top level. A field of an inner span or of the event wins over an outer
-/// one of the same name.
+/// one of the same name; fields named `timestamp` or `level` are dropped (Lambda's own).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LambdaJson;
 
@@ -133,27 +133,39 @@ where
 
         let mut timestamp = String::new();
         SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
-        let mut line = Map::new();
-        line.insert("timestamp".into(), Value::String(timestamp));
-        line.insert(
-            "level".into(),
-            Value::String(level_name(event.metadata().level()).into()),
-        );
-        line.insert(
-            "message".into(),
-            fields
-                .remove("message")
-                .unwrap_or_else(|| Value::String(String::new())),
-        );
-        if let Some(id) = fields.remove("requestId") {
-            line.insert("requestId".into(), id);
+        let message = fields
+            .remove("message")
+            .unwrap_or_else(|| Value::String(String::new()));
+        // Written by hand rather than as one map, to keep Lambda's order: timestamp, level,
+        // message, requestId, then the rest.
+        let mut line = String::with_capacity(256);
+        line.push_str("{\"timestamp\":");
+        line.push_str(&json(&Value::String(timestamp))?);
+        line.push_str(",\"level\":\"");
+        line.push_str(level_name(event.metadata().level()));
+        line.push_str("\",\"message\":");
+        line.push_str(&json(&message)?);
+        let request_id = fields.remove("requestId");
+        for (k, v) in request_id
+            .map(|id| ("requestId".to_owned(), id))
+            .into_iter()
+            .chain(fields)
+        {
+            if matches!(k.as_str(), "timestamp" | "level") {
+                continue;
+            }
+            line.push(',');
+            line.push_str(&json(&Value::String(k))?);
+            line.push(':');
+            line.push_str(&json(&v)?);
         }
-        for (k, v) in fields {
-            line.entry(k).or_insert(v);
-        }
-        let text = serde_json::to_string(&Value::Object(line)).map_err(|_| fmt::Error)?;
-        writeln!(writer, "{text}")
+        line.push('}');
+        writeln!(writer, "{line}")
     }
+}
+
+fn json(v: &Value) -> Result<String, fmt::Error> {
+    serde_json::to_string(v).map_err(|_| fmt::Error)
 }
 
 fn level_name(level: &Level) -> &'static str {

@@ -8,8 +8,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 use webhook_pipeline::Worker;
-use webhook_pipeline::worker::SweepReport;
 use webhook_pipeline::summary::{JobOutcome, JobSummary};
+use webhook_pipeline::worker::SweepReport;
 use webhook_pipeline::worker::WorkerError;
 
 use crate::queue::{JobId, SqliteQueue};

@@ -18,8 +18,8 @@ use crate::metrics::{Metrics, Unit};
 use crate::redact::url_for_log;
 use crate::reply::{Reply, ReplyPolicy};
 use crate::state::StateUpdate;
-use crate::summary::{EventFacts, RequestSummary};
 use crate::store::{Claim, ClaimTimes, EventRecord, EventStore, Job, Outbox, WorkQueue};
+use crate::summary::{EventFacts, RequestSummary};
 
 /// Unix milliseconds; injectable so tests can move time (lock and TTL expiry).
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -264,10 +264,7 @@ impl Pipeline {
         &self,
         endpoint: Endpoint,
         req: &IncomingRequest,
-    ) -> (
-        Result<(Reply, Outcome), PipelineError>,
-        Option<EventFacts>,
-    ) {
+    ) -> (Result<(Reply, Outcome), PipelineError>, Option<EventFacts>) {
         let (webhook, event) = match self.accept(endpoint, req) {
             Ok(accepted) => accepted,
             Err(e) => return (Err(e), None),

@@ -175,10 +175,7 @@ impl Worker {
     }
 
     /// [`Worker::process`], with what its summary line reports besides the outcome.
-    pub async fn process_reported(
-        &self,
-        job: &Job,
-    ) -> (Result<Outcome, WorkerError>, JobReport) {
+    pub async fn process_reported(&self, job: &Job) -> (Result<Outcome, WorkerError>, JobReport) {
         let mut report = JobReport::default();
         let result = self.process_uncounted(job, &mut report).await;
         let kind = [("Kind", job.event.kind.as_str())];
@@ -243,8 +240,10 @@ impl Worker {
             let result = w.run(event).await;
             let ms = started.elapsed().as_secs_f64() * 1000.0;
             *report.slow_work_ms.get_or_insert(0.0) += ms;
-            self.metrics
-                .emit(&[("Work", w.name())], &[("ForwardLatency", Unit::Milliseconds, ms)]);
+            self.metrics.emit(
+                &[("Work", w.name())],
+                &[("ForwardLatency", Unit::Milliseconds, ms)],
+            );
             result.map_err(|error| WorkerError::Work {
                 work: w.name(),
                 error,
