@@ -20,7 +20,7 @@ pub const LOG_FORMAT: &str = "LOG_FORMAT";
 /// Set by Lambda from the function's `LoggingConfig.LogFormat`: `JSON` or `Text`.
 pub const AWS_LAMBDA_LOG_FORMAT: &str = "AWS_LAMBDA_LOG_FORMAT";
 /// Set by Lambda from `LoggingConfig.ApplicationLogLevel` (JSON format): TRACE to FATAL.
-pub const AWS_LAMBDA_LOG_LEVEL: &str = "AWS_LAMBDA_LOG_LEVEL";
+pub use webhook_pipeline::metrics::AWS_LAMBDA_LOG_LEVEL;
 /// A `tracing` filter (`info`, `warn,webhook_pipeline=debug`); wins over `AWS_LAMBDA_LOG_LEVEL`.
 pub const RUST_LOG: &str = "RUST_LOG";
 /// Roots the AWS SDK trusts: `system` (default, the OS bundle) or `amazon` (the five Amazon
