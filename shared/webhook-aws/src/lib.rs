@@ -190,6 +190,28 @@ impl WebhookApp {
     }
 }
 
+/// What a webhook function whose configuration cannot check requests answers to each: 500,
+/// with the request's summary line (the reason was logged once, at cold start).
+pub fn misconfigured_response(endpoint: Endpoint, req: &Request) -> Response<Body> {
+    let e = PipelineError::Misconfigured;
+    let reply = e.to_reply();
+    RequestSummary {
+        endpoint,
+        outcome: Outcome::of_error(&e),
+        status: reply.status,
+        duration_ms: 0.0,
+        facts: None,
+        idempotency_token: req
+            .headers()
+            .get(IDEMPOTENCY_HEADER)
+            .and_then(|v| v.to_str().ok()),
+        error: Some(&e),
+        url: None,
+    }
+    .log();
+    http::response(reply)
+}
+
 /// `main` of the four webhook functions.
 pub async fn run_webhook(endpoint: Endpoint) -> Result<(), Error> {
     init_tracing();
@@ -202,8 +224,8 @@ pub async fn run_webhook(endpoint: Endpoint) -> Result<(), Error> {
         // Anything else (Secrets Manager unreachable) fails init, so the next one retries.
         Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
             error!(endpoint = endpoint.as_str(), error = %e, "misconfigured: every request gets 500");
-            return lambda_http::run(service_fn(|_req: Request| async {
-                Ok::<_, Error>(http::response(PipelineError::Misconfigured.to_reply()))
+            return lambda_http::run(service_fn(move |req: Request| async move {
+                Ok::<_, Error>(misconfigured_response(endpoint, &req))
             }))
             .await;
         }

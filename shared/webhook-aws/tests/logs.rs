@@ -486,6 +486,65 @@ async fn failed_status_callback_summary_has_the_error_code_and_its_meaning() {
     assert!(s.get("error_code").is_none(), "{s}");
 }
 
+#[tokio::test]
+async fn a_url_that_cannot_be_rebuilt_gets_a_summary_too() {
+    let mut event: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../events/sms.http-api.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    event["headers"].as_object_mut().unwrap().remove("host");
+    let app = WebhookApp {
+        pipeline: harness().pipeline,
+        base: None,
+    };
+    let (out, _guard) = capture();
+    let req: Request = lambda_http::request::from_str(&event.to_string()).unwrap();
+    let response = app
+        .handle(Endpoint::Sms, req)
+        .instrument(invocation("req-no-host"))
+        .await;
+    assert_eq!(response.status(), 400);
+    let s = out.summary();
+    assert_eq!(s["requestId"], "req-no-host");
+    assert_eq!(s["outcome"], "malformed");
+    assert_eq!(s["status"], 400);
+    assert_eq!(
+        s["idempotency_token"],
+        "00000000-0000-4000-8000-000000000001"
+    );
+    assert!(s["duration_ms"].as_f64().is_some(), "{s}");
+    out.assert_clean();
+}
+
+#[test]
+fn misconfigured_function_logs_a_failed_summary_per_request() {
+    let event = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../events/voice.http-api.json"),
+    )
+    .unwrap();
+    let req: Request = lambda_http::request::from_str(&event).unwrap();
+    let (out, _guard) = capture();
+    let response = invocation("req-misconfigured")
+        .in_scope(|| webhook_aws::misconfigured_response(Endpoint::Voice, &req));
+    assert_eq!(response.status(), 500);
+    let s = out.summary();
+    assert_eq!(s["requestId"], "req-misconfigured");
+    assert_eq!(s["outcome"], "failed");
+    assert_eq!(s["level"], "ERROR");
+    assert_eq!(s["status"], 500);
+    assert_eq!(s["endpoint"], "voice");
+    assert!(
+        s["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("misconfigured")),
+        "{s}"
+    );
+    out.assert_clean();
+}
+
 // ---------------------------------------------------------------------------------------------
 // One summary line per worker record
 // ---------------------------------------------------------------------------------------------
