@@ -17,6 +17,8 @@ Fails (exit 1, one ERROR line per problem) when they disagree:
       (Twilio's 15 s limit, lock > webhook timeout, SQS visibility >= 6x worker timeout).
   (d) Table: key pk (S), TTL attribute expires_at, GSI pending-index (pending S / lock_until N)
       and the same names used as literals in shared/webhook-aws/src/dynamo.rs.
+  (e) Logs: every function's LoggingConfig (Globals merged as SAM does) has LogFormat JSON and
+      ApplicationLogLevel !Ref ApplicationLogLevel (TRACE..FATAL, default INFO).
 
 Code that does not exist yet (files missing) only produces warnings for the code-derived
 checks; the template-only checks always run.
@@ -64,6 +66,11 @@ DEAD_LETTER_QUEUE = "DeadLetterQueue"
 SECRET_PARAM = "AuthTokenSecretArn"
 PUBLIC_BASE_URL_PARAM = "PublicBaseUrl"
 LOCK_PARAM = "LockSeconds"
+# Logs: every function in Lambda's JSON format at this parameter's level (see
+# shared/webhook-aws/src/logging.rs, which writes lines in that shape and reads
+# AWS_LAMBDA_LOG_FORMAT / AWS_LAMBDA_LOG_LEVEL).
+LOG_LEVEL_PARAM = "ApplicationLogLevel"
+LAMBDA_LOG_LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"]
 
 # DynamoDB schema shared with shared/webhook-aws/src/dynamo.rs.
 PARTITION_KEY = ("pk", "S")
@@ -969,6 +976,36 @@ def check_metrics(t, facts, rep):
                                   f"{row[1]!r}, which the code does not emit")
 
 
+def logging_config(t: dict, f) -> dict:
+    """A function's LoggingConfig as SAM deploys it: Globals' map merged with its own."""
+    glob = ((t.get("Globals") or {}).get("Function") or {}).get("LoggingConfig") or {}
+    own = ((t.get("Resources") or {}).get(f.logical_id, {}).get("Properties") or {}).get("LoggingConfig") or {}
+    return {**glob, **own}
+
+
+def check_logging(t, rep, fns):
+    """Every function logs in Lambda's JSON format, at the ApplicationLogLevel parameter's
+    level (the code's log lines and its EMF lines' level assume both)."""
+    param = (t.get("Parameters") or {}).get(LOG_LEVEL_PARAM)
+    if not isinstance(param, dict):
+        rep.error(f"parameter {LOG_LEVEL_PARAM} is missing (the functions' application log level)")
+    else:
+        if param.get("AllowedValues") != LAMBDA_LOG_LEVELS:
+            rep.error(f"parameter {LOG_LEVEL_PARAM}: AllowedValues must be {LAMBDA_LOG_LEVELS}, "
+                      f"got {param.get('AllowedValues')}")
+        if param.get("Default") != "INFO":
+            rep.error(f"parameter {LOG_LEVEL_PARAM}: Default must be INFO, got {param.get('Default')!r}")
+    for f in fns:
+        where = f"function {f.logical_id} ({f.binary})"
+        lc = logging_config(t, f)
+        if lc.get("LogFormat") != "JSON":
+            rep.error(f"{where}: LoggingConfig.LogFormat must be JSON (Lambda's JSON log format), "
+                      f"got {lc.get('LogFormat')!r}")
+        if lc.get("ApplicationLogLevel") != {"Ref": LOG_LEVEL_PARAM}:
+            rep.error(f"{where}: LoggingConfig.ApplicationLogLevel must be !Ref {LOG_LEVEL_PARAM}, "
+                      f"got {canon(lc.get('ApplicationLogLevel'))}")
+
+
 def check_worker_timing(t, facts, rep, fns):
     """The worker's Timeout, the queue's VisibilityTimeout and the code's per-record worst case
     agree: one record (forward retries + store calls) fits in an invocation with time to send
@@ -1106,6 +1143,7 @@ def run_checks(t: dict, facts: CodeFacts) -> Report:
     check_queues(t, rep)
     check_worker_timing(t, facts, rep, fns)
     check_metrics(t, facts, rep)
+    check_logging(t, rep, fns)
     check_cycles(t, rep)
     return rep
 
@@ -1254,6 +1292,20 @@ MUTATIONS = [
                     {"Voice": {"Type": "HttpApi", "Properties": {"ApiId": {"Ref": "HttpApi"}, "Path": "/voice",
                                                                   "Method": "POST"}}}),
      None, "circular dependency"),
+    ("the worker logs in Lambda's Text format",
+     lambda t: _fn(t, "event-worker")["Properties"]["LoggingConfig"].__setitem__("LogFormat", "Text"), None,
+     "LogFormat must be JSON"),
+    ("no ApplicationLogLevel in Globals",
+     lambda t: t["Globals"]["Function"]["LoggingConfig"].pop("ApplicationLogLevel"), None,
+     "ApplicationLogLevel must be !Ref ApplicationLogLevel"),
+    ("a fixed ApplicationLogLevel on one function",
+     lambda t: _fn(t, "sms-webhook")["Properties"]["LoggingConfig"].__setitem__("ApplicationLogLevel", "DEBUG"),
+     None, "ApplicationLogLevel must be !Ref ApplicationLogLevel"),
+    ("the level parameter without FATAL",
+     lambda t: t["Parameters"][LOG_LEVEL_PARAM]["AllowedValues"].remove("FATAL"), None,
+     "AllowedValues must be"),
+    ("the level parameter removed",
+     lambda t: t["Parameters"].pop(LOG_LEVEL_PARAM), None, "parameter ApplicationLogLevel is missing"),
     # Code drift, simulated on the facts scanned from the code.
     ("the code starts calling .scan()", None,
      lambda f: (f.actions.setdefault("dynamodb:Scan", ["shared/webhook-aws/src/dynamo.rs:1"]),

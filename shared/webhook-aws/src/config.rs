@@ -15,8 +15,14 @@ pub const TWILIO_AUTH_TOKEN_SECRET_ARN: &str = "TWILIO_AUTH_TOKEN_SECRET_ARN";
 /// For local runs (`cargo lambda watch`) only; production reads the secret.
 pub const TWILIO_AUTH_TOKEN: &str = "TWILIO_AUTH_TOKEN";
 pub const TWILIO_SECONDARY_AUTH_TOKEN: &str = "TWILIO_SECONDARY_AUTH_TOKEN";
-/// `json` (default) or `text`.
+/// `json` or `text`; wins over `AWS_LAMBDA_LOG_FORMAT` (see `crate::logging`).
 pub const LOG_FORMAT: &str = "LOG_FORMAT";
+/// Set by Lambda from the function's `LoggingConfig.LogFormat`: `JSON` or `Text`.
+pub const AWS_LAMBDA_LOG_FORMAT: &str = "AWS_LAMBDA_LOG_FORMAT";
+/// Set by Lambda from `LoggingConfig.ApplicationLogLevel` (JSON format): TRACE to FATAL.
+pub use webhook_pipeline::metrics::AWS_LAMBDA_LOG_LEVEL;
+/// A `tracing` filter (`info`, `warn,webhook_pipeline=debug`); wins over `AWS_LAMBDA_LOG_LEVEL`.
+pub const RUST_LOG: &str = "RUST_LOG";
 /// Roots the AWS SDK trusts: `system` (default, the OS bundle) or `amazon` (the five Amazon
 /// Trust Services roots built into the binary, which every AWS endpoint chains to: about 4 ms
 /// less cold start than parsing the OS bundle). template.yaml sets `amazon`; keep `system` for

@@ -6,7 +6,10 @@
 pub mod config;
 pub mod dynamo;
 pub mod http;
+pub mod logging;
 pub mod sqs;
+
+pub use logging::init_tracing;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -20,39 +23,20 @@ use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use tracing::{error, info, warn};
 pub use twilio_webhook::payload::Endpoint;
+use twilio_webhook::signature::IDEMPOTENCY_HEADER;
 use twilio_webhook::url::PublicBaseUrl;
 use webhook_pipeline::config::{ConfigError, FORWARD_URL, Secret, Settings, var};
 use webhook_pipeline::forward::HttpForwarder;
 use webhook_pipeline::metrics::Metrics;
+use webhook_pipeline::pipeline::Outcome;
 use webhook_pipeline::store::Job;
-use webhook_pipeline::worker::WorkerSettings;
+use webhook_pipeline::summary::{JobOutcome, JobSummary, RequestSummary};
+use webhook_pipeline::worker::{JobReport, WorkerSettings};
 use webhook_pipeline::{Pipeline, PipelineError, ReplyPolicy, Worker};
 
 use crate::config::{EVENT_TABLE, TWILIO_AUTH_TOKEN_SECRET_ARN, WORK_QUEUE_URL, required};
 use crate::dynamo::DynamoStore;
 use crate::sqs::SqsQueue;
-
-/// JSON logs for CloudWatch (text with `LOG_FORMAT=text`), filtered by `RUST_LOG`
-/// (`info`, `warn,webhook_pipeline=debug`...). `Targets` instead of `EnvFilter`: the same
-/// syntax minus regex field filters, and no regex engine in every function binary.
-pub fn init_tracing() {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    use tracing_subscriber::prelude::*;
-    let filter: Targets = var("RUST_LOG")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_target(false)
-        .without_time();
-    let registry = tracing_subscriber::registry().with(filter);
-    let _ = if var(config::LOG_FORMAT).as_deref() == Some("text") {
-        registry.with(fmt).try_init()
-    } else {
-        registry
-            .with(fmt.json().flatten_event(true).with_current_span(false))
-            .try_init()
-    };
-}
 
 /// SDK config with limits that fit inside Twilio's 15 s: a refused connection fails in
 /// about a second instead of going through long retries.
@@ -175,16 +159,57 @@ impl WebhookApp {
     }
 
     pub async fn handle(&self, endpoint: Endpoint, req: Request) -> Response<Body> {
+        let started = std::time::Instant::now();
+        // Read before `incoming` takes the request: its summary line needs it either way.
+        let token = req
+            .headers()
+            .get(IDEMPOTENCY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let reply = match http::incoming(req, self.base.as_ref()) {
             Ok(incoming) => self.pipeline.handle(endpoint, &incoming).await,
+            // The pipeline never saw it: the summary line is logged here.
             Err(e) => {
                 let e = PipelineError::from(e);
-                error!(endpoint = endpoint.as_str(), status = e.status(), error = %e, "cannot rebuild the signed URL");
-                e.to_reply()
+                let reply = e.to_reply();
+                RequestSummary {
+                    endpoint,
+                    outcome: Outcome::of_error(&e),
+                    status: reply.status,
+                    duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    facts: None,
+                    idempotency_token: token.as_deref(),
+                    error: Some(&e),
+                    url: None,
+                }
+                .log();
+                reply
             }
         };
         http::response(reply)
     }
+}
+
+/// What a webhook function whose configuration cannot check requests answers to each: 500,
+/// with the request's summary line (the reason was logged once, at cold start).
+pub fn misconfigured_response(endpoint: Endpoint, req: &Request) -> Response<Body> {
+    let e = PipelineError::Misconfigured;
+    let reply = e.to_reply();
+    RequestSummary {
+        endpoint,
+        outcome: Outcome::of_error(&e),
+        status: reply.status,
+        duration_ms: 0.0,
+        facts: None,
+        idempotency_token: req
+            .headers()
+            .get(IDEMPOTENCY_HEADER)
+            .and_then(|v| v.to_str().ok()),
+        error: Some(&e),
+        url: None,
+    }
+    .log();
+    http::response(reply)
 }
 
 /// `main` of the four webhook functions.
@@ -199,8 +224,8 @@ pub async fn run_webhook(endpoint: Endpoint) -> Result<(), Error> {
         // Anything else (Secrets Manager unreachable) fails init, so the next one retries.
         Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
             error!(endpoint = endpoint.as_str(), error = %e, "misconfigured: every request gets 500");
-            return lambda_http::run(service_fn(|_req: Request| async {
-                Ok::<_, Error>(http::response(PipelineError::Misconfigured.to_reply()))
+            return lambda_http::run(service_fn(move |req: Request| async move {
+                Ok::<_, Error>(misconfigured_response(endpoint, &req))
             }))
             .await;
         }
@@ -284,46 +309,70 @@ impl WorkerApp {
         let mut deferred = 0usize;
         for record in batch.records {
             let id = record.message_id.clone().unwrap_or_default();
+            let attempts = record
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|n| n.parse::<u32>().ok());
+            let mut summary = JobSummary {
+                outcome: JobOutcome::Deferred,
+                key: None,
+                kind: None,
+                attempts,
+                forward_ms: None,
+                message_id: Some(&id),
+                error: None,
+            };
             let left = deadline.map(|d| d.duration_since(SystemTime::now()).unwrap_or_default());
             if deferred > 0 || left.is_some_and(|left| left < budget) {
                 deferred += 1;
+                summary.log();
                 let mut f = BatchItemFailure::default();
                 f.item_identifier = id;
                 failures.push(f);
                 continue;
             }
-            let result = match serde_json::from_str::<Job>(record.body.as_deref().unwrap_or("")) {
+            let job = serde_json::from_str::<Job>(record.body.as_deref().unwrap_or(""));
+            let result = match &job {
                 // The budget is a worst case the code controls; the store calls' own timeouts
                 // are not, so the record is also cut off a second before the deadline: the
                 // partial-batch response must go out. A record cut off mid-way keeps its
                 // lease, and its redelivery finds it again (the fold is idempotent).
                 Ok(job) => {
-                    let work = self.worker.process(&job);
-                    let outcome = match left {
+                    summary.key = Some(&job.event.key);
+                    summary.kind = Some(&job.event.kind);
+                    let work = self.worker.process_reported(job);
+                    let (outcome, report) = match left {
                         Some(left) => {
                             tokio::time::timeout(left.saturating_sub(CUTOFF_MARGIN), work)
                                 .await
                                 .unwrap_or_else(|_| {
-                                    Err(webhook_pipeline::worker::WorkerError::Busy(format!(
+                                    let cut = webhook_pipeline::worker::WorkerError::Busy(format!(
                                         "{}: cut off before the invocation's deadline",
                                         job.event.key
-                                    )))
+                                    ));
+                                    (Err(cut), JobReport::default())
                                 })
                         }
                         None => work.await,
                     };
+                    summary.outcome = JobOutcome::of(&outcome);
+                    summary.forward_ms = report.slow_work_ms;
                     outcome.map(|_| ()).map_err(|e| e.to_string())
                 }
                 // Unreadable: fail it so it ends in the DLQ for a human, never silently dropped.
                 // (Not `{e}`: serde may quote the body, which holds personal data.)
-                Err(e) => Err(format!(
-                    "unreadable job ({:?} error at column {})",
-                    e.classify(),
-                    e.column()
-                )),
+                Err(e) => {
+                    summary.outcome = JobOutcome::Unreadable;
+                    Err(format!(
+                        "unreadable job ({:?} error at column {})",
+                        e.classify(),
+                        e.column()
+                    ))
+                }
             };
-            if let Err(e) = result {
-                error!(message_id = %id, error = %e, "job failed; SQS will redeliver it");
+            summary.error = result.as_ref().err().map(|e| e as &dyn std::fmt::Display);
+            summary.log();
+            if result.is_err() {
                 let mut f = BatchItemFailure::default();
                 f.item_identifier = id;
                 failures.push(f);

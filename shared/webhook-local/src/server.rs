@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -395,7 +395,6 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let started = Instant::now();
     if app.local_only && !is_local_request(&headers) {
         // A tunnel or proxy in front of a loopback address reaches it from outside, where
         // anyone can sign with the public test token.
@@ -435,13 +434,8 @@ async fn handle(
         headers,
         body,
     };
+    // The pipeline logs the request's summary line (status, duration, outcome).
     let reply = app.pipeline.handle(endpoint, &req).await;
-    info!(
-        endpoint = endpoint.as_str(),
-        status = reply.status,
-        ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
     if reply.status == 403 && app.public_url.is_none() {
         if let Some(proto) = forwarded_proto {
             warn!(

@@ -8,8 +8,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 use webhook_pipeline::Worker;
+use webhook_pipeline::summary::{JobOutcome, JobSummary};
 use webhook_pipeline::worker::SweepReport;
-use webhook_pipeline::worker::{Outcome, WorkerError};
+use webhook_pipeline::worker::WorkerError;
 
 use crate::queue::{JobId, SqliteQueue};
 use crate::store::SqliteStore;
@@ -200,7 +201,16 @@ impl WorkerLoop {
             )
             .await?;
         for (key, kind) in &report.named {
-            info!(%key, %kind, "event processed");
+            JobSummary {
+                outcome: JobOutcome::Processed,
+                key: Some(key),
+                kind: Some(kind),
+                attempts: None,
+                forward_ms: None,
+                message_id: None,
+                error: None,
+            }
+            .log();
         }
         if report.deferred > 0 {
             debug!(
@@ -243,21 +253,21 @@ async fn handle(
     id: JobId,
     job: webhook_pipeline::Job,
 ) -> Option<JobId> {
-    let result = match worker.process(&job).await {
-        Ok(outcome) => {
-            if outcome == Outcome::Skipped {
-                debug!(key = %job.event.key, "job skipped (already processed or expired)");
-            }
-            return Some(id);
-        }
-        Err(WorkerError::Busy(key)) => {
-            debug!(%key, "another worker holds the record; looking again later");
-            queue.defer(id, busy_delay).await
-        }
-        Err(e) => {
-            warn!(key = %job.event.key, job = id, error = %e, "job failed; it will be retried");
-            queue.nack(id, &e.to_string()).await
-        }
+    let (result, report) = worker.process_reported(&job).await;
+    JobSummary {
+        outcome: JobOutcome::of(&result),
+        key: Some(&job.event.key),
+        kind: Some(&job.event.kind),
+        attempts: None,
+        forward_ms: report.slow_work_ms,
+        message_id: None,
+        error: result.as_ref().err().map(|e| e as &dyn std::fmt::Display),
+    }
+    .log();
+    let result = match result {
+        Ok(_) => return Some(id),
+        Err(WorkerError::Busy(_)) => queue.defer(id, busy_delay).await,
+        Err(e) => queue.nack(id, &e.to_string()).await,
     };
     if let Err(e) = result {
         error!(job = id, error = %e, "could not settle a job (it comes back after its visibility timeout)");

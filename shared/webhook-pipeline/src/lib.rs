@@ -15,6 +15,7 @@ pub mod reply;
 pub mod samples;
 pub mod state;
 pub mod store;
+pub mod summary;
 pub mod worker;
 
 pub use config::Settings;

@@ -18,6 +18,10 @@ use serde_json::{Map, Value, json};
 
 use crate::config::METRICS_NAMESPACE;
 
+/// Set by Lambda from the function's `LoggingConfig.ApplicationLogLevel` (JSON log format):
+/// TRACE, DEBUG, INFO, WARN, ERROR or FATAL.
+pub const AWS_LAMBDA_LOG_LEVEL: &str = "AWS_LAMBDA_LOG_LEVEL";
+
 /// The namespace when `METRICS_NAMESPACE` is unset.
 pub const DEFAULT_NAMESPACE: &str = "TwilioWebhooks";
 
@@ -44,6 +48,8 @@ impl Unit {
 #[derive(Clone, Default)]
 pub struct Metrics {
     target: Option<(String, Sink)>,
+    /// The line's `level` member, when set (see [`Metrics::stdout_from_env`]).
+    level: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -60,10 +66,12 @@ impl Metrics {
         Self::default()
     }
 
-    /// EMF lines on stdout, in `METRICS_NAMESPACE`.
+    /// EMF lines on stdout, in `METRICS_NAMESPACE`, each with the `level` Lambda's log-level
+    /// filter keeps ([`kept_level`] of `AWS_LAMBDA_LOG_LEVEL`).
     pub fn stdout_from_env() -> Self {
         let namespace =
             crate::config::var(METRICS_NAMESPACE).unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+        let level = kept_level(crate::config::var(AWS_LAMBDA_LOG_LEVEL).as_deref());
         Self::to_sink(
             namespace,
             Arc::new(|line: String| {
@@ -74,12 +82,20 @@ impl Metrics {
                     .write_all(format!("{line}\n").as_bytes());
             }),
         )
+        .with_level(level)
+    }
+
+    /// Give every line this `level` member.
+    pub fn with_level(mut self, level: &'static str) -> Self {
+        self.level = Some(level);
+        self
     }
 
     /// EMF lines handed to `sink`.
     pub fn to_sink(namespace: impl Into<String>, sink: Sink) -> Self {
         Self {
             target: Some((namespace.into(), sink)),
+            level: None,
         }
     }
 
@@ -116,6 +132,9 @@ impl Metrics {
                 }],
             }),
         );
+        if let Some(level) = self.level {
+            line.insert("level".into(), Value::String(level.into()));
+        }
         for (k, v) in dimensions {
             line.insert((*k).into(), Value::String((*v).into()));
         }
@@ -123,6 +142,22 @@ impl Metrics {
             line.insert((*name).into(), json!(v));
         }
         sink(Value::Object(line).to_string());
+    }
+}
+
+/// The level Lambda's application log-level filter (`AWS_LAMBDA_LOG_LEVEL`, JSON log format)
+/// keeps: INFO, or the configured level when it is above INFO. Lambda reads a line without a
+/// `level` as INFO, so with `ApplicationLogLevel: WARN` it would drop every EMF line, and the
+/// metrics and their alarms would go silent.
+pub fn kept_level(aws_lambda_log_level: Option<&str>) -> &'static str {
+    match aws_lambda_log_level
+        .map(|l| l.trim().to_ascii_uppercase())
+        .as_deref()
+    {
+        Some("WARN") => "WARN",
+        Some("ERROR") => "ERROR",
+        Some("FATAL") => "FATAL",
+        _ => "INFO",
     }
 }
 
@@ -247,5 +282,24 @@ mod tests {
             assert!(check_emf(bad).is_err(), "{bad}");
         }
         assert!(Metrics::disabled().target.is_none());
+    }
+
+    #[test]
+    fn lines_carry_a_level_lambdas_filter_keeps() {
+        let (m, lines) = capture();
+        let m = m.with_level(kept_level(Some("WARN")));
+        m.emit(&[("Kind", "x")], &[("Processed", Unit::Count, 1.0)]);
+        let v = check_emf(&lines.lock().unwrap()[0]).unwrap();
+        assert_eq!(v["level"], "WARN");
+        for (configured, kept) in [
+            (None, "INFO"),
+            (Some("TRACE"), "INFO"),
+            (Some("debug"), "INFO"),
+            (Some("INFO"), "INFO"),
+            (Some("ERROR"), "ERROR"),
+            (Some("FATAL"), "FATAL"),
+        ] {
+            assert_eq!(kept_level(configured), kept, "{configured:?}");
+        }
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::HeaderMap;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 use twilio_webhook::Validator;
 use twilio_webhook::basic::{BasicAuth, BasicAuthError};
 use twilio_webhook::payload::{Endpoint, Webhook};
@@ -19,6 +19,7 @@ use crate::redact::url_for_log;
 use crate::reply::{Reply, ReplyPolicy};
 use crate::state::StateUpdate;
 use crate::store::{Claim, ClaimTimes, EventRecord, EventStore, Job, Outbox, WorkQueue};
+use crate::summary::{EventFacts, RequestSummary};
 
 /// Unix milliseconds; injectable so tests can move time (lock and TTL expiry).
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -95,8 +96,10 @@ pub struct Pipeline {
 pub enum Outcome {
     /// A new event, recorded and handed to the worker.
     Accepted,
-    /// A copy of a recorded event: the stored reply, nothing else.
+    /// A copy of a processed event: the stored reply, nothing else.
     Duplicate,
+    /// A copy of an event recorded but not processed yet: the stored reply, nothing else.
+    InProgress,
     /// No Basic credentials yet: Twilio's first try, answered with the challenge.
     Challenged,
     /// Wrong signature or credentials (401/403).
@@ -112,11 +115,22 @@ impl Outcome {
     pub fn metric(self) -> &'static str {
         match self {
             Self::Accepted => "Accepted",
-            Self::Duplicate => "Duplicate",
+            Self::Duplicate | Self::InProgress => "Duplicate",
             Self::Challenged => "Challenged",
             Self::Refused => "Refused",
             Self::Malformed => "Malformed",
             Self::Failed => "Failed",
+        }
+    }
+
+    /// The outcome of a request that ended in `e`.
+    pub fn of_error(e: &PipelineError) -> Self {
+        match (e.status(), e) {
+            // The challenge is Twilio's first try, not a refusal worth an alarm.
+            (_, PipelineError::Unauthorized(BasicAuthError::Missing)) => Self::Challenged,
+            (400, _) => Self::Malformed,
+            (s, _) if s >= 500 => Self::Failed,
+            _ => Self::Refused,
         }
     }
 }
@@ -180,50 +194,27 @@ impl Pipeline {
     }
 
     /// Handle one webhook; never fails: errors become their HTTP reply here. Counts the
-    /// outcome in the metrics.
+    /// outcome in the metrics and logs the request's summary line ([`RequestSummary`]).
     pub async fn handle(&self, endpoint: Endpoint, req: &IncomingRequest) -> Reply {
         let started = std::time::Instant::now();
-        let (result, kind) = self.run(endpoint, req).await;
-        let (reply, outcome) = match result {
-            Ok(done) => done,
+        let (result, facts) = self.run(endpoint, req).await;
+        let (reply, outcome, error) = match result {
+            Ok((reply, outcome)) => (reply, outcome, None),
             Err(e) => {
-                let status = e.status();
-                if let PipelineError::Unauthorized(BasicAuthError::Missing) = e {
-                    // Twilio's first try of every webhook: expected, not a refusal to log.
-                    debug!(endpoint = endpoint.as_str(), "Basic auth challenge sent");
-                } else if status >= 500 {
-                    error!(endpoint = endpoint.as_str(), status, error = %e, "webhook failed");
-                } else {
-                    // The URL checked is the first thing to compare with the Twilio console
-                    // when signatures fail (proxy, custom domain, stage); a GET webhook's
-                    // query holds From, To and Body, so its values stay out unless LOG_PII.
-                    let url = url_for_log(&req.url, self.log_pii);
-                    warn!(endpoint = endpoint.as_str(), status, error = %e, %url, "webhook refused");
-                }
-                let outcome = match (status, &e) {
-                    // The challenge is Twilio's first try, not a refusal worth an alarm.
-                    (_, PipelineError::Unauthorized(BasicAuthError::Missing)) => {
-                        Outcome::Challenged
-                    }
-                    (400, _) => Outcome::Malformed,
-                    (s, _) if s >= 500 => Outcome::Failed,
-                    _ => Outcome::Refused,
-                };
-                (e.to_reply(), outcome)
+                let outcome = Outcome::of_error(&e);
+                (e.to_reply(), outcome, Some(e))
             }
         };
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let kind = facts.as_ref().map(|f| f.kind);
         let mut values = vec![
             (outcome.metric(), Unit::Count, 1.0),
-            (
-                "Latency",
-                Unit::Milliseconds,
-                started.elapsed().as_secs_f64() * 1000.0,
-            ),
+            ("Latency", Unit::Milliseconds, duration_ms),
         ];
         if endpoint == Endpoint::Fallback
             && matches!(
                 outcome,
-                Outcome::Accepted | Outcome::Duplicate | Outcome::Failed
+                Outcome::Accepted | Outcome::Duplicate | Outcome::InProgress | Outcome::Failed
             )
         {
             values.push(("FallbackUsed", Unit::Count, 1.0));
@@ -235,6 +226,25 @@ impl Pipeline {
             ],
             &values,
         );
+        // The URL checked is the first thing to compare with the Twilio console when
+        // signatures fail (proxy, custom domain, stage); a GET webhook's query holds From, To
+        // and Body, so its values stay out unless LOG_PII.
+        let url = matches!(outcome, Outcome::Refused | Outcome::Malformed)
+            .then(|| url_for_log(&req.url, self.log_pii));
+        RequestSummary {
+            endpoint,
+            outcome,
+            status: reply.status,
+            duration_ms,
+            facts: facts.as_ref(),
+            idempotency_token: req
+                .headers
+                .get(IDEMPOTENCY_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            error: error.as_ref().map(|e| e as &dyn std::fmt::Display),
+            url: url.as_deref(),
+        }
+        .log();
         reply
     }
 
@@ -248,20 +258,18 @@ impl Pipeline {
         self.run(endpoint, req).await.0.map(|(reply, _)| reply)
     }
 
-    /// The pipeline, with the outcome and the payload kind (once known).
+    /// The pipeline, with the outcome and what the summary line says of the event (once
+    /// parsed).
     async fn run(
         &self,
         endpoint: Endpoint,
         req: &IncomingRequest,
-    ) -> (
-        Result<(Reply, Outcome), PipelineError>,
-        Option<&'static str>,
-    ) {
+    ) -> (Result<(Reply, Outcome), PipelineError>, Option<EventFacts>) {
         let (webhook, event) = match self.accept(endpoint, req) {
             Ok(accepted) => accepted,
             Err(e) => return (Err(e), None),
         };
-        let kind = Some(webhook.kind());
+        let facts = Some(EventFacts::of(&webhook, &event.key));
         let result = match self.record(&event).await {
             Ok(done) => Ok(done),
             // The fallback URL is Twilio's last call: answer safe TwiML even when our backend
@@ -273,7 +281,7 @@ impl Pipeline {
             }
             Err(e) => Err(e),
         };
-        (result, kind)
+        (result, facts)
     }
 
     /// Everything before I/O: verify, parse, key, reply. Public for benchmarks.
@@ -359,14 +367,15 @@ impl Pipeline {
             }
         };
         match claim {
-            Claim::Duplicate { reply, processed } => {
-                info!(key = %event.key, processed, "duplicate webhook: replaying the stored reply");
-                Ok((reply, Outcome::Duplicate))
-            }
-            Claim::New if self.outbox.is_some() => {
-                info!(key = %event.key, kind = %event.kind, "webhook accepted");
-                Ok((event.reply.clone(), Outcome::Accepted))
-            }
+            Claim::Duplicate { reply, processed } => Ok((
+                reply,
+                if processed {
+                    Outcome::Duplicate
+                } else {
+                    Outcome::InProgress
+                },
+            )),
+            Claim::New if self.outbox.is_some() => Ok((event.reply.clone(), Outcome::Accepted)),
             Claim::New => {
                 let job = Job {
                     event: event.clone(),
@@ -379,7 +388,6 @@ impl Pipeline {
                     }
                     return Err(PipelineError::Queue(e));
                 }
-                info!(key = %event.key, kind = %event.kind, "webhook accepted");
                 Ok((event.reply.clone(), Outcome::Accepted))
             }
         }

@@ -279,7 +279,9 @@ pub fn call_rank(s: &CallStatus) -> u8 {
     }
 }
 
-/// Meaning of the message error codes users meet most (Twilio's error dictionary).
+/// Meaning of the message error codes users meet most (Twilio's error dictionary): 21211,
+/// 21408, 21610, 21612, 21614 (sending refused), 30001-30010 (delivery), 30032-30034 (US
+/// toll-free and A2P 10DLC registration), 63016 (WhatsApp). Any other code has no meaning here.
 pub fn error_meaning(code: u32) -> Option<&'static str> {
     Some(match code {
         21211 => "invalid 'To' phone number",
@@ -297,6 +299,8 @@ pub fn error_meaning(code: u32) -> Option<&'static str> {
         30008 => "unknown error from the carrier",
         30009 => "missing segment of a multi-part message",
         30010 => "message price exceeds the max price",
+        30032 => "toll-free number has not been verified",
+        30033 => "US A2P 10DLC campaign suspended",
         30034 => "message from an unregistered US A2P 10DLC number",
         63016 => "WhatsApp: outside the 24-hour session window; use a template",
         _ => return None,

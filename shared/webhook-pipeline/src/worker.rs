@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tracing::{error, info, warn};
+use tracing::{debug, error, warn};
 
 use crate::metrics::{Metrics, Unit};
 use crate::pipeline::{Clock, system_clock};
@@ -50,6 +50,13 @@ pub enum WorkerError {
     },
     #[error("state record {0} kept changing under us")]
     Contention(String),
+}
+
+/// What a job did besides its outcome, for its summary line.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct JobReport {
+    /// How long the slow work (`FORWARD_URL`) took in all, when it ran.
+    pub slow_work_ms: Option<f64>,
 }
 
 /// What happened to a job.
@@ -164,7 +171,13 @@ impl Worker {
 
     /// Process one job. `Err` means "retry this job later".
     pub async fn process(&self, job: &Job) -> Result<Outcome, WorkerError> {
-        let result = self.process_uncounted(job).await;
+        self.process_reported(job).await.0
+    }
+
+    /// [`Worker::process`], with what its summary line reports besides the outcome.
+    pub async fn process_reported(&self, job: &Job) -> (Result<Outcome, WorkerError>, JobReport) {
+        let mut report = JobReport::default();
+        let result = self.process_uncounted(job, &mut report).await;
         let kind = [("Kind", job.event.kind.as_str())];
         match &result {
             Ok(Outcome::Processed) => {
@@ -182,17 +195,21 @@ impl Worker {
             Err(WorkerError::Busy(_)) => {}
             Err(_) => self.metrics.emit(&kind, &[("JobFailed", Unit::Count, 1.0)]),
         }
-        result
+        (result, report)
     }
 
-    async fn process_uncounted(&self, job: &Job) -> Result<Outcome, WorkerError> {
+    async fn process_uncounted(
+        &self,
+        job: &Job,
+        report: &mut JobReport,
+    ) -> Result<Outcome, WorkerError> {
         let key = &job.event.key;
         let now = (self.clock)();
         if let Some(store) = self.fold_in_one.as_ref().filter(|_| self.work.is_empty()) {
             let expires = now / 1000 + self.settings.event_ttl.as_secs() as i64;
             return match store.process_in_one(&job.event, now, expires).await? {
                 Folded::Processed => {
-                    info!(%key, kind = %job.event.kind, "event processed");
+                    debug!(%key, kind = %job.event.kind, "event processed");
                     Ok(Outcome::Processed)
                 }
                 Folded::AlreadyDone | Folded::Missing => Ok(Outcome::Skipped),
@@ -205,29 +222,27 @@ impl Worker {
             Processing::AlreadyDone | Processing::Missing => return Ok(Outcome::Skipped),
             Processing::Busy => return Err(WorkerError::Busy(key.clone())),
         }
-        if let Err(e) = self.run(&job.event).await {
+        if let Err(e) = self.run(&job.event, report).await {
             if let Err(release) = self.store.abandon_processing(key).await {
                 warn!(%key, error = %release, "could not drop the worker lease");
             }
             return Err(e);
         }
         self.store.finish_processing(key, (self.clock)()).await?;
-        info!(%key, kind = %job.event.kind, "event processed");
+        debug!(%key, kind = %job.event.kind, "event processed");
         Ok(Outcome::Processed)
     }
 
-    async fn run(&self, event: &EventRecord) -> Result<(), WorkerError> {
+    async fn run(&self, event: &EventRecord, report: &mut JobReport) -> Result<(), WorkerError> {
         self.fold_state(event).await?;
         for w in &self.work {
             let started = std::time::Instant::now();
             let result = w.run(event).await;
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            *report.slow_work_ms.get_or_insert(0.0) += ms;
             self.metrics.emit(
                 &[("Work", w.name())],
-                &[(
-                    "ForwardLatency",
-                    Unit::Milliseconds,
-                    started.elapsed().as_secs_f64() * 1000.0,
-                )],
+                &[("ForwardLatency", Unit::Milliseconds, ms)],
             );
             result.map_err(|error| WorkerError::Work {
                 work: w.name(),
