@@ -72,9 +72,7 @@ fn summary(lines: &[Value]) -> String {
             *slot = "dead";
         }
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let now_ms = webhook_pipeline::now_ms();
     let mut out = String::new();
 
     let events: Vec<&Value> = of("event").collect();

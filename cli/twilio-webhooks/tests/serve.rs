@@ -522,6 +522,19 @@ async fn a_bad_signature_gets_403_and_is_not_stored() {
         .await
         .unwrap();
     assert_eq!(wrong_url.status(), 403);
+    // HTTP/1.0 without a Host header: the signed URL cannot be rebuilt, 400 as in Lambda.
+    use std::io::{Read as _, Write as _};
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", serve.port)).unwrap();
+    let body = form.encode();
+    write!(
+        raw,
+        "POST /sms HTTP/1.0\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = raw.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.0 400"), "{answer}");
     let genuine = Hook {
         id: "genuine".into(),
         ..hook.clone()

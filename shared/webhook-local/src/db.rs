@@ -671,11 +671,7 @@ fn run_batch(c: &mut Connection, batch: &mut [Box<dyn Op>]) -> Result<(), BatchE
     result
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub(crate) use webhook_pipeline::now_ms;
 
 #[cfg(test)]
 mod tests {

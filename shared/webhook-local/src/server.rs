@@ -18,19 +18,21 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use twilio_webhook::AuthToken;
 use twilio_webhook::payload::Endpoint;
-use twilio_webhook::url::{PublicBaseUrl, from_parts};
+use twilio_webhook::url::{PublicBaseUrl, UrlError, from_parts};
 use webhook_pipeline::config::Secret;
 use webhook_pipeline::samples::TEST_AUTH_TOKEN;
 use webhook_pipeline::worker::{SlowWork, WorkerSettings};
-use webhook_pipeline::{IncomingRequest, Pipeline, Reply, ReplyPolicy, Settings, Worker};
+use webhook_pipeline::{
+    IncomingRequest, Pipeline, PipelineError, Reply, ReplyPolicy, Settings, Worker,
+};
 
 use crate::db::{Database, DirLock, OpenError, now_ms};
 use crate::queue::{QueueSettings, SqliteQueue};
 use crate::store::SqliteStore;
 use crate::worker::{LoopSettings, WorkerLoop};
 
-/// Largest accepted request body; Twilio's webhooks are a few KB.
-pub const BODY_LIMIT: usize = 64 * 1024;
+/// Largest accepted request body: the form parser's limit.
+pub const BODY_LIMIT: usize = twilio_webhook::form::MAX_BODY_BYTES;
 
 /// Everything `serve` needs.
 pub struct ServeConfig {
@@ -412,15 +414,9 @@ async fn handle(
     let url = match signed_url(app.public_url.as_ref(), &uri, &headers) {
         Some(url) => url,
         None => {
-            warn!(
-                endpoint = endpoint.as_str(),
-                "request without a Host header refused"
-            );
-            return (
-                StatusCode::BAD_REQUEST,
-                "missing Host header: the signed URL cannot be rebuilt\n",
-            )
-                .into_response();
+            let error = PipelineError::Url(UrlError::MissingHost);
+            warn!(endpoint = endpoint.as_str(), %error, "request refused");
+            return to_response(error.to_reply());
         }
     };
     let forwarded_proto = headers

@@ -39,10 +39,14 @@ pub struct Settings {
     pub lock: Duration,
 }
 
+/// How long records and dedup keys live by default (`EVENT_TTL_SECONDS`): 7 days, longer than
+/// Twilio's retries and a DLQ redrive.
+pub const DEFAULT_EVENT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            event_ttl: Duration::from_secs(7 * 24 * 3600),
+            event_ttl: DEFAULT_EVENT_TTL,
             lock: Duration::from_secs(30),
         }
     }

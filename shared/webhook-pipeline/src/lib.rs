@@ -20,7 +20,7 @@ pub mod worker;
 
 pub use config::Settings;
 pub use error::PipelineError;
-pub use pipeline::{Clock, IncomingRequest, Pipeline, system_clock};
+pub use pipeline::{Clock, IncomingRequest, Pipeline, now_ms, system_clock};
 pub use reply::{Reply, ReplyPolicy};
 pub use store::{
     Claim, EventRecord, EventStore, FoldInOne, Folded, Job, Outbox, Processing, StoreError,

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use crate::config::METRICS_NAMESPACE;
+use crate::pipeline::now_ms;
 
 /// Set by Lambda from the function's `LoggingConfig.ApplicationLogLevel` (JSON log format):
 /// TRACE, DEBUG, INFO, WARN, ERROR or FATAL.
@@ -159,12 +160,6 @@ pub fn kept_level(aws_lambda_log_level: Option<&str>) -> &'static str {
         Some("FATAL") => "FATAL",
         _ => "INFO",
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Check one line against the EMF specification's structure (used by tests): `_aws` with an

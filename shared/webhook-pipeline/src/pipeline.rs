@@ -24,12 +24,15 @@ use crate::summary::{EventFacts, RequestSummary};
 /// Unix milliseconds; injectable so tests can move time (lock and TTL expiry).
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
+/// The wall clock in unix milliseconds (0 before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 pub fn system_clock() -> Clock {
-    Arc::new(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64)
-    })
+    Arc::new(now_ms)
 }
 
 /// `url` with `user:pass@` in its authority (percent-encoded as a URL holds them).

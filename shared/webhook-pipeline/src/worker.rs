@@ -99,7 +99,7 @@ impl Default for WorkerSettings {
             lease: Duration::from_secs(60),
             sweep_grace: Duration::from_secs(120),
             max_sweeps: 3,
-            event_ttl: Duration::from_secs(7 * 24 * 3600),
+            event_ttl: crate::config::DEFAULT_EVENT_TTL,
         }
     }
 }
