@@ -83,7 +83,8 @@ impl Settings {
     }
 }
 
-pub(crate) fn secs(
+/// `name` as a whole number of seconds in `range`; `default` when unset.
+pub fn secs(
     name: &'static str,
     default: Duration,
     range: std::ops::RangeInclusive<u64>,
