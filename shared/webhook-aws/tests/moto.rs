@@ -691,6 +691,14 @@ async fn a_blank_token_in_secrets_manager_is_a_configuration_error() {
             r#"{"auth_token":"12345678901234567890123456789012"}"#,
         ),
         (
+            "test-token-of-an-account",
+            r#"{"auth_token":"0123456789abcdef0123456789abcdef","accounts":{"AC0123456789abcdef0123456789abcdef":{"auth_token":"12345678901234567890123456789012"}}}"#,
+        ),
+        (
+            "blank-account-token",
+            r#"{"accounts":{"AC0123456789abcdef0123456789abcdef":{"auth_token":" "}}}"#,
+        ),
+        (
             "good",
             r#"{"auth_token":" 0123456789abcdef0123456789abcdef\n"}"#,
         ),
@@ -711,6 +719,8 @@ async fn a_blank_token_in_secrets_manager_is_a_configuration_error() {
         "blank-secondary",
         "blank-shared-key",
         "test-token",
+        "test-token-of-an-account",
+        "blank-account-token",
     ] {
         let err = webhook_aws::secret_from_arn(&sdk, &arns[name])
             .await
