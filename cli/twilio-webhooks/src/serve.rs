@@ -13,7 +13,7 @@ use twilio_webhook::{AuthToken, FormParams, sign};
 use webhook_local::{ServeConfig, Server, shutdown_signal, termination_signal};
 use webhook_pipeline::config::{FORWARD_URL, Secret, var};
 use webhook_pipeline::forward::HttpForwarder;
-use webhook_pipeline::samples::{MESSAGE_SID, inbound_sms};
+use webhook_pipeline::samples::{ACCOUNT_SID, MESSAGE_SID, inbound_sms};
 use webhook_pipeline::{ReplyPolicy, Settings};
 
 use crate::sign::curl_form;
@@ -62,9 +62,15 @@ pub struct ServeArgs {
     )]
     auth_token: Option<String>,
     /// The Lambda secret's JSON (or a bare token) from a file: `auth_token`,
-    /// `secondary_auth_token`, `shared_keys`, `basic_auth`. Replaces --auth-token.
-    #[arg(long, value_name = "FILE", conflicts_with = "auth_token")]
-    secret_file: Option<PathBuf>,
+    /// `secondary_auth_token`, `accounts` (tokens by AccountSid), `shared_keys`, `basic_auth`.
+    /// Replaces --auth-token. Read once, at start.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "auth_token",
+        alias = "secret-file"
+    )]
+    secrets: Option<PathBuf>,
     /// Require HTTP Basic credentials (Twilio sends them for https://USER:PASS@host/... URLs):
     /// 401 with a challenge without them.
     #[arg(long, value_name = "USER:PASS")]
@@ -91,18 +97,18 @@ pub fn run(args: ServeArgs) -> CliResult {
     let (token, is_test) = token_or_test(args.auth_token.clone())?;
     let mut config = ServeConfig::new(args.addr, args.data.clone(), token.clone());
     let mut banner_token = Some(token);
-    if let Some(path) = &args.secret_file {
+    if let Some(path) = &args.secrets {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read --secret-file {}: {e}", path.display()))?;
-        config.secret = Secret::parse(&text, "--secret-file").map_err(|e| e.to_string())?;
-        // The first key is the auth token: the banner's curl is signed with it.
-        banner_token = config.secret.keys.first().cloned();
+            .map_err(|e| format!("cannot read --secrets {}: {e}", path.display()))?;
+        config.secret = Secret::parse(&text, "--secrets").map_err(|e| e.to_string())?;
+        // The banner's curl claims the sample's account: signed with the token checking it.
+        banner_token = config.secret.token_for(ACCOUNT_SID).cloned();
     }
     if let Some(pair) = &args.basic_auth {
         config.secret.basic_auth =
             Some(BasicAuth::parse(pair).map_err(|e| format!("--basic-auth: {e}"))?);
     }
-    let is_test = is_test && args.secret_file.is_none();
+    let is_test = is_test && args.secrets.is_none();
     let basic = config.secret.basic_auth.clone();
     config.public_url = args.public_base_url.clone();
     config.insecure_public_test_token = args.insecure_public_test_token;
@@ -237,6 +243,11 @@ fn print_banner(
         );
     }
     println!();
+    if token.is_none() {
+        println!(
+            "No signed curl: the secret has no default token and no entry for the sample's account {ACCOUNT_SID}."
+        );
+    }
     if let Some(token) = token {
         let signature = sign(token, &sms_url, &form);
         let mut curl = curl_form(&sms_url, &signature, &form);

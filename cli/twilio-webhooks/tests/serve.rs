@@ -82,13 +82,24 @@ impl Serve {
         forward_url: Option<&str>,
         extra: &[&str],
     ) -> Self {
+        let args = [&["--auth-token", TEST_AUTH_TOKEN], extra].concat();
+        Self::start_args(work, port, run, forward_url, &args)
+    }
+
+    /// `serve` with these arguments only (besides the address and data directory).
+    fn start_args(
+        work: &Path,
+        port: u16,
+        run: usize,
+        forward_url: Option<&str>,
+        args: &[&str],
+    ) -> Self {
         let stdout = work.join(format!("serve-{run}.out"));
         let stderr = work.join(format!("serve-{run}.err"));
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data"])
             .arg(work.join("data"))
-            .args(["--auth-token", TEST_AUTH_TOKEN])
-            .args(extra)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).unwrap())
             .stderr(File::create(&stderr).unwrap());
@@ -761,4 +772,63 @@ async fn basic_auth_through_serve() {
         .cloned()
         .collect::<Vec<_>>();
     assert_eq!(events.len(), 1, "only the authenticated request was stored");
+}
+
+/// Many accounts: `serve --secrets FILE` takes the Lambda secret's JSON, and checks each
+/// request with the token of the account it claims (`--secret-file` is the same option).
+#[tokio::test]
+async fn serve_with_a_secrets_file_checks_each_account_with_its_own_token() {
+    const AC_B: &str = "ACbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const AC_C: &str = "ACcccccccccccccccccccccccccccccccc";
+    const TA: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1";
+    const TB: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb1";
+    let work = TempDir::new("accounts");
+    let file = work.0.join("secrets.json");
+    std::fs::write(
+        &file,
+        format!(
+            r#"{{"accounts": {{"{}": {{"auth_token": "{TA}"}}, "{AC_B}": {{"auth_token": "{TB}"}}}}}}"#,
+            samples::ACCOUNT_SID
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let serve = Serve::start_args(&work.0, free_port(), 1, None, &["--secrets", file]);
+    // The banner's curl claims the sample's account, so it is signed with that account's token.
+    let banner = std::fs::read_to_string(&serve.stdout).unwrap();
+    assert!(banner.contains("Try it"), "{banner}");
+    let c = client();
+    let hook = |n: u32, account: Option<&str>| Hook {
+        id: format!("acct{n}"),
+        path: "/sms",
+        params: samples::inbound_sms(&format!("SM{n:032}"), "hi")
+            .into_iter()
+            .filter_map(|(k, v)| match k {
+                "AccountSid" => account.map(|a| (k, a.to_owned())),
+                _ => Some((k, v)),
+            })
+            .collect(),
+    };
+    let status = |base: String, n, account, token| {
+        let c = &c;
+        async move { send(c, &base, &hook(n, account), token).await.status }
+    };
+    let base = serve.base();
+    let status = |n, account, token| status(base.clone(), n, account, token);
+    assert_eq!(status(1, Some(samples::ACCOUNT_SID), TA).await, 200);
+    assert_eq!(status(2, Some(AC_B), TB).await, 200);
+    // A's token claiming B; an account not in the file; no AccountSid (and no default).
+    assert_eq!(status(3, Some(AC_B), TA).await, 403);
+    assert_eq!(status(4, Some(AC_C), TA).await, 403);
+    assert_eq!(status(5, None, TA).await, 403);
+    serve.terminate();
+    let events = of_type(&inspect(&work.0.join("data")), "event").len();
+    assert_eq!(events, 2, "only the two genuine requests are stored");
+
+    // The former name of the option still works.
+    let port = free_port();
+    let serve = Serve::start_args(&work.0, port, 2, None, &["--secret-file", file]);
+    let other = send(&c, &serve.base(), &hook(6, Some(AC_B)), TB).await;
+    assert_eq!(other.status, 200);
+    serve.terminate();
 }

@@ -9,12 +9,20 @@
 //! Two algorithms share this path: the account auth token with HMAC-SHA1 (the default), and a
 //! Webhooks SharedKey named by `X-Twilio-Webhooks-Signature-Settings: key=<id>,algorithm=...`
 //! with HMAC-SHA1 or HMAC-SHA256 (public beta; same signed string, other key and hash).
+//!
+//! Many accounts: a validator may hold tokens per `AccountSid` ([`Validator::with_account`]).
+//! The request's own `AccountSid` (form or query parameter, or the top-level field of a JSON
+//! body) picks the tokens to check with, and only those: a request signed with account A's
+//! token that claims account B fails. A request without one, or naming an account not listed,
+//! uses the default token, if there is one.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
+
+use std::collections::HashMap;
 
 use crate::form::{FormError, FormParams};
 
@@ -126,6 +134,16 @@ pub enum SignatureError {
     UnsupportedContentType(String),
     #[error("malformed form body: {0}")]
     Form(#[from] FormError),
+    /// The request names an account with no token of its own, and there is no default token.
+    #[error("AccountSid {0} has no token, and there is no default token")]
+    UnknownAccount(String),
+    /// No `AccountSid` in the request, and no default token to check it with.
+    #[error("no AccountSid in the request, and there is no default token")]
+    MissingAccountSid,
+    /// `AccountSid` given twice with different values, or not a string in a JSON body: which
+    /// account's token applies cannot be told.
+    #[error("the request names its AccountSid more than once, or not as a string")]
+    AmbiguousAccountSid,
 }
 
 impl SignatureError {
@@ -165,6 +183,7 @@ pub struct VerifiedRequest {
     params: FormParams,
     json_body: Option<String>,
     key: KeyUsed,
+    by_account: bool,
 }
 
 impl VerifiedRequest {
@@ -185,6 +204,12 @@ impl VerifiedRequest {
 
     pub fn key_used(&self) -> &KeyUsed {
         &self.key
+    }
+
+    /// Whether the tokens of the request's own `AccountSid` entry verified it (false: the
+    /// default token, or a shared key).
+    pub fn by_account(&self) -> bool {
+        self.by_account
     }
 }
 
@@ -248,6 +273,7 @@ impl Keyed {
     }
 }
 
+#[derive(Clone)]
 struct Secret {
     used: KeyUsed,
     sha1: Keyed,
@@ -255,9 +281,15 @@ struct Secret {
 }
 
 /// Checks Twilio signatures against the account auth token (and the secondary token during
-/// rotation) and, when configured, Webhooks SharedKeys.
+/// rotation), the tokens of other accounts by `AccountSid` and, when configured, Webhooks
+/// SharedKeys.
+#[derive(Clone)]
 pub struct Validator {
+    /// The default tokens (primary, then secondary): for a request without an `AccountSid`, or
+    /// naming an account without an entry. Empty for [`Validator::accounts_only`].
     tokens: Vec<Secret>,
+    /// Primary, then secondary, by `AccountSid`. A lookup borrows: nothing is copied per request.
+    accounts: HashMap<Box<str>, Vec<Secret>>,
     shared_keys: Vec<Secret>,
 }
 
@@ -265,6 +297,7 @@ impl std::fmt::Debug for Validator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Validator")
             .field("tokens", &self.tokens.len())
+            .field("accounts", &self.accounts.len())
             .field(
                 "shared_keys",
                 &self.shared_keys.iter().map(|s| &s.used).collect::<Vec<_>>(),
@@ -282,8 +315,50 @@ impl Validator {
                 sha1: Keyed::new(Algorithm::HmacSha1, &primary),
                 sha256: None,
             }],
+            accounts: HashMap::new(),
             shared_keys: Vec::new(),
         }
+    }
+
+    /// A validator with no default token: only requests naming an account added with
+    /// [`Validator::with_account`] (or signed with a shared key) can pass.
+    pub fn accounts_only() -> Self {
+        Self {
+            tokens: Vec::new(),
+            accounts: HashMap::new(),
+            shared_keys: Vec::new(),
+        }
+    }
+
+    /// Check requests whose `AccountSid` is `account_sid` with this account's tokens (and
+    /// only with them). Replaces an earlier entry for the same account.
+    pub fn with_account(
+        mut self,
+        account_sid: impl Into<String>,
+        primary: AuthToken,
+        secondary: Option<AuthToken>,
+    ) -> Self {
+        let tokens = std::iter::once((KeyUsed::Primary, primary))
+            .chain(secondary.map(|t| (KeyUsed::Secondary, t)))
+            .map(|(used, t)| Secret {
+                used,
+                sha1: Keyed::new(Algorithm::HmacSha1, &t),
+                sha256: None,
+            })
+            .collect();
+        self.accounts
+            .insert(account_sid.into().into_boxed_str(), tokens);
+        self
+    }
+
+    /// Whether requests without an entry of their own are checked with a default token.
+    pub fn has_default(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    /// How many accounts have tokens of their own.
+    pub fn account_count(&self) -> usize {
+        self.accounts.len()
     }
 
     /// Also accept the secondary auth token (while rotating tokens in the Twilio console).
@@ -326,9 +401,21 @@ impl Validator {
                 (FormParams::default(), Some(text.to_owned()), false)
             }
         };
-        let key = self.check(
+        // The claimed account picks the tokens; the HMAC then proves the claim. The JSON
+        // body's field is covered by bodySHA256, already checked above.
+        let json_account;
+        let account = if self.accounts.is_empty() {
+            None
+        } else if let Some(text) = &json_body {
+            json_account = json_account_sid(text)?;
+            json_account.as_deref()
+        } else {
+            form_account_sid(&params)?
+        };
+        let (key, by_account) = self.check(
             url,
             signs_params.then_some(&params),
+            account,
             signature,
             req.signature_settings,
         )?;
@@ -337,6 +424,7 @@ impl Validator {
             params,
             json_body,
             key,
+            by_account,
         })
     }
 
@@ -350,23 +438,50 @@ impl Validator {
         signature_settings: Option<&str>,
     ) -> Result<VerifiedRequest, SignatureError> {
         let url = strip_fragment(url);
-        let key = self.check(url, Some(&params), present(signature)?, signature_settings)?;
+        let signature = present(signature)?;
+        let account = if self.accounts.is_empty() {
+            None
+        } else {
+            form_account_sid(&params)?
+        };
+        let (key, by_account) =
+            self.check(url, Some(&params), account, signature, signature_settings)?;
         Ok(VerifiedRequest {
             url: url.to_owned(),
             params,
             json_body: None,
             key,
+            by_account,
         })
     }
 
-    /// Which secret, if any, signed `url` (+ `params`) with `signature`.
+    /// The tokens that may have signed a request claiming `account`: its own entry, else the
+    /// default; never another account's.
+    fn tokens_for(&self, account: Option<&str>) -> Result<(&[Secret], bool), SignatureError> {
+        if let Some(tokens) = account.and_then(|sid| self.accounts.get(sid)) {
+            return Ok((tokens, true));
+        }
+        if !self.tokens.is_empty() {
+            return Ok((&self.tokens, false));
+        }
+        Err(match account {
+            // Untrusted input: named in the error (and so in logs) only if it is a Sid.
+            Some(sid) if is_account_sid(sid) => SignatureError::UnknownAccount(sid.to_owned()),
+            Some(_) => SignatureError::UnknownAccount("(not an AccountSid)".to_owned()),
+            None => SignatureError::MissingAccountSid,
+        })
+    }
+
+    /// Which secret, if any, signed `url` (+ `params`) with `signature`, and whether it was
+    /// one of `account`'s own tokens.
     fn check(
         &self,
         url: &str,
         params: Option<&FormParams>,
+        account: Option<&str>,
         signature: &str,
         signature_settings: Option<&str>,
-    ) -> Result<KeyUsed, SignatureError> {
+    ) -> Result<(KeyUsed, bool), SignatureError> {
         // A signature that is not even base64 of a plausible length cannot match anything.
         let mut expected = [0u8; 64];
         let expected = match BASE64.decode_slice(signature, &mut expected) {
@@ -374,8 +489,11 @@ impl Validator {
             Err(_) => return Err(SignatureError::InvalidSignature),
         };
 
-        let (secrets, alg): (&[Secret], Algorithm) = match signature_settings {
-            None => (&self.tokens, Algorithm::HmacSha1),
+        let (secrets, alg, by_account): (&[Secret], Algorithm, bool) = match signature_settings {
+            None => {
+                let (tokens, by_account) = self.tokens_for(account)?;
+                (tokens, Algorithm::HmacSha1, by_account)
+            }
             Some(settings) => {
                 let (id, alg) = parse_settings(settings)?;
                 if self.shared_keys.is_empty() {
@@ -386,7 +504,7 @@ impl Validator {
                     .iter()
                     .find(|s| matches!(&s.used, KeyUsed::SharedKey(k) if k == id))
                     .ok_or_else(|| SignatureError::UnknownSharedKey(id.to_owned()))?;
-                (std::slice::from_ref(secret), alg)
+                (std::slice::from_ref(secret), alg, false)
             }
         };
 
@@ -407,8 +525,39 @@ impl Validator {
                 let (variants, n) = url_variants(url);
                 variants[..n].iter().find_map(matches)
             })
-            .map(|secret| secret.used.clone())
+            .map(|secret| (secret.used.clone(), by_account))
             .ok_or(SignatureError::InvalidSignature)
+    }
+}
+
+/// `AC` and 32 lowercase hexadecimal characters, as Twilio writes every AccountSid.
+pub fn is_account_sid(s: &str) -> bool {
+    s.len() == 34
+        && s.starts_with("AC")
+        && s.bytes()
+            .skip(2)
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The `AccountSid` form (or GET query) parameter; the same value repeated counts once.
+fn form_account_sid(params: &FormParams) -> Result<Option<&str>, SignatureError> {
+    let mut values = params.get_all("AccountSid");
+    let first = values.next();
+    match first {
+        Some(first) if values.any(|v| v != first) => Err(SignatureError::AmbiguousAccountSid),
+        _ => Ok(first),
+    }
+}
+
+/// The top-level `AccountSid` string of a JSON body; none if the body is not a JSON object.
+fn json_account_sid(body: &str) -> Result<Option<String>, SignatureError> {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(mut o)) => match o.remove("AccountSid") {
+            None => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(SignatureError::AmbiguousAccountSid),
+        },
+        _ => Ok(None),
     }
 }
 
@@ -879,6 +1028,201 @@ mod tests {
             v.verify(&form_req(&with_fragment, body.as_bytes(), Some(&sig)))
                 .is_ok()
         );
+    }
+
+    const AC_A: &str = "ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const AC_B: &str = "ACbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const AC_C: &str = "ACcccccccccccccccccccccccccccccccc";
+
+    /// A validator with a default token and two accounts (B rotating: two tokens).
+    fn accounts() -> Validator {
+        Validator::new(tok("default"))
+            .with_account(AC_A, tok("token-a"), None)
+            .with_account(AC_B, tok("token-b"), Some(tok("token-b2")))
+    }
+
+    /// `params()` claiming `account` (if any), signed with `token`, through `v`.
+    fn claim(
+        v: &Validator,
+        account: Option<&str>,
+        token: &str,
+    ) -> Result<VerifiedRequest, SignatureError> {
+        let base = params();
+        let mut pairs: Vec<(&str, &str)> = base.iter().collect();
+        pairs.extend(account.map(|a| ("AccountSid", a)));
+        let p = FormParams::from_pairs(pairs);
+        let sig = sign(&tok(token), URL, &p);
+        v.verify(&form_req(URL, p.encode().as_bytes(), Some(&sig)))
+    }
+
+    #[test]
+    fn each_account_is_checked_with_its_own_tokens_only() {
+        let v = accounts();
+        let ok = claim(&v, Some(AC_A), "token-a").unwrap();
+        assert!(ok.by_account());
+        assert_eq!(ok.key_used(), &KeyUsed::Primary);
+        let ok = claim(&v, Some(AC_B), "token-b2").unwrap();
+        assert_eq!(
+            (ok.key_used(), ok.by_account()),
+            (&KeyUsed::Secondary, true)
+        );
+        // Signed by A (or by the default) but claiming B: B's tokens decide, and refuse.
+        for token in ["token-a", "default"] {
+            assert_eq!(
+                claim(&v, Some(AC_B), token).unwrap_err(),
+                SignatureError::InvalidSignature,
+                "{token}"
+            );
+        }
+        // An account without an entry, or no AccountSid at all: the default token, only.
+        for account in [Some(AC_C), None] {
+            let ok = claim(&v, account, "default").unwrap();
+            assert!(!ok.by_account());
+            for token in ["token-a", "token-b", "token-b2"] {
+                assert_eq!(
+                    claim(&v, account, token).unwrap_err(),
+                    SignatureError::InvalidSignature,
+                    "{account:?} {token}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn without_a_default_an_unlisted_or_missing_account_is_refused() {
+        let v = Validator::accounts_only().with_account(AC_A, tok("token-a"), None);
+        assert!(!v.has_default());
+        assert_eq!(v.account_count(), 1);
+        assert!(claim(&v, Some(AC_A), "token-a").is_ok());
+        let err = claim(&v, Some(AC_C), "token-a").unwrap_err();
+        assert_eq!(err, SignatureError::UnknownAccount(AC_C.into()));
+        // A refusal (403), not a malformed request or our own failure.
+        assert!(!err.is_malformed() && !err.is_server_error());
+        assert_eq!(
+            claim(&v, None, "token-a").unwrap_err(),
+            SignatureError::MissingAccountSid
+        );
+        // Whatever an attacker puts there is not repeated into logs unless it is a Sid.
+        let err = claim(&v, Some("<script>+15551234567"), "token-a").unwrap_err();
+        assert!(!err.to_string().contains("1555"), "{err}");
+    }
+
+    #[test]
+    fn an_account_sid_given_twice_must_agree() {
+        let v = accounts();
+        let twice = |second: &str, token: &str| {
+            let p = FormParams::from_pairs([
+                ("AccountSid", AC_A),
+                ("MessageSid", "SM1"),
+                ("AccountSid", second),
+            ]);
+            let sig = sign(&tok(token), URL, &p);
+            v.verify(&form_req(URL, p.encode().as_bytes(), Some(&sig)))
+        };
+        assert!(twice(AC_A, "token-a").unwrap().by_account());
+        for token in ["token-a", "token-b", "default"] {
+            assert_eq!(
+                twice(AC_B, token).unwrap_err(),
+                SignatureError::AmbiguousAccountSid
+            );
+        }
+    }
+
+    #[test]
+    fn get_and_verify_form_pick_the_account_too() {
+        let v = accounts();
+        let url = format!("https://example.com/sms?MessageSid=SM1&AccountSid={AC_A}");
+        let get = |token: &str| {
+            let sig = sign(&tok(token), &url, &FormParams::default());
+            v.verify(&SignedRequest {
+                method: "GET",
+                url: &url,
+                content_type: None,
+                body: b"",
+                signature: Some(&sig),
+                signature_settings: None,
+            })
+        };
+        assert!(get("token-a").unwrap().by_account());
+        assert_eq!(get("default"), Err(SignatureError::InvalidSignature));
+
+        let p = FormParams::from_pairs([("AccountSid", AC_B), ("MessageSid", "SM1")]);
+        let sig = sign(&tok("token-b"), URL, &p);
+        assert!(v.verify_form(URL, p.clone(), Some(&sig), None).is_ok());
+        let sig = sign(&tok("token-a"), URL, &p);
+        assert_eq!(
+            v.verify_form(URL, p, Some(&sig), None),
+            Err(SignatureError::InvalidSignature)
+        );
+    }
+
+    #[test]
+    fn a_json_body_names_its_account_in_its_accountsid_field() {
+        let v = accounts();
+        let json = |body: &str, token: &str| {
+            let (url, sig) = sign_json(&tok(token), URL, body.as_bytes());
+            v.verify(&SignedRequest {
+                method: "POST",
+                url: &url,
+                content_type: Some("application/json"),
+                body: body.as_bytes(),
+                signature: Some(&sig),
+                signature_settings: None,
+            })
+        };
+        let body_a = format!(r#"{{"AccountSid":"{AC_A}","x":1}}"#);
+        assert!(json(&body_a, "token-a").unwrap().by_account());
+        assert_eq!(
+            json(&body_a, "default"),
+            Err(SignatureError::InvalidSignature)
+        );
+        let body_b = format!(r#"{{"AccountSid":"{AC_B}"}}"#);
+        assert_eq!(
+            json(&body_b, "token-a"),
+            Err(SignatureError::InvalidSignature)
+        );
+        // No top-level field (nested, an array, not JSON): the default token.
+        for body in [r#"{"data":{"AccountSid":"ACx"}}"#, "[1,2]", "not json"] {
+            assert!(!json(body, "default").unwrap().by_account(), "{body}");
+            assert_eq!(json(body, "token-a"), Err(SignatureError::InvalidSignature));
+        }
+        assert_eq!(
+            json(r#"{"AccountSid":["ACx"]}"#, "default"),
+            Err(SignatureError::AmbiguousAccountSid)
+        );
+    }
+
+    #[test]
+    fn shared_keys_do_not_depend_on_the_account() {
+        let secret = tok("shared-secret");
+        let v = Validator::accounts_only()
+            .with_account(AC_A, tok("token-a"), None)
+            .with_shared_key("wk_1", secret.clone());
+        let p = FormParams::from_pairs([("AccountSid", AC_C), ("MessageSid", "SM1")]);
+        let sig = sign_with(Algorithm::HmacSha256, &secret, URL, &p);
+        let body = p.encode();
+        let mut req = form_req(URL, body.as_bytes(), Some(&sig));
+        req.signature_settings = Some("key=wk_1,algorithm=HMAC_SHA256");
+        let ok = v.verify(&req).unwrap();
+        assert_eq!(ok.key_used(), &KeyUsed::SharedKey("wk_1".into()));
+        assert!(!ok.by_account());
+    }
+
+    #[test]
+    fn account_sid_shape() {
+        assert!(is_account_sid(AC_A));
+        assert!(is_account_sid("AC0123456789abcdef0123456789abcdef"));
+        for bad in [
+            "",
+            "AC",
+            "AC0123456789ABCDEF0123456789abcdef",
+            "AC0123456789abcdef0123456789abcde",
+            "AC0123456789abcdef0123456789abcdef0",
+            "SM0123456789abcdef0123456789abcdef",
+            "ac0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(!is_account_sid(bad), "{bad}");
+        }
     }
 
     /// The URL, then its variants, each joined into one string.

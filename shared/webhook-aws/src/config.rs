@@ -9,9 +9,15 @@ pub const EVENT_TABLE: &str = "EVENT_TABLE";
 pub const WORK_QUEUE_URL: &str = "WORK_QUEUE_URL";
 pub const PUBLIC_BASE_URL: &str = "PUBLIC_BASE_URL";
 /// Secrets Manager secret: the bare auth token, or
-/// `{"auth_token": ..., "secondary_auth_token": ..., "shared_keys": {"<key id>": "<secret>"},
+/// `{"auth_token": ..., "secondary_auth_token": ..., "accounts": {"AC...": {"auth_token": ...,
+/// "secondary_auth_token": ...}}, "shared_keys": {"<key id>": "<secret>"},
 /// "basic_auth": {"username": ..., "password": ...}}` (see `webhook_pipeline::config::Secret`).
 pub const TWILIO_AUTH_TOKEN_SECRET_ARN: &str = "TWILIO_AUTH_TOKEN_SECRET_ARN";
+/// On a refused request, read the secret again at most once per this many seconds (default
+/// 30; 0: never, the secret is read at cold start only).
+pub const SECRET_REFRESH_SECONDS: &str = "SECRET_REFRESH_SECONDS";
+/// Longest `SECRET_REFRESH_SECONDS`: a day.
+pub const MAX_SECRET_REFRESH_SECONDS: u64 = 24 * 3600;
 /// For local runs (`cargo lambda watch`) only; production reads the secret.
 pub const TWILIO_AUTH_TOKEN: &str = "TWILIO_AUTH_TOKEN";
 pub const TWILIO_SECONDARY_AUTH_TOKEN: &str = "TWILIO_SECONDARY_AUTH_TOKEN";
@@ -66,6 +72,16 @@ pub fn public_base_url() -> Result<Option<PublicBaseUrl>, ConfigError> {
             })
         })
         .transpose()
+}
+
+/// How often, at most, a refused request may cause the secret to be read again
+/// (`SECRET_REFRESH_SECONDS`; zero: never).
+pub fn secret_refresh_interval() -> Result<std::time::Duration, ConfigError> {
+    webhook_pipeline::config::secs(
+        SECRET_REFRESH_SECONDS,
+        webhook_pipeline::rotation::DEFAULT_REFRESH_INTERVAL,
+        0..=MAX_SECRET_REFRESH_SECONDS,
+    )
 }
 
 /// The validator of a secret string (see [`webhook_pipeline::config::Secret::parse`]).

@@ -29,6 +29,7 @@ use webhook_pipeline::config::{ConfigError, FORWARD_URL, Secret, Settings, var};
 use webhook_pipeline::forward::HttpForwarder;
 use webhook_pipeline::metrics::Metrics;
 use webhook_pipeline::pipeline::Outcome;
+use webhook_pipeline::rotation::{SecretSource, SecretSourceError};
 use webhook_pipeline::store::Job;
 use webhook_pipeline::summary::{JobOutcome, JobSummary, RequestSummary};
 use webhook_pipeline::worker::{JobReport, WorkerSettings};
@@ -89,42 +90,72 @@ pub async fn secret(sdk: &SdkConfig) -> Result<Secret, Error> {
         validator,
         basic_auth: None,
         keys: Vec::new(),
+        account_tokens: Default::default(),
+        default_token: None,
     })
 }
 
 /// A Secrets Manager secret. One that is read but unusable (blank, bad JSON) is a
 /// [`ConfigError`]; a failed read is another error (it may pass on a retry).
 pub async fn secret_from_arn(sdk: &SdkConfig, arn: &str) -> Result<Secret, Error> {
-    let client = aws_sdk_secretsmanager::Client::new(sdk);
-    let out = client
-        .get_secret_value()
-        .secret_id(arn)
-        .send()
-        .await
-        .map_err(|e| {
-            format!(
-                "reading {TWILIO_AUTH_TOKEN_SECRET_ARN}: {}",
-                aws_sdk_secretsmanager::error::DisplayErrorContext(e)
-            )
-        })?;
-    let secret = out.secret_string().ok_or_else(|| ConfigError {
-        name: TWILIO_AUTH_TOKEN_SECRET_ARN,
-        reason: "the secret has no SecretString".into(),
-    })?;
-    let secret = Secret::parse(secret, TWILIO_AUTH_TOKEN_SECRET_ARN)?;
-    // A deployed function is reachable by anyone: the published test token must not sign.
-    if secret
-        .keys
-        .iter()
-        .any(|k| k.expose() == webhook_pipeline::samples::TEST_AUTH_TOKEN)
-    {
-        return Err(ConfigError {
-            name: TWILIO_AUTH_TOKEN_SECRET_ARN,
-            reason: "the secret holds the public test token, which anyone can sign with".into(),
-        }
-        .into());
+    match SecretsManagerSource::new(sdk, arn).read().await {
+        Ok(secret) => Ok(secret),
+        Err(SecretSourceError::Invalid(e)) => Err(e.into()),
+        Err(e) => Err(e.into()),
     }
-    Ok(secret)
+}
+
+/// The secret in Secrets Manager, read at cold start and again when a request is refused
+/// (token rotation, a new account): see [`webhook_pipeline::rotation`].
+pub struct SecretsManagerSource {
+    client: aws_sdk_secretsmanager::Client,
+    arn: String,
+}
+
+impl SecretsManagerSource {
+    pub fn new(sdk: &SdkConfig, arn: impl Into<String>) -> Self {
+        Self {
+            client: aws_sdk_secretsmanager::Client::new(sdk),
+            arn: arn.into(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SecretSource for SecretsManagerSource {
+    async fn read(&self) -> Result<Secret, SecretSourceError> {
+        let out = self
+            .client
+            .get_secret_value()
+            .secret_id(&self.arn)
+            .send()
+            .await
+            .map_err(|e| {
+                SecretSourceError::Read(format!(
+                    "reading {TWILIO_AUTH_TOKEN_SECRET_ARN}: {}",
+                    aws_sdk_secretsmanager::error::DisplayErrorContext(e)
+                ))
+            })?;
+        let secret = out.secret_string().ok_or_else(|| ConfigError {
+            name: TWILIO_AUTH_TOKEN_SECRET_ARN,
+            reason: "the secret has no SecretString".into(),
+        })?;
+        let secret = Secret::parse(secret, TWILIO_AUTH_TOKEN_SECRET_ARN)?;
+        // A deployed function is reachable by anyone: the published test token must not sign,
+        // whether it is the default token or an account's.
+        if secret
+            .keys
+            .iter()
+            .any(|k| k.expose() == webhook_pipeline::samples::TEST_AUTH_TOKEN)
+        {
+            return Err(ConfigError {
+                name: TWILIO_AUTH_TOKEN_SECRET_ARN,
+                reason: "the secret holds the public test token, which anyone can sign with".into(),
+            }
+            .into());
+        }
+        Ok(secret)
+    }
 }
 
 /// Everything a webhook function needs, built once.
@@ -137,12 +168,18 @@ impl WebhookApp {
     pub async fn from_env(sdk: &SdkConfig) -> Result<Self, Error> {
         let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), required(EVENT_TABLE)?);
         let queue = SqsQueue::new(aws_sdk_sqs::Client::new(sdk), required(WORK_QUEUE_URL)?);
+        let refresh = config::secret_refresh_interval()?;
         let Secret {
             validator,
             basic_auth,
             ..
         } = secret(sdk).await?;
-        let pipeline = Pipeline::new(
+        info!(
+            accounts = validator.account_count(),
+            default = validator.has_default(),
+            "auth secret read"
+        );
+        let mut pipeline = Pipeline::new(
             validator,
             Arc::new(store),
             Arc::new(queue),
@@ -152,6 +189,10 @@ impl WebhookApp {
         .with_log_pii(webhook_pipeline::config::log_pii())
         .with_basic_auth(basic_auth)
         .with_metrics(Metrics::stdout_from_env());
+        if let Some(arn) = var(TWILIO_AUTH_TOKEN_SECRET_ARN) {
+            pipeline =
+                pipeline.with_secret_source(Arc::new(SecretsManagerSource::new(sdk, arn)), refresh);
+        }
         Ok(Self {
             pipeline,
             base: config::public_base_url()?,

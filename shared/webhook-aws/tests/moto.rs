@@ -691,6 +691,14 @@ async fn a_blank_token_in_secrets_manager_is_a_configuration_error() {
             r#"{"auth_token":"12345678901234567890123456789012"}"#,
         ),
         (
+            "test-token-of-an-account",
+            r#"{"auth_token":"0123456789abcdef0123456789abcdef","accounts":{"AC0123456789abcdef0123456789abcdef":{"auth_token":"12345678901234567890123456789012"}}}"#,
+        ),
+        (
+            "blank-account-token",
+            r#"{"accounts":{"AC0123456789abcdef0123456789abcdef":{"auth_token":" "}}}"#,
+        ),
+        (
             "good",
             r#"{"auth_token":" 0123456789abcdef0123456789abcdef\n"}"#,
         ),
@@ -711,6 +719,8 @@ async fn a_blank_token_in_secrets_manager_is_a_configuration_error() {
         "blank-secondary",
         "blank-shared-key",
         "test-token",
+        "test-token-of-an-account",
+        "blank-account-token",
     ] {
         let err = webhook_aws::secret_from_arn(&sdk, &arns[name])
             .await
@@ -737,4 +747,257 @@ async fn a_blank_token_in_secrets_manager_is_a_configuration_error() {
         err.downcast_ref::<webhook_pipeline::config::ConfigError>()
             .is_none()
     );
+}
+
+// ---- Token rotation against Secrets Manager ----
+
+const OLD_TOKEN: &str = "0123456789abcdef0123456789abcdef";
+const NEW_TOKEN: &str = "fedcba9876543210fedcba9876543210";
+const NEWER_TOKEN: &str = "00112233445566778899aabbccddeeff";
+
+/// A secret in moto's Secrets Manager; its ARN.
+async fn create_secret(sdk: &SdkConfig, value: &str) -> String {
+    aws_sdk_secretsmanager::Client::new(sdk)
+        .create_secret()
+        .name(format!("twilio-{}", uuid::Uuid::new_v4()))
+        .secret_string(value)
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_owned()
+}
+
+async fn put_secret(sdk: &SdkConfig, arn: &str, value: &str) {
+    aws_sdk_secretsmanager::Client::new(sdk)
+        .put_secret_value()
+        .secret_id(arn)
+        .secret_string(value)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The Secrets Manager source, noting when each GetSecretValue starts.
+struct CountingSource {
+    inner: webhook_aws::SecretsManagerSource,
+    reads: Mutex<Vec<std::time::Instant>>,
+}
+
+#[async_trait::async_trait]
+impl webhook_pipeline::rotation::SecretSource for CountingSource {
+    async fn read(
+        &self,
+    ) -> Result<webhook_pipeline::config::Secret, webhook_pipeline::rotation::SecretSourceError>
+    {
+        self.reads.lock().unwrap().push(std::time::Instant::now());
+        self.inner.read().await
+    }
+}
+
+fn sms_signed_with(token: &str, sid: &str) -> webhook_pipeline::IncomingRequest {
+    signed_request(
+        token,
+        "https://abc123.execute-api.us-east-1.amazonaws.com/sms",
+        &samples::inbound_sms(sid, "hi"),
+    )
+}
+
+/// Issue 14, "token rotation without downtime": a stream of valid webhooks (signed with
+/// whatever token Twilio uses at that moment) and a flood of forged ones, while the token is
+/// rotated twice: by the documented procedure (secondary first, wait, Promote, remove the old
+/// one), which refuses nothing, and all at once (secret and Twilio switched together), which
+/// refuses nothing sent later than one re-read window after the switch. Forgeries cause at
+/// most one GetSecretValue per window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_rotated_mid_stream_is_picked_up_and_forgeries_cost_one_read_per_window() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::time::{Duration, Instant};
+    use webhook_pipeline::rotation::SecretSource;
+
+    let aws = setup(5).await;
+    let sdk = sdk(&moto().endpoint).await;
+    let arn = create_secret(&sdk, &format!(r#"{{"auth_token":"{OLD_TOKEN}"}}"#)).await;
+    let inner = webhook_aws::SecretsManagerSource::new(&sdk, &arn);
+    let cold_start = inner.read().await.unwrap();
+    let source = Arc::new(CountingSource {
+        inner,
+        reads: Mutex::new(Vec::new()),
+    });
+    let window = Duration::from_millis(1000);
+    let pipeline = Arc::new(
+        Pipeline::new(
+            cold_start.validator,
+            aws.store(),
+            aws.queue(),
+            ReplyPolicy::default(),
+            Settings::default(),
+        )
+        .with_secret_source(source.clone(), window),
+    );
+
+    let twilio_token = Arc::new(Mutex::new(OLD_TOKEN));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    // Twilio: one webhook every 10 ms, each with a new MessageSid.
+    let stream = {
+        let (pipeline, token, stop) = (pipeline.clone(), twilio_token.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for n in 0u64.. {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let at = Instant::now();
+                let req = sms_signed_with(*token.lock().unwrap(), &format!("SM{n:032}"));
+                let status = pipeline.handle(Endpoint::Sms, &req).await.status;
+                sent.push((at, status));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            sent
+        })
+    };
+    // Forgers: requests signed with a token nobody holds, as fast as they are answered.
+    let forged = Arc::new(AtomicUsize::new(0));
+    let forgers: Vec<_> = (0..4)
+        .map(|f| {
+            let (pipeline, stop, forged) = (pipeline.clone(), stop.clone(), forged.clone());
+            tokio::spawn(async move {
+                for n in 0u64.. {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let req = sms_signed_with(
+                        "99999999999999999999999999999999",
+                        &format!("SM{f:02}{n:030}"),
+                    );
+                    assert_eq!(pipeline.handle(Endpoint::Sms, &req).await.status, 403);
+                    forged.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        })
+        .collect();
+    let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
+
+    // 1. The documented procedure.
+    pause(300).await;
+    put_secret(
+        &sdk,
+        &arn,
+        &format!(r#"{{"auth_token":"{OLD_TOKEN}","secondary_auth_token":"{NEW_TOKEN}"}}"#),
+    )
+    .await;
+    pause(window.as_millis() as u64 + 200).await;
+    *twilio_token.lock().unwrap() = NEW_TOKEN; // "Promote" in the Twilio console
+    pause(500).await;
+    put_secret(&sdk, &arn, &format!(r#"{{"auth_token":"{NEW_TOKEN}"}}"#)).await;
+    pause(300).await;
+    let careless_at = Instant::now();
+
+    // 2. All at once: the secret and Twilio switch together.
+    put_secret(&sdk, &arn, &format!(r#"{{"auth_token":"{NEWER_TOKEN}"}}"#)).await;
+    *twilio_token.lock().unwrap() = NEWER_TOKEN;
+    pause(window.as_millis() as u64 * 5 / 2).await;
+
+    stop.store(true, Ordering::SeqCst);
+    let sent = stream.await.unwrap();
+    for f in forgers {
+        f.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+
+    let refused_in_procedure: Vec<_> = sent
+        .iter()
+        .filter(|(at, status)| *at < careless_at && *status != 200)
+        .collect();
+    assert!(
+        refused_in_procedure.is_empty(),
+        "the documented procedure refused {} webhook(s)",
+        refused_in_procedure.len()
+    );
+    let after_window = careless_at + window + Duration::from_millis(50);
+    let late: Vec<_> = sent.iter().filter(|(at, _)| *at >= after_window).collect();
+    assert!(
+        late.len() > 20,
+        "only {} webhooks after the window",
+        late.len()
+    );
+    assert!(
+        late.iter().all(|(_, status)| *status == 200),
+        "a valid webhook was refused after the re-read window: {:?}",
+        late.iter().filter(|(_, s)| *s != 200).count()
+    );
+
+    // Reads: never two within a window, so at most one per window however many forgeries.
+    let reads = source.reads.lock().unwrap().clone();
+    let forged = forged.load(Ordering::SeqCst);
+    assert!(forged > 500, "only {forged} forged requests");
+    for pair in reads.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= window - Duration::from_millis(5),
+            "two reads {:?} apart",
+            pair[1] - pair[0]
+        );
+    }
+    eprintln!(
+        "{} webhooks ({} refused in the careless switch's window), {forged} forged, {} reads in {elapsed:?}",
+        sent.len(),
+        sent.iter().filter(|(_, s)| *s != 200).count(),
+        reads.len()
+    );
+    let max_reads = (elapsed.as_millis() / window.as_millis()) as usize + 1;
+    assert!(
+        !reads.is_empty() && reads.len() <= max_reads,
+        "{} reads in {elapsed:?} ({forged} forged requests)",
+        reads.len()
+    );
+
+    // Exactly the accepted webhooks were stored: no forgery, no refused one.
+    let accepted = sent.iter().filter(|(_, s)| *s == 200).count();
+    let stored = aws
+        .ddb
+        .scan()
+        .table_name(&aws.table)
+        .select(aws_sdk_dynamodb::types::Select::Count)
+        .send()
+        .await
+        .unwrap()
+        .count as usize;
+    assert_eq!(stored, accepted);
+}
+
+/// The function itself (`WebhookApp::from_env`) reads its secret again on a refused request,
+/// unless `SECRET_REFRESH_SECONDS=0`.
+#[tokio::test]
+async fn the_webhook_function_reads_its_secret_again_unless_refresh_is_off() {
+    let aws = setup(5).await;
+    let sdk = sdk(&moto().endpoint).await;
+    let arn = create_secret(&sdk, &format!(r#"{{"auth_token":"{OLD_TOKEN}"}}"#)).await;
+    let app = |refresh: &'static str| {
+        // SAFETY: no other test reads these variables.
+        unsafe {
+            std::env::set_var("EVENT_TABLE", &aws.table);
+            std::env::set_var("WORK_QUEUE_URL", &aws.queue_url);
+            std::env::set_var("TWILIO_AUTH_TOKEN_SECRET_ARN", &arn);
+            std::env::set_var("SECRET_REFRESH_SECONDS", refresh);
+        }
+        webhook_aws::WebhookApp::from_env(&sdk)
+    };
+    let (off, on) = (app("0").await.unwrap(), app("30").await.unwrap());
+    put_secret(&sdk, &arn, &format!(r#"{{"auth_token":"{NEW_TOKEN}"}}"#)).await;
+    let req = sms_signed_with(NEW_TOKEN, MESSAGE_SID);
+    assert_eq!(off.pipeline.handle(Endpoint::Sms, &req).await.status, 403);
+    assert_eq!(on.pipeline.handle(Endpoint::Sms, &req).await.status, 200);
+    // Out of range is a configuration error (the function then answers 500).
+    let err = app("86401").await.err().expect("out of range");
+    assert!(
+        err.downcast_ref::<webhook_pipeline::config::ConfigError>()
+            .is_some(),
+        "{err}"
+    );
+    unsafe {
+        std::env::remove_var("SECRET_REFRESH_SECONDS");
+    }
 }

@@ -1,8 +1,10 @@
 //! Settings read once at cold start from the environment (names documented in the README).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use twilio_webhook::basic::BasicAuth;
+use twilio_webhook::signature::is_account_sid;
 use twilio_webhook::{AuthToken, Validator};
 
 pub const EVENT_TTL_SECONDS: &str = "EVENT_TTL_SECONDS";
@@ -85,7 +87,8 @@ impl Settings {
     }
 }
 
-pub(crate) fn secs(
+/// `name` as a whole number of seconds in `range`; `default` when unset.
+pub fn secs(
     name: &'static str,
     default: Duration,
     range: std::ops::RangeInclusive<u64>,
@@ -117,6 +120,10 @@ pub struct Secret {
     pub basic_auth: Option<BasicAuth>,
     /// Every key the validator holds (to refuse a publicly known one where it matters).
     pub keys: Vec<AuthToken>,
+    /// The primary token of each account entry (`accounts`), by AccountSid.
+    pub account_tokens: BTreeMap<String, AuthToken>,
+    /// The top-level `auth_token`, for requests of other accounts; none with `accounts` alone.
+    pub default_token: Option<AuthToken>,
 }
 
 impl Secret {
@@ -125,14 +132,26 @@ impl Secret {
         Self {
             validator: Validator::new(token.clone()),
             basic_auth: None,
-            keys: vec![token],
+            keys: vec![token.clone()],
+            account_tokens: BTreeMap::new(),
+            default_token: Some(token),
         }
     }
 
+    /// The token Twilio signs a webhook of `account_sid` with, as the validator picks it:
+    /// the account's own entry, else the default.
+    pub fn token_for(&self, account_sid: &str) -> Option<&AuthToken> {
+        self.account_tokens
+            .get(account_sid)
+            .or(self.default_token.as_ref())
+    }
+
     /// A bare auth token, or JSON:
-    /// `{"auth_token": ..., "secondary_auth_token": ..., "shared_keys": {"<key id>": "<secret>"},
-    /// "basic_auth": {"username": ..., "password": ...}}`. Every value is trimmed, and a blank
-    /// one is an error naming `name` (an empty HMAC key is one anyone can sign with).
+    /// `{"auth_token": ..., "secondary_auth_token": ..., "accounts": {"AC...": {"auth_token":
+    /// ..., "secondary_auth_token": ...}}, "shared_keys": {"<key id>": "<secret>"},
+    /// "basic_auth": {"username": ..., "password": ...}}`, with `auth_token`, `accounts` or
+    /// both. Every value is trimmed, and a blank one is an error naming `name` (an empty HMAC
+    /// key is one anyone can sign with).
     pub fn parse(secret: &str, name: &'static str) -> Result<Self, ConfigError> {
         let bad = |reason: String| ConfigError { name, reason };
         let key = |field: &str, value: &str| {
@@ -157,12 +176,21 @@ impl Secret {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Json {
-            auth_token: String,
+            auth_token: Option<String>,
             secondary_auth_token: Option<String>,
+            /// Tokens by AccountSid (subaccounts, ISVs).
+            #[serde(default)]
+            accounts: BTreeMap<String, Account>,
             /// Webhooks SharedKeys by key id (`X-Twilio-Webhooks-Signature-Settings: key=<id>`).
             #[serde(default)]
-            shared_keys: std::collections::BTreeMap<String, String>,
+            shared_keys: BTreeMap<String, String>,
             basic_auth: Option<Basic>,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Account {
+            auth_token: String,
+            secondary_auth_token: Option<String>,
         }
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -172,7 +200,7 @@ impl Secret {
         }
         // Never `{e}`: serde quotes the offending value, which may be a secret. Unknown
         // fields are named (a misspelt one would silently turn a protection off).
-        const EXPECTED: &str = "expected \"auth_token\"; optional: \"secondary_auth_token\", \"shared_keys\": {id: secret}, \"basic_auth\": {\"username\", \"password\"}";
+        const EXPECTED: &str = "expected \"auth_token\" or \"accounts\": {AccountSid: {\"auth_token\", \"secondary_auth_token\"}} or both; optional: \"secondary_auth_token\", \"shared_keys\": {id: secret}, \"basic_auth\": {\"username\", \"password\"}";
         let value: serde_json::Value = serde_json::from_str(secret).map_err(|e| {
             bad(format!(
                 "the JSON secret does not parse ({:?} error at line {} column {})",
@@ -184,6 +212,7 @@ impl Secret {
         let known = [
             "auth_token",
             "secondary_auth_token",
+            "accounts",
             "shared_keys",
             "basic_auth",
         ];
@@ -193,30 +222,91 @@ impl Secret {
                     "unknown field {unknown:?} in the JSON secret ({EXPECTED})"
                 )));
             }
-            if let Some(unknown) = obj
-                .get("basic_auth")
-                .and_then(|b| b.as_object())
-                .and_then(|b| {
-                    b.keys()
-                        .find(|k| !["username", "password"].contains(&k.as_str()))
-                })
-            {
+            let unknown_in = |field: &str, allowed: &[&str]| {
+                obj.get(field)
+                    .and_then(|b| b.as_object())
+                    .and_then(|b| b.keys().find(|k| !allowed.contains(&k.as_str())).cloned())
+            };
+            if let Some(unknown) = unknown_in("basic_auth", &["username", "password"]) {
                 return Err(bad(format!("unknown field {unknown:?} in \"basic_auth\"")));
+            }
+            for (sid, entry) in obj
+                .get("accounts")
+                .and_then(|a| a.as_object())
+                .into_iter()
+                .flatten()
+            {
+                let allowed = ["auth_token", "secondary_auth_token"];
+                if let Some(unknown) = entry
+                    .as_object()
+                    .and_then(|e| e.keys().find(|k| !allowed.contains(&k.as_str())))
+                {
+                    // The key is named only once known to be a Sid (not a pasted token).
+                    let at = if is_account_sid(sid.trim()) {
+                        format!("\"accounts\".{:?}", sid.trim())
+                    } else {
+                        "an entry of \"accounts\"".to_owned()
+                    };
+                    return Err(bad(format!(
+                        "unknown field {unknown:?} in {at} (expected \"auth_token\" and optionally \"secondary_auth_token\")"
+                    )));
+                }
             }
         }
         let t: Json = serde_json::from_value(value).map_err(|e| {
             bad(format!("the JSON secret has a field of the wrong type or a missing field ({EXPECTED}; {:?} error)", e.classify()))
         })?;
-        let primary = token("\"auth_token\"", &t.auth_token)?;
+        let mut keys = Vec::new();
+        let default_token = t
+            .auth_token
+            .map(|s| token("\"auth_token\"", &s))
+            .transpose()?;
         let secondary = t
             .secondary_auth_token
             .map(|s| token("\"secondary_auth_token\"", &s))
             .transpose()?;
-        let mut keys: Vec<AuthToken> = [Some(primary.clone()), secondary.clone()]
-            .into_iter()
-            .flatten()
-            .collect();
-        let mut validator = Validator::new(primary).with_secondary(secondary);
+        let mut validator = match &default_token {
+            Some(primary) => Validator::new(primary.clone()).with_secondary(secondary.clone()),
+            None if secondary.is_some() => {
+                return Err(bad(
+                    "\"secondary_auth_token\" without \"auth_token\" in the secret".into(),
+                ));
+            }
+            None if t.accounts.is_empty() => {
+                return Err(bad(format!("the JSON secret holds no token ({EXPECTED})")));
+            }
+            None => Validator::accounts_only(),
+        };
+        keys.extend(default_token.iter().chain(&secondary).cloned());
+        let mut account_tokens = BTreeMap::new();
+        for (sid, account) in t.accounts {
+            let sid = sid.trim();
+            if !is_account_sid(sid) {
+                // Not quoted: a token pasted in the wrong place must not reach the logs.
+                return Err(bad(
+                    "a key of \"accounts\" is not an AccountSid (AC followed by 32 lowercase hexadecimal characters)".into(),
+                ));
+            }
+            if account_tokens.contains_key(sid) {
+                return Err(bad(format!("\"accounts\" lists {sid} twice")));
+            }
+            let primary = token(
+                &format!("\"accounts\".{sid:?}.\"auth_token\""),
+                &account.auth_token,
+            )?;
+            let secondary = account
+                .secondary_auth_token
+                .map(|s| {
+                    token(
+                        &format!("\"accounts\".{sid:?}.\"secondary_auth_token\""),
+                        &s,
+                    )
+                })
+                .transpose()?;
+            keys.extend(std::iter::once(&primary).chain(&secondary).cloned());
+            validator = validator.with_account(sid, primary.clone(), secondary);
+            account_tokens.insert(sid.to_owned(), primary);
+        }
         for (id, secret) in t.shared_keys {
             if id.trim().is_empty() {
                 return Err(bad("a \"shared_keys\" id is empty or blank".into()));
@@ -234,6 +324,8 @@ impl Secret {
             validator,
             basic_auth,
             keys,
+            account_tokens,
+            default_token,
         })
     }
 }
@@ -317,6 +409,120 @@ mod tests {
         ] {
             let err = Secret::parse(bad, "S").expect_err(bad);
             assert_eq!(err.name, "S");
+        }
+    }
+
+    const AC_A: &str = "ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const AC_B: &str = "ACbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const TA: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1";
+    const TA2: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa2";
+    const TB: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb1";
+    const TD: &str = "dddddddddddddddddddddddddddddddd";
+
+    /// An SMS webhook claiming `account`, signed with `token`, checked by `secret`.
+    fn verdict(secret: &Secret, account: &str, token: &str) -> bool {
+        use twilio_webhook::FormParams;
+        use twilio_webhook::signature::SignedRequest;
+        let url = "https://h.example.com/sms";
+        let p = FormParams::from_pairs([("AccountSid", account), ("MessageSid", "SM1")]);
+        let sig = twilio_webhook::sign(&AuthToken::new(token).unwrap(), url, &p);
+        let body = p.encode();
+        secret
+            .validator
+            .verify(&SignedRequest {
+                method: "POST",
+                url,
+                content_type: Some("application/x-www-form-urlencoded"),
+                body: body.as_bytes(),
+                signature: Some(&sig),
+                signature_settings: None,
+            })
+            .is_ok()
+    }
+
+    #[test]
+    fn many_accounts_in_the_secret() {
+        let json = format!(
+            r#"{{"accounts": {{"{AC_A}": {{"auth_token": "{TA}", "secondary_auth_token": " {TA2}\n"}},
+                "{AC_B}": {{"auth_token": "{TB}"}}}}}}"#
+        );
+        let s = Secret::parse(&json, "S").unwrap();
+        assert!(!s.validator.has_default());
+        assert_eq!(s.validator.account_count(), 2);
+        assert_eq!(s.keys.len(), 3);
+        assert!(verdict(&s, AC_A, TA) && verdict(&s, AC_A, TA2) && verdict(&s, AC_B, TB));
+        // Account B's token never passes for A, nor A's for B; no default for others.
+        assert!(!verdict(&s, AC_A, TB) && !verdict(&s, AC_B, TA));
+        let other = "AC0123456789abcdef0123456789abcdef";
+        assert!(!verdict(&s, other, TA));
+        assert_eq!(s.token_for(AC_B).map(AuthToken::expose), Some(TB));
+        assert_eq!(s.token_for(other), None);
+
+        // With a top-level token beside them: the default for every other account.
+        let json = format!(
+            r#"{{"auth_token": "{TD}", "accounts": {{"{AC_A}": {{"auth_token": "{TA}"}}}}}}"#
+        );
+        let s = Secret::parse(&json, "S").unwrap();
+        assert!(s.validator.has_default());
+        assert!(verdict(&s, other, TD) && verdict(&s, AC_A, TA));
+        assert!(!verdict(&s, AC_A, TD) && !verdict(&s, other, TA));
+        assert_eq!(s.token_for(other).map(AuthToken::expose), Some(TD));
+    }
+
+    #[test]
+    fn account_entries_are_checked_like_the_token() {
+        let entry = |sid: &str, body: &str| format!(r#"{{"accounts": {{"{sid}": {body}}}}}"#);
+        let ok = format!(r#"{{"auth_token": "{TA}"}}"#);
+        for (secret, says) in [
+            // The AccountSid: AC and 32 lowercase hex, as Twilio writes them.
+            (
+                entry("ACAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", &ok),
+                "not an AccountSid",
+            ),
+            (entry("AC123", &ok), "not an AccountSid"),
+            (entry(TD, &ok), "not an AccountSid"),
+            (entry(AC_A, r#"{"auth_token": " "}"#), "blank"),
+            (
+                entry(AC_A, r#"{"auth_token": "<your auth token>"}"#),
+                "32 hexadecimal",
+            ),
+            (
+                entry(
+                    AC_A,
+                    &format!(r#"{{"auth_token": "{TA}", "secondary_auth_token": ""}}"#),
+                ),
+                "blank",
+            ),
+            (
+                entry(
+                    AC_A,
+                    &format!(r#"{{"auth_token": "{TA}", "secondary_auth_token": "x"}}"#),
+                ),
+                "32 hexadecimal",
+            ),
+            (entry(AC_A, r#"{}"#), "missing field"),
+            (
+                entry(AC_A, &format!(r#"{{"authtoken": "{TA}"}}"#)),
+                "unknown field \"authtoken\"",
+            ),
+            (r#"{"accounts": {}}"#.to_owned(), "holds no token"),
+            (r#"{}"#.to_owned(), "holds no token"),
+            (
+                format!(r#"{{"secondary_auth_token": "{TA2}", "accounts": {{"{AC_A}": {ok}}}}}"#),
+                "without \"auth_token\"",
+            ),
+            (
+                format!(r#"{{"accounts": {{"{AC_A}": {ok}, " {AC_A}": {ok}}}}}"#),
+                "twice",
+            ),
+        ] {
+            let err = Secret::parse(&secret, "S").expect_err(&secret);
+            assert_eq!(err.name, "S");
+            assert!(err.reason.contains(says), "{secret}: {}", err.reason);
+            // No token value is ever repeated in the reason.
+            for leak in [TA, TD, TA2] {
+                assert!(!err.reason.contains(leak), "{secret}: {}", err.reason);
+            }
         }
     }
 

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod redact;
 pub mod reply;
+pub mod rotation;
 pub mod samples;
 pub mod state;
 pub mod store;

@@ -1,7 +1,9 @@
 //! verify → parse → dedup key → record once → enqueue → reply.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use arc_swap::Guard;
 use bytes::Bytes;
 use http::HeaderMap;
 use tracing::{debug, error, warn};
@@ -17,6 +19,7 @@ use crate::error::PipelineError;
 use crate::metrics::{Metrics, Unit};
 use crate::redact::url_for_log;
 use crate::reply::{Reply, ReplyPolicy};
+use crate::rotation::{Credentials, Rotating, SecretSource};
 use crate::state::StateUpdate;
 use crate::store::{Claim, ClaimTimes, EventRecord, EventStore, Job, Outbox, WorkQueue};
 use crate::summary::{EventFacts, RequestSummary};
@@ -64,6 +67,21 @@ fn without_userinfo(url: &str) -> String {
     url.to_owned()
 }
 
+/// Refusals that a newer secret could turn into an acceptance. Not a missing signature or
+/// Basic header, nor a malformed request: no secret changes those.
+fn newer_secret_may_help(e: &PipelineError) -> bool {
+    matches!(
+        e,
+        PipelineError::Signature(
+            SignatureError::InvalidSignature
+                | SignatureError::UnknownAccount(_)
+                | SignatureError::MissingAccountSid
+                | SignatureError::UnknownSharedKey(_)
+                | SignatureError::SharedKeysNotConfigured
+        ) | PipelineError::Unauthorized(BasicAuthError::Wrong)
+    )
+}
+
 /// A request as the runtime adapter hands it over: the signed URL already rebuilt.
 #[derive(Debug, Clone)]
 pub struct IncomingRequest {
@@ -79,7 +97,8 @@ pub struct IncomingRequest {
 
 /// The pipeline, built once at cold start and shared by every request.
 pub struct Pipeline {
-    validator: Validator,
+    /// The validator and Basic credentials, replaced when the secret is read again.
+    credentials: Rotating,
     store: Arc<dyn EventStore>,
     queue: Arc<dyn WorkQueue>,
     /// When set, used instead of `store.claim` + `queue.enqueue`.
@@ -89,8 +108,6 @@ pub struct Pipeline {
     clock: Clock,
     /// `LOG_PII`: log the query values of refused requests' URLs.
     log_pii: bool,
-    /// HTTP Basic credentials every request must carry, when configured.
-    basic_auth: Option<BasicAuth>,
     metrics: Metrics,
 }
 
@@ -147,7 +164,10 @@ impl Pipeline {
         settings: Settings,
     ) -> Self {
         Self {
-            validator,
+            credentials: Rotating::new(Credentials {
+                validator,
+                basic_auth: None,
+            }),
             store,
             queue,
             outbox: None,
@@ -155,7 +175,6 @@ impl Pipeline {
             settings,
             clock: system_clock(),
             log_pii: false,
-            basic_auth: None,
             metrics: Metrics::disabled(),
         }
     }
@@ -169,7 +188,15 @@ impl Pipeline {
     /// Require HTTP Basic credentials (Twilio's `https://user:pass@host/...` URLs) before
     /// the signature check: without them, 401 with the challenge and nothing stored.
     pub fn with_basic_auth(mut self, basic_auth: Option<BasicAuth>) -> Self {
-        self.basic_auth = basic_auth;
+        self.credentials = self.credentials.map(|c| Credentials { basic_auth, ..c });
+        self
+    }
+
+    /// When a request is refused (signature, account, shared key or Basic password), read the
+    /// secret again from `source`, at most once per `interval` (zero: never), and check the
+    /// request once more with what it holds now: token rotation without a 403 storm.
+    pub fn with_secret_source(mut self, source: Arc<dyn SecretSource>, interval: Duration) -> Self {
+        self.credentials = self.credentials.with_source(source, interval);
         self
     }
 
@@ -268,7 +295,7 @@ impl Pipeline {
         endpoint: Endpoint,
         req: &IncomingRequest,
     ) -> (Result<(Reply, Outcome), PipelineError>, Option<EventFacts>) {
-        let (webhook, event) = match self.accept(endpoint, req) {
+        let (webhook, event) = match self.accept_rotating(endpoint, req).await {
             Ok(accepted) => accepted,
             Err(e) => return (Err(e), None),
         };
@@ -287,15 +314,44 @@ impl Pipeline {
         (result, facts)
     }
 
+    /// [`Pipeline::accept`]; when refused and the secret may have changed (a token promoted
+    /// in the Twilio console, an account added), once more with the secret read again.
+    async fn accept_rotating(
+        &self,
+        endpoint: Endpoint,
+        req: &IncomingRequest,
+    ) -> Result<(Webhook, EventRecord), PipelineError> {
+        let credentials = self.credentials.load();
+        match self.accept_with(&credentials, endpoint, req) {
+            Err(e) if self.credentials.refreshes() && newer_secret_may_help(&e) => {
+                let seen = Guard::into_inner(credentials);
+                match self.credentials.refreshed(&seen).await {
+                    Some(fresh) => self.accept_with(&fresh, endpoint, req),
+                    None => Err(e),
+                }
+            }
+            accepted => accepted,
+        }
+    }
+
     /// Everything before I/O: verify, parse, key, reply. Public for benchmarks.
     pub fn accept(
         &self,
         endpoint: Endpoint,
         req: &IncomingRequest,
     ) -> Result<(Webhook, EventRecord), PipelineError> {
+        self.accept_with(&self.credentials.load(), endpoint, req)
+    }
+
+    fn accept_with(
+        &self,
+        credentials: &Credentials,
+        endpoint: Endpoint,
+        req: &IncomingRequest,
+    ) -> Result<(Webhook, EventRecord), PipelineError> {
         let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
         let verify = |url: &str| {
-            self.validator.verify(&SignedRequest {
+            credentials.validator.verify(&SignedRequest {
                 method: req.method.as_str(),
                 url,
                 content_type: header(http::header::CONTENT_TYPE.as_str()),
@@ -304,13 +360,13 @@ impl Pipeline {
                 signature_settings: header(SIGNATURE_SETTINGS_HEADER),
             })
         };
-        if let Some(basic) = &self.basic_auth {
+        if let Some(basic) = &credentials.basic_auth {
             basic.check(header(http::header::AUTHORIZATION.as_str()))?;
         }
         // Each candidate is a URL Twilio may have signed; an HMAC over one of them proves it.
         // With Basic auth, the URL with the credentials in it is one too: Twilio's docs say
         // they are not signed, and the validator tries the URL with and without them.
-        let with_credentials = |url: &str| match &self.basic_auth {
+        let with_credentials = |url: &str| match &credentials.basic_auth {
             Some(b) => with_userinfo(url, b.username(), b.expose_password()),
             None => url.to_owned(),
         };

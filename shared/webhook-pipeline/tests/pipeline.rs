@@ -707,3 +707,217 @@ async fn outcomes_are_counted_in_emf_lines() {
         }
     }
 }
+
+// ---- Many accounts and token rotation ----
+
+mod accounts_and_rotation {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use webhook_pipeline::config::Secret;
+    use webhook_pipeline::rotation::{SecretSource, SecretSourceError};
+
+    use super::*;
+
+    const AC_A: &str = "ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const AC_B: &str = "ACbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const AC_C: &str = "ACcccccccccccccccccccccccccccccccc";
+    const TA: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1";
+    const TB: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb1";
+    const OLD: &str = "0123456789abcdef0123456789abcdef";
+    const NEW: &str = "fedcba9876543210fedcba9876543210";
+
+    fn pipeline(secret: &str, store: &Arc<MemoryStore>, queue: &Arc<MemoryQueue>) -> Pipeline {
+        let secret = Secret::parse(secret, "S").unwrap();
+        Pipeline::new(
+            secret.validator,
+            store.clone(),
+            queue.clone(),
+            ReplyPolicy::default(),
+            Settings::default(),
+        )
+        .with_basic_auth(secret.basic_auth)
+    }
+
+    /// An inbound SMS claiming `account` (none: no AccountSid), signed with `token`.
+    fn sms_of(account: Option<&str>, token: &str, sid: &str) -> webhook_pipeline::IncomingRequest {
+        let params: Vec<(&str, String)> = samples::inbound_sms(sid, "hi")
+            .into_iter()
+            .filter_map(|(k, v)| match k {
+                "AccountSid" => account.map(|a| (k, a.to_owned())),
+                _ => Some((k, v)),
+            })
+            .collect();
+        signed_request(token, URL, &params)
+    }
+
+    fn sid(n: u32) -> String {
+        format!("SM{n:032}")
+    }
+
+    #[tokio::test]
+    async fn each_account_is_checked_with_its_own_token_and_refusals_store_nothing() {
+        let (store, queue) = (Arc::default(), Arc::default());
+        let p = pipeline(
+            &format!(
+                r#"{{"accounts": {{"{AC_A}": {{"auth_token": "{TA}"}}, "{AC_B}": {{"auth_token": "{TB}"}}}}}}"#
+            ),
+            &store,
+            &queue,
+        );
+        let status = |req| {
+            let p = &p;
+            async move { p.handle(Endpoint::Sms, &req).await.status }
+        };
+        assert_eq!(status(sms_of(Some(AC_A), TA, &sid(1))).await, 200);
+        assert_eq!(status(sms_of(Some(AC_B), TB, &sid(2))).await, 200);
+        // A's token claiming B; an account not in the map; no AccountSid and no default.
+        assert_eq!(status(sms_of(Some(AC_B), TA, &sid(3))).await, 403);
+        assert_eq!(status(sms_of(Some(AC_C), TA, &sid(4))).await, 403);
+        assert_eq!(status(sms_of(None, TA, &sid(5))).await, 403);
+        assert_eq!(store.len(), 2);
+        assert_eq!(queue.len(), 2);
+
+        // With a default token: other accounts (and none) use it, and only it.
+        let (store, queue) = (Arc::default(), Arc::default());
+        let p = pipeline(
+            &format!(
+                r#"{{"auth_token": "{OLD}", "accounts": {{"{AC_A}": {{"auth_token": "{TA}"}}}}}}"#
+            ),
+            &store,
+            &queue,
+        );
+        let status = |req| {
+            let p = &p;
+            async move { p.handle(Endpoint::Sms, &req).await.status }
+        };
+        assert_eq!(status(sms_of(Some(AC_C), OLD, &sid(1))).await, 200);
+        assert_eq!(status(sms_of(Some(AC_A), OLD, &sid(2))).await, 403);
+        assert_eq!(status(sms_of(Some(AC_C), TA, &sid(3))).await, 403);
+        assert_eq!(store.len(), 1);
+    }
+
+    /// A secret source whose value the test changes, counting reads.
+    struct Source {
+        secret: Mutex<String>,
+        reads: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl SecretSource for Source {
+        async fn read(&self) -> Result<Secret, SecretSourceError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(Secret::parse(&self.secret.lock().unwrap(), "S")?)
+        }
+    }
+
+    fn source(secret: &str) -> Arc<Source> {
+        Arc::new(Source {
+            secret: Mutex::new(secret.to_owned()),
+            reads: AtomicUsize::new(0),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_promoted_token_is_accepted_after_one_read_and_forgeries_cost_one_read() {
+        let (store, queue) = (Arc::default(), Arc::default());
+        let src = source(OLD);
+        let p = Arc::new(
+            pipeline(OLD, &store, &queue).with_secret_source(src.clone(), Duration::from_secs(30)),
+        );
+        assert_eq!(
+            p.handle(Endpoint::Sms, &sms_of(Some(AC_A), OLD, &sid(1)))
+                .await
+                .status,
+            200
+        );
+        assert_eq!(
+            src.reads.load(Ordering::SeqCst),
+            0,
+            "an accepted request reads nothing"
+        );
+
+        // Rotation: the secret now holds the new token, and Twilio signs with it.
+        *src.secret.lock().unwrap() = format!(r#"{{"auth_token": "{NEW}"}}"#);
+        let concurrent: Vec<_> = (2..22)
+            .map(|n| {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    p.handle(Endpoint::Sms, &sms_of(Some(AC_A), NEW, &sid(n)))
+                        .await
+                        .status
+                })
+            })
+            .collect();
+        for t in concurrent {
+            assert_eq!(t.await.unwrap(), 200);
+        }
+        assert_eq!(
+            src.reads.load(Ordering::SeqCst),
+            1,
+            "one read for 20 concurrent requests"
+        );
+
+        // A flood of forgeries within the interval: 403, nothing stored, no further read.
+        let flood: Vec<_> = (100..300)
+            .map(|n| {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    p.handle(Endpoint::Sms, &sms_of(Some(AC_A), TB, &sid(n)))
+                        .await
+                        .status
+                })
+            })
+            .collect();
+        for t in flood {
+            assert_eq!(t.await.unwrap(), 403);
+        }
+        assert_eq!(src.reads.load(Ordering::SeqCst), 1);
+        assert_eq!(store.len(), 21);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_added_account_and_new_basic_credentials_are_picked_up() {
+        let (store, queue) = (Arc::default(), Arc::default());
+        let with_basic = |password: &str, accounts: &str| {
+            format!(
+                r#"{{"auth_token": "{OLD}", "basic_auth": {{"username": "twilio", "password": "{password}"}}{accounts}}}"#
+            )
+        };
+        let src = source(&with_basic("old-pass", ""));
+        let p = pipeline(&with_basic("old-pass", ""), &store, &queue)
+            .with_secret_source(src.clone(), Duration::from_secs(30));
+        let basic = |mut req: webhook_pipeline::IncomingRequest, password: &str| {
+            use base64::Engine as _;
+            let value =
+                base64::engine::general_purpose::STANDARD.encode(format!("twilio:{password}"));
+            req.headers.insert(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Basic {value}")).unwrap(),
+            );
+            req
+        };
+        // A new account in the map, signed with its own token: refused by the default,
+        // accepted once the secret is read again.
+        *src.secret.lock().unwrap() = with_basic(
+            "new-pass",
+            &format!(r#", "accounts": {{"{AC_B}": {{"auth_token": "{TB}"}}}}"#),
+        );
+        let req = basic(sms_of(Some(AC_B), TB, &sid(1)), "new-pass");
+        assert_eq!(p.handle(Endpoint::Sms, &req).await.status, 200);
+        assert_eq!(src.reads.load(Ordering::SeqCst), 1);
+        // The old password is now wrong; no re-read before the interval has passed.
+        let req = basic(sms_of(Some(AC_A), OLD, &sid(2)), "old-pass");
+        assert_eq!(p.handle(Endpoint::Sms, &req).await.status, 401);
+        assert_eq!(src.reads.load(Ordering::SeqCst), 1);
+        // A missing Basic header is Twilio's first try, not a reason to read the secret.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let req = sms_of(Some(AC_A), OLD, &sid(3));
+        assert_eq!(p.handle(Endpoint::Sms, &req).await.status, 401);
+        assert_eq!(src.reads.load(Ordering::SeqCst), 1);
+        assert_eq!(store.len(), 1);
+    }
+}
