@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | event | dedup key (`sms#SM...`) | `event` (JSON), `attempt`, `lock_until` (ms), `expires_at` (s, TTL), `pending` ("1" until processed), `lease_until` (ms), `processed_at` (ms), `sweeps` |
 //! | state | `state#` + id (`state#msg#SM...`) | `state` (JSON), `version`, `expires_at` |
+//! | consent | `consent#` + subscriber (`consent#+1555...`) | `consent` (JSON: every pair of the subscriber), `version`; no TTL |
 //!
 //! GSI `pending-index` (`pending` / `lock_until`, projecting only `sweeps`) is sparse: only
 //! unprocessed events are in it, which is what the sweeper queries. Expiry is always checked in conditions because TTL
@@ -15,6 +16,8 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use webhook_pipeline::consent::ConsentLedger;
+use webhook_pipeline::replay::{Candidate, ReplayFilter, ReplaySource};
 use webhook_pipeline::state::StateRecord;
 use webhook_pipeline::store::{
     Claim, ClaimTimes, EventRecord, EventStore, Processing, Stale, StaleEvent, StoreError,
@@ -394,4 +397,136 @@ impl EventStore for DynamoStore {
             Conditional::Done(_)
         ))
     }
+
+    async fn load_consent(
+        &self,
+        subscriber: &str,
+    ) -> Result<Option<(ConsentLedger, u64)>, StoreError> {
+        let r = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(consent_key(subscriber)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        let Some(item) = r.item() else {
+            return Ok(None);
+        };
+        let ledger = serde_json::from_str(get_s(item, "consent").unwrap_or("{}"))
+            .map_err(StoreError::new)?;
+        Ok(Some((ledger, get_n(item, "version").unwrap_or(0) as u64)))
+    }
+
+    async fn save_consent(
+        &self,
+        subscriber: &str,
+        ledger: &ConsentLedger,
+        expected: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(ledger).map_err(StoreError::new)?;
+        // No `expires_at`: TTL never deletes a consent record.
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item(PK, s(consent_key(subscriber)))
+            .item("consent", s(json))
+            .item("version", n(expected.unwrap_or(0) + 1));
+        put = match expected {
+            None => put.condition_expression("attribute_not_exists(pk)"),
+            Some(v) => put
+                .condition_expression("version = :v")
+                .expression_attribute_values(":v", n(v)),
+        };
+        Ok(matches!(
+            conditional(put.send().await, put_failed)?,
+            Conditional::Done(_)
+        ))
+    }
+}
+
+/// `twilio-webhooks replay` on the table. Event items hold their received time only inside
+/// the event JSON, so listing them is a Scan of the whole table (event items only, projected
+/// to what a replay reads); the filter is applied here.
+#[async_trait]
+impl ReplaySource for DynamoStore {
+    async fn candidates(
+        &self,
+        filter: &ReplayFilter,
+        now_ms: i64,
+    ) -> Result<(Vec<Candidate>, usize), StoreError> {
+        let now_s = now_ms.div_euclid(1000);
+        let mut out = Vec::new();
+        let mut unreadable = 0;
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("attribute_exists(#event) AND #expires > :now_s")
+                .projection_expression("pk, #event, #pending")
+                .expression_attribute_names("#event", "event")
+                .expression_attribute_names("#expires", TTL_ATTRIBUTE)
+                .expression_attribute_names("#pending", PENDING)
+                .expression_attribute_values(":now_s", n(now_s))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(sdk_error)?;
+            for item in page.items() {
+                match event_of(item) {
+                    Ok(event) if filter.matches(&event) => out.push(Candidate {
+                        event,
+                        processed: !item.contains_key(PENDING),
+                    }),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(key = get_s(item, PK).unwrap_or(""), error = %e, "replay: unreadable event record");
+                        unreadable += 1;
+                    }
+                }
+            }
+            match page.last_evaluated_key() {
+                Some(k) => start = Some(k.clone()),
+                None => break,
+            }
+        }
+        out.sort_by_key(|c| c.event.received_at);
+        Ok((out, unreadable))
+    }
+
+    async fn reopen(&self, key: &str, now_ms: i64, lock_until_ms: i64) -> Result<bool, StoreError> {
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, s(key))
+            .update_expression(
+                "SET pending = :one, lock_until = :lock, sweeps = :zero \
+                 REMOVE processed_at, lease_until, lease_owner",
+            )
+            .condition_expression(
+                "attribute_exists(pk) AND expires_at > :now_s \
+                 AND (attribute_not_exists(lease_until) OR lease_until <= :now_ms)",
+            )
+            .expression_attribute_values(":one", s("1"))
+            .expression_attribute_values(":lock", n(lock_until_ms))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":now_s", n(now_ms.div_euclid(1000)))
+            .expression_attribute_values(":now_ms", n(now_ms))
+            .send()
+            .await;
+        Ok(matches!(
+            conditional(r, update_failed)?,
+            Conditional::Done(_)
+        ))
+    }
+}
+
+/// The item of a subscriber's opt-out ledger.
+pub fn consent_key(subscriber: &str) -> String {
+    format!("consent#{subscriber}")
 }
