@@ -223,6 +223,18 @@ const STACK_OUTPUTS: [&str; 5] = [
 
 async fn targets_from_stack(stack: &str, path: Option<OsString>) -> Result<Targets, String> {
     let stack = stack.trim();
+    let stdout = describe_stack(stack, path, "--base-url").await?;
+    parse_stack_outputs(stack, &stdout)
+}
+
+/// `aws cloudformation describe-stacks --stack-name STACK --output json`'s output; errors
+/// name `alternative`, the option to use instead of `--stack`.
+pub(crate) async fn describe_stack(
+    stack: &str,
+    path: Option<OsString>,
+    alternative: &str,
+) -> Result<Vec<u8>, String> {
+    let stack = stack.trim();
     if stack.is_empty() {
         return Err("--stack needs a stack name".into());
     }
@@ -248,8 +260,9 @@ async fn targets_from_stack(stack: &str, path: Option<OsString>) -> Result<Targe
     .map_err(|e| format!("running the aws CLI: {e}"))?
     .map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            "the aws CLI was not found on PATH (needed for --stack; install it, or use --base-url)"
-                .to_string()
+            format!(
+                "the aws CLI was not found on PATH (needed for --stack; install it, or use {alternative})"
+            )
         } else {
             format!("could not run the aws CLI: {e}")
         }
@@ -267,7 +280,7 @@ async fn targets_from_stack(stack: &str, path: Option<OsString>) -> Result<Targe
             }
         ));
     }
-    parse_stack_outputs(stack, &output.stdout)
+    Ok(output.stdout)
 }
 
 fn parse_stack_outputs(stack: &str, stdout: &[u8]) -> Result<Targets, String> {

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod dynamo;
 pub mod http;
+pub mod redrive;
 pub mod sqs;
 
 use std::sync::Arc;
