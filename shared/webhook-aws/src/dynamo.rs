@@ -510,7 +510,8 @@ impl ReplaySource for DynamoStore {
             )
             .condition_expression(
                 "attribute_exists(pk) AND expires_at > :now_s \
-                 AND (attribute_not_exists(lease_until) OR lease_until <= :now_ms)",
+                 AND (attribute_not_exists(pending) OR attribute_not_exists(lease_until) \
+                      OR lease_until <= :now_ms)",
             )
             .expression_attribute_values(":one", s("1"))
             .expression_attribute_values(":lock", n(lock_until_ms))

@@ -626,11 +626,13 @@ impl ReplaySource for SqliteStore {
             .db
             .call(move |c| {
                 // `sweeps = 1`: the record goes through the job queue (the replay sends it a
-                // job), never also as a record that is its own job.
+                // job), never also as a record that is its own job. A processed record's
+                // lease is over whatever `lease_until_ms` still says.
                 Ok(c.prepare_cached(
                     "UPDATE events SET processed = 0, processed_at_ms = NULL, lease_until_ms = 0,
                          sweeps = 1, lock_until_ms = ?3
-                     WHERE key = ?1 AND expires_at_s * 1000 > ?2 AND lease_until_ms <= ?2",
+                     WHERE key = ?1 AND expires_at_s * 1000 > ?2
+                       AND (processed = 1 OR lease_until_ms <= ?2)",
                 )?
                 .execute(params![key, now_ms, lock_until_ms])?)
             })

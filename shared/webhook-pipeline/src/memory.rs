@@ -287,11 +287,10 @@ impl ReplaySource for MemoryStore {
     async fn reopen(&self, key: &str, now_ms: i64, lock_until_ms: i64) -> Result<bool, StoreError> {
         self.check_fail()?;
         let mut g = self.lock();
-        let Some(row) = g
-            .rows
-            .get_mut(key)
-            .filter(|r| r.expires_at_s.saturating_mul(1000) > now_ms && r.lease_until_ms <= now_ms)
-        else {
+        let Some(row) = g.rows.get_mut(key).filter(|r| {
+            r.expires_at_s.saturating_mul(1000) > now_ms
+                && (r.processed || r.lease_until_ms <= now_ms)
+        }) else {
             return Ok(false);
         };
         row.processed = false;

@@ -75,7 +75,8 @@ pub trait ReplaySource: Send + Sync {
 
     /// Make the record unprocessed again, with a fresh sweep count and its lock until
     /// `lock_until_ms` (the sweeper re-sends it after that if the replayed job is lost), unless
-    /// a worker holds a live lease on it or it expired: `Ok(false)` then.
+    /// it expired or a worker holds a live lease on it (an unprocessed record whose lease has
+    /// not ended): `Ok(false)` then.
     async fn reopen(&self, key: &str, now_ms: i64, lock_until_ms: i64) -> Result<bool, StoreError>;
 }
 
