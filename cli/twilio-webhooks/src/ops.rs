@@ -20,9 +20,9 @@ use aws_config::{BehaviorVersion, SdkConfig};
 use clap::Args;
 use serde_json::{Value, json};
 use webhook_aws::dynamo::DynamoStore;
-use webhook_aws::redrive;
 use webhook_aws::sqs::SqsQueue;
 use webhook_local::{Database, SqliteQueue, SqliteStore};
+use webhook_ops::{DynamoReplay, redrive};
 use webhook_pipeline::EventStore;
 use webhook_pipeline::consent::ConsentLedger;
 use webhook_pipeline::replay::{self, ReplayFilter, ReplayReport, ReplaySource, format_rfc3339};
@@ -355,7 +355,7 @@ fn aws_pair(
     queue: String,
 ) -> (Arc<dyn ReplaySource>, Arc<dyn WorkQueue>, Option<Database>) {
     (
-        Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), table)),
+        Arc::new(DynamoReplay::new(aws_sdk_dynamodb::Client::new(sdk), table)),
         Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(sdk), queue)),
         None,
     )

@@ -17,7 +17,6 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use webhook_pipeline::consent::ConsentLedger;
-use webhook_pipeline::replay::{Candidate, ReplayFilter, ReplaySource};
 use webhook_pipeline::state::StateRecord;
 use webhook_pipeline::store::{
     Claim, ClaimTimes, EventRecord, EventStore, Processing, Stale, StaleEvent, StoreError,
@@ -442,86 +441,6 @@ impl EventStore for DynamoStore {
         };
         Ok(matches!(
             conditional(put.send().await, put_failed)?,
-            Conditional::Done(_)
-        ))
-    }
-}
-
-/// `twilio-webhooks replay` on the table. Event items hold their received time only inside
-/// the event JSON, so listing them is a Scan of the whole table (event items only, projected
-/// to what a replay reads); the filter is applied here.
-#[async_trait]
-impl ReplaySource for DynamoStore {
-    async fn candidates(
-        &self,
-        filter: &ReplayFilter,
-        now_ms: i64,
-    ) -> Result<(Vec<Candidate>, usize), StoreError> {
-        let now_s = now_ms.div_euclid(1000);
-        let mut out = Vec::new();
-        let mut unreadable = 0;
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("attribute_exists(#event) AND #expires > :now_s")
-                .projection_expression("pk, #event, #pending")
-                .expression_attribute_names("#event", "event")
-                .expression_attribute_names("#expires", TTL_ATTRIBUTE)
-                .expression_attribute_names("#pending", PENDING)
-                .expression_attribute_values(":now_s", n(now_s))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(sdk_error)?;
-            for item in page.items() {
-                match event_of(item) {
-                    Ok(event) if filter.matches(&event) => out.push(Candidate {
-                        event,
-                        processed: !item.contains_key(PENDING),
-                    }),
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::error!(key = get_s(item, PK).unwrap_or(""), error = %e, "replay: unreadable event record");
-                        unreadable += 1;
-                    }
-                }
-            }
-            match page.last_evaluated_key() {
-                Some(k) => start = Some(k.clone()),
-                None => break,
-            }
-        }
-        out.sort_by_key(|c| c.event.received_at);
-        Ok((out, unreadable))
-    }
-
-    async fn reopen(&self, key: &str, now_ms: i64, lock_until_ms: i64) -> Result<bool, StoreError> {
-        let r = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(PK, s(key))
-            .update_expression(
-                "SET pending = :one, lock_until = :lock, sweeps = :zero \
-                 REMOVE processed_at, lease_until, lease_owner",
-            )
-            .condition_expression(
-                "attribute_exists(pk) AND expires_at > :now_s \
-                 AND (attribute_not_exists(pending) OR attribute_not_exists(lease_until) \
-                      OR lease_until <= :now_ms)",
-            )
-            .expression_attribute_values(":one", s("1"))
-            .expression_attribute_values(":lock", n(lock_until_ms))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":now_s", n(now_ms.div_euclid(1000)))
-            .expression_attribute_values(":now_ms", n(now_ms))
-            .send()
-            .await;
-        Ok(matches!(
-            conditional(r, update_failed)?,
             Conditional::Done(_)
         ))
     }

@@ -6,7 +6,6 @@
 pub mod config;
 pub mod dynamo;
 pub mod http;
-pub mod redrive;
 pub mod sqs;
 
 use std::sync::Arc;

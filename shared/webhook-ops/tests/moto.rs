@@ -18,8 +18,8 @@ use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, Queu
 use twilio_webhook::payload::Endpoint;
 use twilio_webhook::{AuthToken, Validator};
 use webhook_aws::dynamo::{DynamoStore, consent_key};
-use webhook_aws::redrive;
 use webhook_aws::sqs::SqsQueue;
+use webhook_ops::{DynamoReplay, redrive};
 use webhook_pipeline::consent::ConsentStatus;
 use webhook_pipeline::replay::{self, ReplayFilter};
 use webhook_pipeline::samples::{self, TEST_AUTH_TOKEN, signed_request};
@@ -288,6 +288,7 @@ struct Rig {
     table: String,
     work: String,
     store: Arc<DynamoStore>,
+    replay: DynamoReplay,
     queue: Arc<SqsQueue>,
     pipeline: Pipeline,
     worker: Worker,
@@ -323,6 +324,7 @@ async fn rig() -> Rig {
     let worker =
         Worker::new(store.clone(), queue.clone(), WorkerSettings::default()).with_clock(clock);
     Rig {
+        replay: DynamoReplay::new(ddb.clone(), &table),
         ddb,
         sqs,
         table,
@@ -399,7 +401,7 @@ async fn replay_scans_the_table_reopens_and_enqueues_what_matches() {
         since_ms: replay::parse_since("4m", now).unwrap(),
         ..Default::default()
     };
-    let dry = replay::replay(&*rig.store, &*rig.queue, &filter, true, now, &mut |_, _| {})
+    let dry = replay::replay(&rig.replay, &*rig.queue, &filter, true, now, &mut |_, _| {})
         .await
         .unwrap();
     assert_eq!((dry.matched, dry.processed, dry.enqueued), (2, 2, 2));
@@ -411,7 +413,7 @@ async fn replay_scans_the_table_reopens_and_enqueues_what_matches() {
         ..filter.clone()
     };
     let r = replay::replay(
-        &*rig.store,
+        &rig.replay,
         &*rig.queue,
         &by_sid,
         false,
