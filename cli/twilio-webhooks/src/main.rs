@@ -1,5 +1,5 @@
 //! `twilio-webhooks`: run the whole webhook flow locally, sign requests, inspect local data,
-//! regenerate the sample API Gateway events.
+//! regenerate the sample API Gateway events, and the on-call commands (redrive, replay, consent).
 
 use std::process::ExitCode;
 
@@ -13,6 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod configure;
 mod events;
 mod inspect;
+mod ops;
 mod serve;
 mod sign;
 mod util;
@@ -47,6 +48,13 @@ enum Command {
     /// Point a Twilio number and/or Messaging Service at this deployment, showing the diff
     /// (Twilio REST API; credentials from the TWILIO_* environment variables).
     Configure(configure::ConfigureArgs),
+    /// Move dead-lettered jobs back to the work queue (by --stack, or --dlq and --queue).
+    Redrive(ops::RedriveArgs),
+    /// Enqueue stored events received since a time again, locally (--data) or on AWS
+    /// (--stack, or --table and --queue).
+    Replay(ops::ReplayArgs),
+    /// Show a subscriber's opt-out ledger (STOP / START / HELP, error 21610), locally or on AWS.
+    Consent(ops::ConsentArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +65,9 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Events(args) => events::run(args),
         Command::Configure(args) => configure::run_blocking(&args),
+        Command::Redrive(args) => ops::run_redrive(args),
+        Command::Replay(args) => ops::run_replay(args),
+        Command::Consent(args) => ops::run_consent(args),
     };
     match result {
         Ok(code) => code,

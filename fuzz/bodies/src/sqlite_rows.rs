@@ -302,6 +302,7 @@ pub fn run(data: &[u8]) {
                 received_at: NOW_MS,
                 reply: Reply::text(200, "new"),
                 state_update: None,
+                consent: None,
             };
             let t = ClaimTimes {
                 now_ms: NOW_MS,

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | event | dedup key (`sms#SM...`) | `event` (JSON), `attempt`, `lock_until` (ms), `expires_at` (s, TTL), `pending` ("1" until processed), `lease_until` (ms), `processed_at` (ms), `sweeps` |
 //! | state | `state#` + id (`state#msg#SM...`) | `state` (JSON), `version`, `expires_at` |
+//! | consent | `consent#` + subscriber (`consent#+1555...`) | `consent` (JSON: every pair of the subscriber), `version`; no TTL |
 //!
 //! GSI `pending-index` (`pending` / `lock_until`, projecting only `sweeps`) is sparse: only
 //! unprocessed events are in it, which is what the sweeper queries. Expiry is always checked in conditions because TTL
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use webhook_pipeline::consent::ConsentLedger;
 use webhook_pipeline::state::StateRecord;
 use webhook_pipeline::store::{
     Claim, ClaimTimes, EventRecord, EventStore, Processing, Stale, StaleEvent, StoreError,
@@ -394,4 +396,57 @@ impl EventStore for DynamoStore {
             Conditional::Done(_)
         ))
     }
+
+    async fn load_consent(
+        &self,
+        subscriber: &str,
+    ) -> Result<Option<(ConsentLedger, u64)>, StoreError> {
+        let r = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(consent_key(subscriber)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        let Some(item) = r.item() else {
+            return Ok(None);
+        };
+        let ledger = serde_json::from_str(get_s(item, "consent").unwrap_or("{}"))
+            .map_err(StoreError::new)?;
+        Ok(Some((ledger, get_n(item, "version").unwrap_or(0) as u64)))
+    }
+
+    async fn save_consent(
+        &self,
+        subscriber: &str,
+        ledger: &ConsentLedger,
+        expected: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(ledger).map_err(StoreError::new)?;
+        // No `expires_at`: TTL never deletes a consent record.
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item(PK, s(consent_key(subscriber)))
+            .item("consent", s(json))
+            .item("version", n(expected.unwrap_or(0) + 1));
+        put = match expected {
+            None => put.condition_expression("attribute_not_exists(pk)"),
+            Some(v) => put
+                .condition_expression("version = :v")
+                .expression_attribute_values(":v", n(v)),
+        };
+        Ok(matches!(
+            conditional(put.send().await, put_failed)?,
+            Conditional::Done(_)
+        ))
+    }
+}
+
+/// The item of a subscriber's opt-out ledger.
+pub fn consent_key(subscriber: &str) -> String {
+    format!("consent#{subscriber}")
 }

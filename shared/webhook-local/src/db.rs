@@ -45,6 +45,12 @@ CREATE TABLE IF NOT EXISTS states (
     version      INTEGER NOT NULL,
     expires_at_s INTEGER NOT NULL
 );
+-- The opt-out ledger, one row per subscriber; never expires (a compliance record).
+CREATE TABLE IF NOT EXISTS consent (
+    subscriber TEXT PRIMARY KEY,
+    ledger     TEXT NOT NULL,        -- ConsentLedger as JSON
+    version    INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS jobs (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: dead_jobs keeps the id
     key           TEXT NOT NULL,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::Notify;
+use webhook_pipeline::consent::ConsentUpdate;
 use webhook_pipeline::state::StateUpdate;
 use webhook_pipeline::store::ClaimTimes;
 use webhook_pipeline::{
@@ -230,6 +231,7 @@ impl SqliteQueue {
                         &event.key,
                         event.received_at,
                         event.state_update.as_ref(),
+                        event.consent.as_ref(),
                         now,
                         state_expires_at_s,
                     )?;
@@ -443,6 +445,8 @@ struct FoldView {
     kind: String,
     received_at: i64,
     state_update: Option<StateUpdate>,
+    #[serde(default)]
+    consent: Option<ConsentUpdate>,
 }
 
 impl Body {

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
+use webhook_pipeline::consent::{ConsentLedger, ConsentUpdate};
+use webhook_pipeline::replay::{Candidate, ReplayFilter, ReplaySource};
 use webhook_pipeline::state::{StateRecord, StateUpdate};
 use webhook_pipeline::store::{ClaimTimes, Stale, StaleEvent};
 use webhook_pipeline::{
@@ -413,6 +415,31 @@ impl EventStore for SqliteStore {
             .await?;
         Ok(saved == 1)
     }
+
+    async fn load_consent(
+        &self,
+        subscriber: &str,
+    ) -> Result<Option<(ConsentLedger, u64)>, StoreError> {
+        let subscriber = subscriber.to_owned();
+        Ok(self
+            .db
+            .call(move |c| load_consent_in(c, &subscriber))
+            .await?)
+    }
+
+    async fn save_consent(
+        &self,
+        subscriber: &str,
+        ledger: &ConsentLedger,
+        expected: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let subscriber = subscriber.to_owned();
+        let ledger = ledger.clone();
+        Ok(self
+            .db
+            .call(move |c| save_consent_in(c, &subscriber, &ledger, expected))
+            .await?)
+    }
 }
 
 /// The worker's whole job for an event without slow work, in one transaction: the record is
@@ -428,6 +455,7 @@ impl FoldInOne for SqliteStore {
     ) -> Result<Folded, StoreError> {
         let key = event.key.clone();
         let update = event.state_update.clone();
+        let consent = event.consent.clone();
         let received_at = event.received_at;
         Ok(self
             .db
@@ -437,6 +465,7 @@ impl FoldInOne for SqliteStore {
                     &key,
                     received_at,
                     update.as_ref(),
+                    consent.as_ref(),
                     now_ms,
                     state_expires_at_s,
                 )
@@ -452,6 +481,7 @@ pub(crate) fn fold_in_tx(
     key: &str,
     received_at: i64,
     update: Option<&StateUpdate>,
+    consent: Option<&ConsentUpdate>,
     now_ms: i64,
     state_expires_at_s: i64,
 ) -> Result<Folded, DbError> {
@@ -490,7 +520,123 @@ pub(crate) fn fold_in_tx(
             };
         }
     }
+    if let Some(u) = consent {
+        let stored = load_consent_in(c, &u.subscriber)?;
+        let (mut ledger, version) = stored.unwrap_or_default();
+        if ledger.apply(u) {
+            save_consent_in(c, &u.subscriber, &ledger, (version > 0).then_some(version))?;
+        }
+    }
     c.prepare_cached("UPDATE events SET processed = 1, processed_at_ms = ?2 WHERE rowid = ?1")?
         .execute(params![rowid, now_ms])?;
     Ok(Folded::Processed)
+}
+
+/// A subscriber's ledger and its version, inside the caller's transaction.
+pub(crate) fn load_consent_in(
+    c: &rusqlite::Connection,
+    subscriber: &str,
+) -> Result<Option<(ConsentLedger, u64)>, DbError> {
+    let row = c
+        .prepare_cached("SELECT ledger, version FROM consent WHERE subscriber = ?1")?
+        .query_row([subscriber], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })
+        .optional()?;
+    match row {
+        None => Ok(None),
+        Some((json, version)) => Ok(Some((serde_json::from_str(&json)?, version as u64))),
+    }
+}
+
+/// Save a ledger if its version is still `expected` (`None`: it must not exist); whether it
+/// was saved.
+fn save_consent_in(
+    c: &rusqlite::Connection,
+    subscriber: &str,
+    ledger: &ConsentLedger,
+    expected: Option<u64>,
+) -> Result<bool, DbError> {
+    let json = serde_json::to_string(ledger)?;
+    let n = match expected {
+        None => c
+            .prepare_cached(
+                "INSERT INTO consent (subscriber, ledger, version) VALUES (?1, ?2, 1)
+                 ON CONFLICT (subscriber) DO NOTHING",
+            )?
+            .execute(params![subscriber, json])?,
+        Some(v) => c
+            .prepare_cached(
+                "UPDATE consent SET ledger = ?2, version = version + 1
+                 WHERE subscriber = ?1 AND version = ?3",
+            )?
+            .execute(params![subscriber, json, v as i64])?,
+    };
+    Ok(n == 1)
+}
+
+/// `twilio-webhooks replay --data DIR`: the events table has the received time and kind as
+/// columns, so the listing is one pass over the table in SQL (it runs once, by hand).
+#[async_trait]
+impl ReplaySource for SqliteStore {
+    async fn candidates(
+        &self,
+        filter: &ReplayFilter,
+        now_ms: i64,
+    ) -> Result<(Vec<Candidate>, usize), StoreError> {
+        let (since, kind) = (filter.since_ms, filter.kind.clone());
+        let rows = self
+            .db
+            .call(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT key, event, processed FROM events
+                     WHERE received_at >= ?1 AND (?2 IS NULL OR kind = ?2)
+                       AND expires_at_s * 1000 > ?3
+                     ORDER BY received_at",
+                )?;
+                let rows = stmt.query_map(params![since, kind, now_ms], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, bool>(2)?,
+                    ))
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?;
+        let mut out = Vec::new();
+        let mut unreadable = 0;
+        for (key, event, processed) in rows {
+            match serde_json::from_str::<EventRecord>(&event) {
+                Ok(event) if filter.matches(&event) => out.push(Candidate { event, processed }),
+                Ok(_) => {}
+                Err(e) => {
+                    // Not serde's message: it may quote stored personal data.
+                    tracing::error!(%key, line = e.line(), column = e.column(), "replay: unreadable event record");
+                    unreadable += 1;
+                }
+            }
+        }
+        Ok((out, unreadable))
+    }
+
+    async fn reopen(&self, key: &str, now_ms: i64, lock_until_ms: i64) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        let n = self
+            .db
+            .call(move |c| {
+                // `sweeps = 1`: the record goes through the job queue (the replay sends it a
+                // job), never also as a record that is its own job. A processed record's
+                // lease is over whatever `lease_until_ms` still says.
+                Ok(c.prepare_cached(
+                    "UPDATE events SET processed = 0, processed_at_ms = NULL, lease_until_ms = 0,
+                         sweeps = 1, lock_until_ms = ?3
+                     WHERE key = ?1 AND expires_at_s * 1000 > ?2
+                       AND (processed = 1 OR lease_until_ms <= ?2)",
+                )?
+                .execute(params![key, now_ms, lock_until_ms])?)
+            })
+            .await?;
+        Ok(n == 1)
+    }
 }

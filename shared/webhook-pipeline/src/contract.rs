@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use twilio_webhook::payload::Endpoint;
 
+use crate::consent::{ConsentAction, ConsentLedger, ConsentUpdate, ConsentVia};
 use crate::reply::Reply;
 use crate::state::{StateRecord, StateUpdate};
 use crate::store::{Claim, ClaimTimes, EventRecord, EventStore, Processing, Stale, StaleEvent};
@@ -34,6 +35,14 @@ pub fn sample_event(tag: &str) -> EventRecord {
             sequence: None,
             error_code: None,
         }),
+        consent: Some(ConsentUpdate {
+            ours: "+15550000001".into(),
+            subscriber: "+15559990000".into(),
+            action: ConsentAction::OptOut,
+            via: ConsentVia::Keyword,
+            at_ms: NOW,
+            message_sid: "SM1".into(),
+        }),
     }
 }
 
@@ -56,6 +65,7 @@ pub async fn run_all(store: Arc<dyn EventStore>) {
     a_retried_claim_recognises_its_own_record(&*store).await;
     sweeper_view(&*store).await;
     state_is_optimistic(&*store).await;
+    consent_is_optimistic(&*store).await;
     concurrent_claims_make_one_winner(store.clone()).await;
 }
 
@@ -348,6 +358,50 @@ pub async fn state_is_optimistic(store: &dyn EventStore) {
             .0
             .latest_status,
         "delivered"
+    );
+}
+
+pub async fn consent_is_optimistic(store: &dyn EventStore) {
+    let subscriber = format!("+1555{}", uuid::Uuid::new_v4().as_u128() % 10_000_000);
+    assert!(store.load_consent(&subscriber).await.unwrap().is_none());
+    let mut ledger = ConsentLedger::default();
+    let mut u = sample_event("consent").consent.unwrap();
+    u.subscriber = subscriber.clone();
+    assert!(ledger.apply(&u));
+    assert!(
+        store
+            .save_consent(&subscriber, &ledger, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .save_consent(&subscriber, &ledger, None)
+            .await
+            .unwrap(),
+        "create twice"
+    );
+    let (loaded, v) = store.load_consent(&subscriber).await.unwrap().unwrap();
+    assert_eq!(loaded, ledger);
+    u.action = ConsentAction::OptIn;
+    u.at_ms += 1;
+    assert!(ledger.apply(&u));
+    assert!(
+        store
+            .save_consent(&subscriber, &ledger, Some(v))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .save_consent(&subscriber, &ledger, Some(v))
+            .await
+            .unwrap(),
+        "stale version"
+    );
+    assert_eq!(
+        store.load_consent(&subscriber).await.unwrap().unwrap().0,
+        ledger
     );
 }
 

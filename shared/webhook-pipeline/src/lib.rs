@@ -3,6 +3,7 @@
 //! ([`EventStore`], [`WorkQueue`]), and the worker that does the slow work.
 
 pub mod config;
+pub mod consent;
 pub mod contract;
 pub mod error;
 pub mod events;
@@ -11,6 +12,7 @@ pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod redact;
+pub mod replay;
 pub mod reply;
 pub mod rotation;
 pub mod samples;

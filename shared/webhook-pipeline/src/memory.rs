@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 
+use crate::consent::ConsentLedger;
+use crate::replay::{Candidate, ReplayFilter, ReplaySource};
 use crate::state::StateRecord;
 use crate::store::{
     Claim, ClaimTimes, EventRecord, EventStore, Job, Processing, RecordTimes, Stale, StaleEvent,
@@ -27,6 +29,7 @@ struct Row {
 struct Inner {
     rows: HashMap<String, Row>,
     states: HashMap<String, (StateRecord, u64)>,
+    consents: HashMap<String, (ConsentLedger, u64)>,
 }
 
 /// A `Mutex<HashMap>` store with the same semantics as the DynamoDB one.
@@ -228,6 +231,72 @@ impl EventStore for MemoryStore {
         }
         g.states
             .insert(id.to_owned(), (state.clone(), expected.unwrap_or(0) + 1));
+        Ok(true)
+    }
+
+    async fn load_consent(
+        &self,
+        subscriber: &str,
+    ) -> Result<Option<(ConsentLedger, u64)>, StoreError> {
+        self.check_fail()?;
+        Ok(self.lock().consents.get(subscriber).cloned())
+    }
+
+    async fn save_consent(
+        &self,
+        subscriber: &str,
+        ledger: &ConsentLedger,
+        expected: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        self.check_fail()?;
+        let mut g = self.lock();
+        let current = g.consents.get(subscriber).map(|(_, v)| *v);
+        if current != expected {
+            return Ok(false);
+        }
+        g.consents.insert(
+            subscriber.to_owned(),
+            (ledger.clone(), expected.unwrap_or(0) + 1),
+        );
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ReplaySource for MemoryStore {
+    async fn candidates(
+        &self,
+        filter: &ReplayFilter,
+        now_ms: i64,
+    ) -> Result<(Vec<Candidate>, usize), StoreError> {
+        self.check_fail()?;
+        let g = self.lock();
+        let mut out: Vec<Candidate> = g
+            .rows
+            .values()
+            .filter(|r| r.expires_at_s.saturating_mul(1000) > now_ms && filter.matches(&r.event))
+            .map(|r| Candidate {
+                event: r.event.clone(),
+                processed: r.processed,
+            })
+            .collect();
+        out.sort_by_key(|c| c.event.received_at);
+        Ok((out, 0))
+    }
+
+    async fn reopen(&self, key: &str, now_ms: i64, lock_until_ms: i64) -> Result<bool, StoreError> {
+        self.check_fail()?;
+        let mut g = self.lock();
+        let Some(row) = g.rows.get_mut(key).filter(|r| {
+            r.expires_at_s.saturating_mul(1000) > now_ms
+                && (r.processed || r.lease_until_ms <= now_ms)
+        }) else {
+            return Ok(false);
+        };
+        row.processed = false;
+        row.lease_until_ms = 0;
+        row.sweeps = 0;
+        row.lock_until_ms = lock_until_ms;
         Ok(true)
     }
 }

@@ -15,6 +15,7 @@ use twilio_webhook::signature::{
 };
 
 use crate::config::Settings;
+use crate::consent::ConsentUpdate;
 use crate::error::PipelineError;
 use crate::metrics::{Metrics, Unit};
 use crate::redact::url_for_log;
@@ -380,6 +381,7 @@ impl Pipeline {
         let verified = verified?;
         let webhook = Webhook::parse(endpoint, &verified)?;
         let reply = self.policy.reply(&webhook, verified.url());
+        let received_at = (self.clock)();
         let event = EventRecord {
             key: webhook.dedup_key(),
             kind: webhook.kind().to_owned(),
@@ -387,9 +389,10 @@ impl Pipeline {
             url: without_userinfo(verified.url()),
             params: webhook.raw().clone(),
             idempotency_token: header(IDEMPOTENCY_HEADER).map(str::to_owned),
-            received_at: (self.clock)(),
+            received_at,
             reply,
             state_update: StateUpdate::from_webhook(&webhook),
+            consent: ConsentUpdate::from_webhook(&webhook, received_at),
         };
         Ok((webhook, event))
     }

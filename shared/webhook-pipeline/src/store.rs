@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use twilio_webhook::FormParams;
 use twilio_webhook::payload::Endpoint;
 
+use crate::consent::{ConsentLedger, ConsentUpdate};
 use crate::reply::Reply;
 use crate::state::{StateRecord, StateUpdate};
 
@@ -42,6 +43,10 @@ pub struct EventRecord {
     /// What the event changes in its message/call state record, decided at ingestion (where
     /// the payload was verified) so the worker never re-parses untrusted input.
     pub state_update: Option<StateUpdate>,
+    /// What the event changes in the opt-out ledger, decided at ingestion too (absent in
+    /// records stored before the ledger existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent: Option<ConsentUpdate>,
 }
 
 /// What the worker receives from the queue.
@@ -190,6 +195,21 @@ pub trait EventStore: Send + Sync {
         state: &StateRecord,
         expected: Option<u64>,
         expires_at_s: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// The opt-out ledger of one subscriber ([`crate::consent`]), with its version.
+    async fn load_consent(
+        &self,
+        subscriber: &str,
+    ) -> Result<Option<(ConsentLedger, u64)>, StoreError>;
+
+    /// Save if the stored version is still `expected` (`None`: must not exist); `Ok(false)` on
+    /// a lost race. Never expires: consent is a compliance record.
+    async fn save_consent(
+        &self,
+        subscriber: &str,
+        ledger: &ConsentLedger,
+        expected: Option<u64>,
     ) -> Result<bool, StoreError>;
 }
 

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::consent::{ConsentLedger, Consents};
 use crate::metrics::{Metrics, Unit};
 use crate::pipeline::{Clock, system_clock};
 use crate::state::StateRecord;
@@ -235,6 +236,7 @@ impl Worker {
 
     async fn run(&self, event: &EventRecord, report: &mut JobReport) -> Result<(), WorkerError> {
         self.fold_state(event).await?;
+        self.fold_consent(event).await?;
         for w in &self.work {
             let started = std::time::Instant::now();
             let result = w.run(event).await;
@@ -275,6 +277,43 @@ impl Worker {
             }
         }
         Err(WorkerError::Contention(update.id.clone()))
+    }
+
+    /// The opt-out ledger, as the state: optimistic read-modify-write. Applying is idempotent
+    /// and keeps the latest event per pair, so a redelivery or a late event changes nothing.
+    async fn fold_consent(&self, event: &EventRecord) -> Result<(), WorkerError> {
+        let Some(update) = &event.consent else {
+            return Ok(());
+        };
+        for _ in 0..16 {
+            let (mut ledger, version) = match self.store.load_consent(&update.subscriber).await? {
+                Some((l, v)) => (l, Some(v)),
+                None => (ConsentLedger::default(), None),
+            };
+            if !ledger.apply(update) {
+                return Ok(());
+            }
+            if self
+                .store
+                .save_consent(&update.subscriber, &ledger, version)
+                .await?
+            {
+                info!(key = %event.key, action = ?update.action, via = ?update.via, "consent updated");
+                return Ok(());
+            }
+        }
+        // The key, not the subscriber's number: logs carry no phone numbers.
+        Err(WorkerError::Contention(format!(
+            "consent ledger of {}",
+            event.key
+        )))
+    }
+
+    /// Read access to the opt-out ledger, for slow work that must check consent before
+    /// sending (keep it in the work: `worker.with_work(Arc::new(MyWork { consents:
+    /// worker.consents() }))`).
+    pub fn consents(&self) -> Consents {
+        Consents::new(self.store.clone())
     }
 
     /// Re-send records that were accepted but never processed (the function died between the

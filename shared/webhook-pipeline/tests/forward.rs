@@ -23,6 +23,7 @@ fn event() -> EventRecord {
         received_at: 0,
         reply: Reply::text(200, ""),
         state_update: None,
+        consent: None,
     }
 }
 

@@ -14,6 +14,8 @@
 mod targets;
 mod twilio;
 
+pub use targets::describe_stack;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -2,6 +2,7 @@
 //! (`aws cloudformation describe-stacks`, so AWS_PROFILE / AWS_REGION apply). The stack name
 //! defaults to the one in samconfig.toml, as `sam deploy` does.
 
+use std::ffi::OsString;
 use std::path::Path;
 
 use serde_json::Value;
@@ -86,23 +87,41 @@ pub fn samconfig_stack(path: &Path) -> Result<Option<String>, String> {
 
 pub async fn from_stack(stack: &str) -> Result<Targets, String> {
     let stack = stack.trim();
+    let stdout = describe_stack(stack, None, "--public-base-url").await?;
+    parse_stack_outputs(stack, &stdout)
+}
+
+/// `aws cloudformation describe-stacks --stack-name STACK --output json`'s output (`path`: the
+/// PATH to find `aws` on, default the process's); errors name `alternative`, the option to use
+/// instead of `--stack`.
+pub async fn describe_stack(
+    stack: &str,
+    path: Option<OsString>,
+    alternative: &str,
+) -> Result<Vec<u8>, String> {
+    let stack = stack.trim();
     if stack.is_empty() {
         return Err("--stack needs a stack name".into());
     }
     let name = stack.to_owned();
     let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("aws")
-            .args(["cloudformation", "describe-stacks", "--stack-name", &name])
+        let mut cmd = std::process::Command::new("aws");
+        cmd.args(["cloudformation", "describe-stacks", "--stack-name", &name])
             .args(["--output", "json"])
-            .stdin(std::process::Stdio::null())
-            .output()
+            .stdin(std::process::Stdio::null());
+        if let Some(path) = path {
+            // Setting PATH on the child makes the program lookup use it.
+            cmd.env("PATH", path);
+        }
+        cmd.output()
     })
     .await
     .map_err(|e| format!("running the aws CLI: {e}"))?
     .map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            "the aws CLI was not found on PATH (needed for --stack; install it, or use --public-base-url)"
-                .to_owned()
+            format!(
+                "the aws CLI was not found on PATH (needed for --stack; install it, or use {alternative})"
+            )
         } else {
             format!("could not run the aws CLI: {e}")
         }
@@ -119,7 +138,7 @@ pub async fn from_stack(stack: &str) -> Result<Targets, String> {
             }
         ));
     }
-    parse_stack_outputs(stack, &output.stdout)
+    Ok(output.stdout)
 }
 
 pub fn parse_stack_outputs(stack: &str, stdout: &[u8]) -> Result<Targets, String> {
