@@ -79,9 +79,12 @@ impl ReplyPolicy {
         match webhook {
             Webhook::InboundMessage(m) => {
                 let mut doc = MessagingResponse::new();
-                // Never auto-reply to STOP/START/HELP: Twilio answers those itself, and a
-                // message to an opted-out number fails with 21610.
-                if let (Some(text), None) = (&self.sms_auto_reply, &m.opt_out_type) {
+                // Never auto-reply to STOP/START/HELP (OptOutType, or the default keywords
+                // without Advanced Opt-Out): Twilio answers those itself, and a message to an
+                // opted-out number fails with 21610.
+                let keyword = m.opt_out_type.is_some()
+                    || crate::consent::keyword_action(m.body.as_str()).is_some();
+                if let (Some(text), false) = (&self.sms_auto_reply, keyword) {
                     doc = doc.message(Message::new(text.as_str()));
                 }
                 Reply::twiml(&doc)

@@ -431,6 +431,37 @@ async fn auto_reply_is_not_sent_to_opt_out_keywords() {
         reply.body,
         r#"<?xml version="1.0" encoding="UTF-8"?><Response/>"#
     );
+    // Without Advanced Opt-Out (no OptOutType), the default keywords, in any case and spacing.
+    for (i, body) in [" stop ", "Unsubscribe", "START", "help\n", "Cancel"]
+        .iter()
+        .enumerate()
+    {
+        let sid = format!("SM{:032x}", i + 1);
+        let params = samples::inbound_sms(&sid, body);
+        let reply = r
+            .pipeline
+            .handle(
+                Endpoint::Sms,
+                &signed_request(TEST_AUTH_TOKEN, URL, &params),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{body:?}");
+        assert!(!reply.body.contains("Thanks!"), "{body:?}: {}", reply.body);
+    }
+    // Anything else gets the auto-reply.
+    let params = samples::inbound_sms(&format!("SM{:032x}", 99), "stop please");
+    let reply = r
+        .pipeline
+        .handle(
+            Endpoint::Sms,
+            &signed_request(TEST_AUTH_TOKEN, URL, &params),
+        )
+        .await;
+    assert!(
+        reply.body.contains("<Message>Thanks!</Message>"),
+        "{}",
+        reply.body
+    );
 }
 
 #[tokio::test]
