@@ -15,6 +15,11 @@ pub const TWILIO_AUTH_TOKEN_SECRET_ARN: &str = "TWILIO_AUTH_TOKEN_SECRET_ARN";
 /// For local runs (`cargo lambda watch`) only; production reads the secret.
 pub const TWILIO_AUTH_TOKEN: &str = "TWILIO_AUTH_TOKEN";
 pub const TWILIO_SECONDARY_AUTH_TOKEN: &str = "TWILIO_SECONDARY_AUTH_TOKEN";
+/// EventBridge bus the worker sends each processed event to (unset = off); see `eventbridge`.
+pub const EVENT_BUS_NAME: &str = "EVENT_BUS_NAME";
+/// The SDK's endpoint override (moto locally). Empty counts as unset, as for every variable
+/// here: the template declares it empty so that `sam local --env-vars` may set it.
+pub const AWS_ENDPOINT_URL: &str = "AWS_ENDPOINT_URL";
 /// `json` (default) or `text`.
 pub const LOG_FORMAT: &str = "LOG_FORMAT";
 /// Roots the AWS SDK trusts: `system` (default, the OS bundle) or `amazon` (the five Amazon
