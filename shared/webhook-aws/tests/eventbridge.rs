@@ -189,8 +189,20 @@ async fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
 
 const HTTP_API: &str = "https://abc123.execute-api.us-east-1.amazonaws.com";
 
+/// A stuck call fails the test instead of hanging it (every step is bounded by a timeout of
+/// its own; this is the backstop).
+async fn within<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::time::timeout(std::time::Duration::from_secs(120), test)
+        .await
+        .expect("the test finishes within 120 s");
+}
+
 #[tokio::test]
 async fn each_processed_event_is_put_once_on_the_bus_and_forward_url_still_gets_it() {
+    within(put_once_with_forward_url()).await;
+}
+
+async fn put_once_with_forward_url() {
     let sdk = sdk().await;
     let (bus, seen_queue) = bus_into_queue(&sdk).await;
     let (forward_url, forwarded) = receiver().await;
@@ -267,6 +279,10 @@ async fn each_processed_event_is_put_once_on_the_bus_and_forward_url_still_gets_
 
 #[tokio::test]
 async fn a_refused_entry_fails_the_job_so_sqs_retries_it() {
+    within(refused_entry_fails_the_job()).await;
+}
+
+async fn refused_entry_fails_the_job() {
     let sdk = sdk().await;
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::default());
