@@ -20,6 +20,16 @@ Fails (exit 1, one ERROR line per problem) when they disagree:
   (e) Logs: every function's LoggingConfig (Globals merged as SAM does) has LogFormat JSON and
       ApplicationLogLevel !Ref ApplicationLogLevel (TRACE..FATAL, default INFO).
 
+  (e) Front door (issues 14, 15): every check runs on each variant of the template (FrontDoor
+      HttpApi / FunctionUrl x ForwardUrl, EventBusName, PublicBaseUrl empty or set), resolved
+      as CloudFormation would. HttpApi: stage throttling from parameters, JSON access logs with
+      the needed fields and no query/header/body. FunctionUrl: no API Gateway, one public URL
+      (AuthType NONE, both permissions) per webhook function, outputs and STATUS_CALLBACK_URL on
+      the right function's URL. Reserved concurrency per function (empty or 0 = none), the DLQ
+      and Errors/Throttles alarms, PutEvents only with EventBusName and on that bus.
+  (f) locals.json (sam local --env-vars) names exactly each function's template variables;
+      the local-only variables (TWILIO_AUTH_TOKEN, AWS_ENDPOINT_URL) are empty in the template.
+
 Code that does not exist yet (files missing) only produces warnings for the code-derived
 checks; the template-only checks always run.
 
@@ -27,6 +37,7 @@ Usage:
   python3 scripts/check_template.py              # check; exit 1 on any error
   python3 scripts/check_template.py --self-test  # mutate the template/code facts in memory and
                                                  # assert each mutation is detected
+  python3 scripts/check_template.py --lint       # cfn-lint + sam validate --lint, both front doors
 Needs Python >= 3.8 and PyYAML (tomllib is used when available, Python >= 3.11).
 """
 
@@ -85,6 +96,7 @@ RESOURCES = {
     "index": f"Sub:${{{TABLE}.Arn}}/index/{GSI_NAME}",
     "queue": f"GetAtt:{WORK_QUEUE}.Arn",
     "secret": f"Ref:{SECRET_PARAM}",
+    "bus": "Sub:arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}",
 }
 
 # Per role: IAM action -> resource kind. The webhook functions record the event (conditional
@@ -105,8 +117,11 @@ EXPECTED_ACTIONS = {
         "dynamodb:UpdateItem": "table",
         "dynamodb:Query": "index",
         "sqs:SendMessage": "queue",
+        "events:PutEvents": "bus",
     },
 }
+# Granted only in the variants where their parameter is set (the statement's condition).
+CONDITIONAL_ACTIONS = {"events:PutEvents": "EventBusName"}
 
 # Needed by the worker's SQS event source mapping (Lambda polls with the function's role), not
 # by the code. Granted in the worker's inline policy, on the work queue only (SAM's SQS event
@@ -137,6 +152,7 @@ SDK_CALLS = {
     "get_queue_attributes": "sqs:GetQueueAttributes",
     "get_secret_value": "secretsmanager:GetSecretValue",
     "batch_get_secret_value": "secretsmanager:BatchGetSecretValue",
+    "put_events": "events:PutEvents",
 }
 # Transactions have no IAM action of their own: IAM checks each item's action. A transaction
 # call makes these actions "possibly used" (allowed in a policy without a direct call).
@@ -155,6 +171,7 @@ SERVICES = {
     "dynamodb": ("aws_sdk_dynamodb", "shared/webhook-aws/src/dynamo.rs"),
     "sqs": ("aws_sdk_sqs", "shared/webhook-aws/src/sqs.rs"),
     "secretsmanager": ("aws_sdk_secretsmanager", "shared/webhook-aws/src/secrets.rs"),
+    "events": ("aws_sdk_eventbridge", "shared/webhook-aws/src/eventbridge.rs"),
 }
 SDK_SCAN_DIRS = ("shared/webhook-aws/src", "functions")
 
@@ -162,10 +179,16 @@ SDK_SCAN_DIRS = ("shared/webhook-aws/src", "functions")
 CONFIG_FILES = ("shared/webhook-aws/src/config.rs", "shared/webhook-pipeline/src/config.rs")
 ENV_SCAN_DIRS = ("shared", "functions")
 # Read by libraries rather than through a literal in our code.
-IMPLICIT_ENV = {"RUST_LOG": "tracing_subscriber::EnvFilter::from_default_env()"}
+IMPLICIT_ENV = {"RUST_LOG": "tracing_subscriber::EnvFilter::from_default_env()",
+                "AWS_ENDPOINT_URL": "aws-config (the SDK's endpoint override)"}
+# Local-only variables (sam local --env-vars locals.json): declared so that SAM lets the file
+# set them, always empty in the template (empty = unset in the code).
+LOCAL_ENV = {"AWS_ENDPOINT_URL"}
+WEBHOOK_LOCAL_ENV = {"TWILIO_AUTH_TOKEN"}
+LOCALS_FILE = "locals.json"
 COMMON_ENV = {"EVENT_TABLE", "WORK_QUEUE_URL", "EVENT_TTL_SECONDS", "LOG_PII", "METRICS_NAMESPACE", "RUST_LOG",
-              "TLS_TRUST_STORE"}
-WEBHOOK_ENV = COMMON_ENV | {"TWILIO_AUTH_TOKEN_SECRET_ARN", "PUBLIC_BASE_URL", "LOCK_SECONDS"}
+              "TLS_TRUST_STORE"} | LOCAL_ENV
+WEBHOOK_ENV = COMMON_ENV | {"TWILIO_AUTH_TOKEN_SECRET_ARN", "PUBLIC_BASE_URL", "LOCK_SECONDS"} | WEBHOOK_LOCAL_ENV
 SMS_ENV = {"SMS_AUTO_REPLY"}
 VOICE_ENV = {"VOICE_GREETING", "VOICE_FORWARD_TO", "STATUS_CALLBACK_URL"}
 EXPECTED_ENV = {
@@ -173,7 +196,7 @@ EXPECTED_ENV = {
     "voice-webhook": WEBHOOK_ENV | VOICE_ENV,
     "status-callback": WEBHOOK_ENV,
     "fallback-webhook": WEBHOOK_ENV | SMS_ENV | VOICE_ENV | {"FALLBACK_VOICE_MESSAGE"},
-    "event-worker": COMMON_ENV | {"FORWARD_URL"},
+    "event-worker": COMMON_ENV | {"FORWARD_URL", "EVENT_BUS_NAME"},
 }
 REQUIRED_ENV = {
     **{f: {"EVENT_TABLE", "WORK_QUEUE_URL", "TWILIO_AUTH_TOKEN_SECRET_ARN"} for f in WEBHOOK_FUNCTIONS},
@@ -185,6 +208,9 @@ ENV_VALUES = {
     "WORK_QUEUE_URL": {"Ref": WORK_QUEUE},
     "TWILIO_AUTH_TOKEN_SECRET_ARN": {"Ref": SECRET_PARAM},
     "PUBLIC_BASE_URL": {"Ref": PUBLIC_BASE_URL_PARAM},
+    "EVENT_BUS_NAME": {"Ref": "EventBusName"},
+    "FORWARD_URL": {"Ref": "ForwardUrl"},
+    **{n: "" for n in LOCAL_ENV | WEBHOOK_LOCAL_ENV},
 }
 
 ROUTES = {
@@ -200,6 +226,14 @@ OUTPUT_PATHS = {
     "VoiceWebhookUrl": "/voice",
     "VoiceFallbackUrl": "/fallback",
     "StatusCallbackUrl": "/status",
+}
+# Output -> the function whose Function URL it is (FrontDoor FunctionUrl).
+OUTPUT_FUNCTIONS = {
+    "SmsWebhookUrl": "sms-webhook",
+    "SmsFallbackUrl": "fallback-webhook",
+    "VoiceWebhookUrl": "voice-webhook",
+    "VoiceFallbackUrl": "fallback-webhook",
+    "StatusCallbackUrl": "status-callback",
 }
 OUTPUT_REFS = {"EventTableName": TABLE, "WorkQueueUrl": WORK_QUEUE, "DeadLetterQueueUrl": DEAD_LETTER_QUEUE}
 
@@ -266,6 +300,9 @@ class CodeFacts:
     # Metric names the code emits (EMF); None when metrics.rs does not exist.
     metric_names: set | None = None
     forward_worst_case_s: float | None = None
+    eventbridge_worst_case_s: float | None = None
+    # locals.json (sam local --env-vars): function logical id -> {variable: value}; None if absent.
+    locals: dict | None = None
     store_allowance_s: float | None = None
     warnings: list = field(default_factory=list)
 
@@ -439,6 +476,15 @@ def scan_code(root: Path) -> CodeFacts:
     if fwd.is_file():
         m = re.search(r"FORWARD_WORST_CASE_SECS\s*:\s*u64\s*=\s*(\d+)", fwd.read_text(encoding="utf-8"))
         facts.forward_worst_case_s = float(m.group(1)) if m else None
+    evb = root / SERVICES["events"][1]
+    if evb.is_file():
+        m = re.search(r"PUT_EVENTS_WORST_CASE_SECS\s*:\s*u64\s*=\s*(\d+)", evb.read_text(encoding="utf-8"))
+        facts.eventbridge_worst_case_s = float(m.group(1)) if m else None
+    if (root / LOCALS_FILE).is_file():
+        try:
+            facts.locals = json.loads((root / LOCALS_FILE).read_text(encoding="utf-8"))
+        except ValueError as e:
+            facts.locals = {"<unreadable>": {"error": str(e)}}
     if wrk.is_file():
         m = re.search(r"STORE_ALLOWANCE\s*:\s*Duration\s*=\s*Duration::from_secs\((\d+)\)",
                       wrk.read_text(encoding="utf-8"))
@@ -667,7 +713,7 @@ def policy_statements(f: Function, rep: Report) -> list:
     return stmts
 
 
-def check_iam(t, facts, rep, fns):
+def check_iam(t, facts, rep, fns, values=None):
     granted_anywhere = set()
     used = set(facts.actions)
     for f in fns:
@@ -704,6 +750,11 @@ def check_iam(t, facts, rep, fns):
             if service in facts.known_services and a not in used and a not in facts.maybe_actions:
                 continue  # the code does not call it (any more): the policy must not grant it
             expected[a] = kind
+        off = set()
+        for a, param in CONDITIONAL_ACTIONS.items():
+            if a in expected and not (values or {}).get(param, param_default(t, param)):
+                del expected[a]  # off in this variant: the policy must not grant it
+                off.add(a)
         if role == "worker":
             if worker_event_source(t, f, rep):
                 expected.update(EVENT_SOURCE_ACTIONS)
@@ -712,7 +763,10 @@ def check_iam(t, facts, rep, fns):
             rep.error(f"{where}: policy lacks {a}{why}")
         for a in sorted(set(grants) - set(expected)):
             service = a.split(":")[0]
-            if a in EXPECTED_ACTIONS[role] and service in facts.known_services:
+            if a in off:
+                rep.error(f"{where}: policy grants {a} with {CONDITIONAL_ACTIONS[a]} empty (the statement "
+                          f"must depend on the parameter's condition)")
+            elif a in EXPECTED_ACTIONS[role] and service in facts.known_services:
                 rep.error(f"{where}: policy grants {a} but the code never calls it "
                           f"(no {', '.join(c for c, x in SDK_CALLS.items() if x == a)} call found)")
             else:
@@ -723,6 +777,9 @@ def check_iam(t, facts, rep, fns):
                 rep.error(f"{where}: {a} must be granted on exactly {RESOURCES[kind]}, got {sorted(grants[a])}")
 
     for a in sorted(used - granted_anywhere):
+        if a in CONDITIONAL_ACTIONS and not (values or {}).get(CONDITIONAL_ACTIONS[a],
+                                                               param_default(t, CONDITIONAL_ACTIONS[a])):
+            continue
         rep.error(f"code calls what needs {a} ({', '.join(facts.actions[a][:3])}) but no function's "
                   f"policy grants it")
     for a in sorted(used):
@@ -782,9 +839,14 @@ def check_env(t, facts, rep, fns):
                 rep.warn(msg)
         for n, want in ENV_VALUES.items():
             if n in f.env and f.env[n] != want:
-                rep.error(f"{where}: {n} must be {canon(want)}, got {canon(f.env[n])}")
+                rep.error(f"{where}: {n} must be {canon(want) or repr(want)}, got {canon(f.env[n]) or repr(f.env[n])}")
         if "STATUS_CALLBACK_URL" in f.env:
-            for s in sub_strings(f.env["STATUS_CALLBACK_URL"]):
+            m = re.fullmatch(r"GetAtt:(\w+)Url\.FunctionUrl", canon(f.env["STATUS_CALLBACK_URL"]))
+            status_fn = next((g.logical_id for g in fns if g.binary == "status-callback"), None)
+            if m and m.group(1) != status_fn:
+                rep.error(f"{where}: STATUS_CALLBACK_URL must be status-callback's Function URL, got "
+                          f"{canon(f.env['STATUS_CALLBACK_URL'])}")
+            for s in ([] if m else sub_strings(f.env["STATUS_CALLBACK_URL"])):
                 if not s.endswith("/status"):
                     rep.error(f"{where}: STATUS_CALLBACK_URL must point at the /status route, got {s!r}")
     given = set().union(*(set(f.env) for f in fns)) if fns else set()
@@ -870,18 +932,40 @@ def check_routes(t, facts, rep, fns):
         if stage != "$default":
             rep.error(f"{lid}: StageName must be $default, got {stage!r}")
 
+
+
+def check_outputs(t, rep, fns, values):
+    """One output per Twilio console field: the route on the HTTP API or PublicBaseUrl, or the
+    right function's Function URL."""
     outputs = t.get("Outputs") or {}
+    door = values.get("FrontDoor", "HttpApi")
+    base = values.get(PUBLIC_BASE_URL_PARAM, param_default(t, PUBLIC_BASE_URL_PARAM))
     for name, path in OUTPUT_PATHS.items():
         o = outputs.get(name)
         if not o:
             rep.error(f"output {name} is missing")
             continue
-        for s in sub_strings(o.get("Value")):
+        value = o.get("Value")
+        if door == "FunctionUrl" and not base:
+            want = f"GetAtt:{_lid_of(fns, OUTPUT_FUNCTIONS[name])}Url.FunctionUrl"
+            if canon(value) != want:
+                rep.error(f"output {name} must be the Function URL of {OUTPUT_FUNCTIONS[name]} "
+                          f"({want}), got {canon(value)}")
+            continue
+        for s in sub_strings(value):
             if not s.endswith(path):
                 rep.error(f"output {name} must end with {path}, got {s!r}")
+            if not base and not re.match(r"\$\{\w+\.ApiEndpoint\}/", s):
+                rep.error(f"output {name} must be on the HTTP API's endpoint, got {s!r}")
+            if base and not s.startswith("${" + PUBLIC_BASE_URL_PARAM + "}"):
+                rep.error(f"output {name} must start with PublicBaseUrl when it is set, got {s!r}")
     for name, lid in OUTPUT_REFS.items():
         if canon((outputs.get(name) or {}).get("Value")) != f"Ref:{lid}":
             rep.error(f"output {name} must be !Ref {lid}")
+
+
+def _lid_of(fns, binary):
+    return next((f.logical_id for f in fns if f.binary == binary), f"<{binary}>")
 
 
 def check_table(t, facts, rep):
@@ -1006,23 +1090,30 @@ def check_logging(t, rep, fns):
                       f"got {canon(lc.get('ApplicationLogLevel'))}")
 
 
-def check_worker_timing(t, facts, rep, fns):
+def check_worker_timing(t, facts, rep, fns, values=None):
     """The worker's Timeout, the queue's VisibilityTimeout and the code's per-record worst case
-    agree: one record (forward retries + store calls) fits in an invocation with time to send
+    agree: one record (its slow work + store calls) fits in an invocation with time to send
     the partial-batch response, and a message stays hidden while any invocation holding it can
-    still run (AWS's guidance: VisibilityTimeout >= 6 x the function timeout)."""
+    still run (AWS's guidance: VisibilityTimeout >= 6 x the function timeout). The slow work
+    is the variant's: FORWARD_URL's retries with ForwardUrl, PutEvents with EventBusName."""
     if facts.forward_worst_case_s is None or facts.store_allowance_s is None:
         return
-    record = facts.forward_worst_case_s + facts.store_allowance_s
-    # The worker's batch size with and without FORWARD_URL (`!If [HasForwardUrl, a, b]`).
-    batch_with = batch_without = None
-    for lid, esm in resources_of(t, "AWS::Lambda::EventSourceMapping").items():
-        size = (esm.get("Properties") or {}).get("BatchSize", 10)
-        if isinstance(size, dict) and "Fn::If" in size and size["Fn::If"][0] == "HasForwardUrl":
-            batch_with = resolve_number(t, size["Fn::If"][1])
-            batch_without = resolve_number(t, size["Fn::If"][2])
+    values = values or {}
+    on = lambda p: bool(values.get(p, param_default(t, p)))  # noqa: E731
+    work = []
+    if on("ForwardUrl"):
+        work.append(("FORWARD_URL", facts.forward_worst_case_s))
+    if on("EventBusName"):
+        if facts.eventbridge_worst_case_s is None:
+            rep.error("EventBusName is set but no PUT_EVENTS_WORST_CASE_SECS was found in "
+                      f"{SERVICES['events'][1]}: the worker's timing cannot be checked")
         else:
-            batch_with = batch_without = resolve_number(t, size)
+            work.append(("PutEvents", facts.eventbridge_worst_case_s))
+    record = sum(w for _, w in work) + facts.store_allowance_s
+    what = " + ".join(f"{w:g} s of {n}" for n, w in work + [("store calls", facts.store_allowance_s)])
+    batch = None
+    for lid, esm in resources_of(t, "AWS::Lambda::EventSourceMapping").items():
+        batch = resolve_number(t, (esm.get("Properties") or {}).get("BatchSize", 10))
     q = ((t.get("Resources") or {}).get(WORK_QUEUE) or {}).get("Properties") or {}
     visibility = resolve_number(t, q.get("VisibilityTimeout", 30))
     for f in fns:
@@ -1034,16 +1125,12 @@ def check_worker_timing(t, facts, rep, fns):
             continue
         if timeout < record + 2:
             rep.error(f"{f.logical_id}: Timeout {timeout:g} s cannot fit one record "
-                      f"({facts.forward_worst_case_s:g} s of forwarding + {facts.store_allowance_s:g} s "
-                      f"of store calls) plus 2 s to answer: raise it to at least {record + 2:g}")
+                      f"({what}) plus 2 s to answer: raise it to at least {record + 2:g}")
         # A whole batch must fit, or its tail is handed back untried at every receive and
         # reaches the DLQ without ever being tried.
-        if batch_with is not None and batch_with * record + 2 > timeout:
-            rep.error(f"{f.logical_id}: a batch of {batch_with:g} records with FORWARD_URL "
-                      f"({record:g} s each) does not fit in Timeout {timeout:g} s")
-        if batch_without is not None and batch_without * facts.store_allowance_s + 2 > timeout:
-            rep.error(f"{f.logical_id}: a batch of {batch_without:g} records without FORWARD_URL "
-                      f"({facts.store_allowance_s:g} s each) does not fit in Timeout {timeout:g} s")
+        if batch is not None and batch * record + 2 > timeout:
+            rep.error(f"{f.logical_id}: a batch of {batch:g} records ({what} each) does not fit "
+                      f"in Timeout {timeout:g} s")
         if visibility is None or visibility < 6 * timeout:
             rep.error(f"{WORK_QUEUE}: VisibilityTimeout {visibility} s is under 6 x the worker's "
                       f"Timeout ({6 * timeout:g} s): a message would reappear while an invocation "
@@ -1130,21 +1217,361 @@ def check_cycles(t, rep):
             visit(n)
 
 
+# --------------------------------------------------------------------------------------------
+# Front door, limits, alarms, local env (issues 14 and 15)
+# --------------------------------------------------------------------------------------------
+
+# Access-log fields (JSON keys) an operator needs, and what must never be logged: query strings
+# (GET webhooks carry phone numbers and bodies there), headers, bodies, the raw path.
+ACCESS_LOG_FIELDS = {"requestId", "ip", "routeKey", "status", "responseLength", "integrationLatency"}
+ACCESS_LOG_FORBIDDEN = re.compile(r"query|body|\$request\.|\$input|header|\$context\.path|authorizer", re.I)
+RESERVED_PARAM_SUFFIX = "ReservedConcurrency"
+
+
+def check_front_door_parameter(t, rep):
+    p = (t.get("Parameters") or {}).get("FrontDoor")
+    if not p:
+        rep.error("parameter FrontDoor (HttpApi | FunctionUrl) is missing")
+        return
+    if sorted(as_list(p.get("AllowedValues"))) != sorted(FRONT_DOORS) or p.get("Default") != "HttpApi":
+        rep.error(f"parameter FrontDoor must allow exactly {list(FRONT_DOORS)} with Default HttpApi, "
+                  f"got {p.get('AllowedValues')} / {p.get('Default')!r}")
+
+
+def check_stage(t, rep):
+    """HttpApi front door: throttling from parameters and JSON access logs without PII."""
+    stages = resources_of(t, "AWS::ApiGatewayV2::Stage")
+    if not stages:
+        rep.error("the HTTP API has no AWS::ApiGatewayV2::Stage")
+    for lid, st in stages.items():
+        p = st.get("Properties") or {}
+        routes = p.get("DefaultRouteSettings") or {}
+        for key, param in (("ThrottlingRateLimit", "ApiThrottlingRateLimit"),
+                           ("ThrottlingBurstLimit", "ApiThrottlingBurstLimit")):
+            if canon(routes.get(key)) != f"Ref:{param}":
+                rep.error(f"{lid}: DefaultRouteSettings.{key} must be !Ref {param}, got {routes.get(key)!r}")
+            elif param not in (t.get("Parameters") or {}):
+                rep.error(f"{lid}: parameter {param} is missing")
+        logs = p.get("AccessLogSettings") or {}
+        dest = re.fullmatch(r"GetAtt:(\w+)\.Arn", canon(logs.get("DestinationArn")))
+        group = (t.get("Resources") or {}).get(dest.group(1)) if dest else None
+        if not group or group.get("Type") != "AWS::Logs::LogGroup":
+            rep.error(f"{lid}: AccessLogSettings.DestinationArn must be !GetAtt <a LogGroup of this "
+                      f"template>.Arn, got {logs.get('DestinationArn')!r}")
+        elif "RetentionInDays" not in (group.get("Properties") or {}):
+            rep.error(f"{dest.group(1)}: the access log group needs a RetentionInDays")
+        fmt = logs.get("Format")
+        try:
+            doc = json.loads(fmt) if isinstance(fmt, str) else None
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            rep.error(f"{lid}: AccessLogSettings.Format must be one JSON object, got {fmt!r}")
+            continue
+        for k in sorted(ACCESS_LOG_FIELDS - set(doc)):
+            rep.error(f"{lid}: access log format lacks {k!r}")
+        for k, v in doc.items():
+            if ACCESS_LOG_FORBIDDEN.search(str(v)):
+                rep.error(f"{lid}: access log field {k!r} = {v!r} may log a query string, header or "
+                          f"body (personal data)")
+
+
+def check_function_urls(t, rep, fns, values):
+    """FunctionUrl front door: no API Gateway at all; each webhook function has one public
+    Function URL (AuthType NONE) and the two permissions it needs; the worker has none."""
+    res = t.get("Resources") or {}
+    for lid, r in res.items():
+        if isinstance(r, dict) and str(r.get("Type", "")).startswith(("AWS::ApiGatewayV2::", "AWS::ApiGateway::",
+                                                                       "AWS::Serverless::HttpApi",
+                                                                       "AWS::Serverless::Api")):
+            rep.error(f"{lid} ({r.get('Type')}) exists with FrontDoor FunctionUrl: there must be no API Gateway")
+    for f in fns:
+        for name, e in (f.props.get("Events") or {}).items():
+            if isinstance(e, dict) and e.get("Type") in ("HttpApi", "Api"):
+                rep.error(f"function {f.logical_id} event {name} creates an API with FrontDoor FunctionUrl")
+    urls = resources_of(t, "AWS::Lambda::Url")
+    perms = resources_of(t, "AWS::Lambda::Permission")
+    for f in fns:
+        mine = {lid: u for lid, u in urls.items()
+                if canon((u.get("Properties") or {}).get("TargetFunctionArn")) in (f"Ref:{f.logical_id}",
+                                                                                    f"GetAtt:{f.logical_id}.Arn")}
+        if f.binary in WORKER_FUNCTIONS:
+            for lid in mine:
+                rep.error(f"{lid}: the worker must not have a Function URL")
+            continue
+        if f.binary not in WEBHOOK_FUNCTIONS:
+            continue
+        if list(mine) != [f"{f.logical_id}Url"]:
+            rep.error(f"function {f.logical_id}: needs exactly one AWS::Lambda::Url named "
+                      f"{f.logical_id}Url, found {sorted(mine) or 'none'}")
+        for lid, u in mine.items():
+            up = u.get("Properties") or {}
+            if up.get("AuthType") != "NONE":
+                rep.error(f"{lid}: AuthType must be NONE (Twilio cannot sign AWS requests; the function "
+                          f"checks X-Twilio-Signature), got {up.get('AuthType')!r}")
+            if up.get("InvokeMode", "BUFFERED") != "BUFFERED" or up.get("Qualifier"):
+                rep.error(f"{lid}: must be a BUFFERED URL of the function itself")
+
+        def has(action, **extra):
+            for p in perms.values():
+                pp = p.get("Properties") or {}
+                if (pp.get("Action") == action and pp.get("Principal") == "*"
+                        and canon(pp.get("FunctionName")) in (f"Ref:{f.logical_id}", f"GetAtt:{f.logical_id}.Arn")
+                        and all(pp.get(k) == v for k, v in extra.items())):
+                    return True
+            return False
+        if not has("lambda:InvokeFunctionUrl", FunctionUrlAuthType="NONE"):
+            rep.error(f"function {f.logical_id}: no permission lambda:InvokeFunctionUrl for Principal '*' "
+                      f"with FunctionUrlAuthType NONE")
+        if not has("lambda:InvokeFunction", InvokedViaFunctionUrl=True):
+            rep.error(f"function {f.logical_id}: no permission lambda:InvokeFunction for Principal '*' "
+                      f"with InvokedViaFunctionUrl true (a public URL needs both)")
+    for p in perms.values():
+        pp = p.get("Properties") or {}
+        if pp.get("Principal") == "*" and pp.get("Action") == "lambda:InvokeFunction" \
+                and pp.get("InvokedViaFunctionUrl") is not True:
+            rep.error(f"a permission lets anyone invoke {canon(pp.get('FunctionName'))} directly "
+                      f"(lambda:InvokeFunction for '*' without InvokedViaFunctionUrl)")
+
+
+def check_reserved_concurrency(t, rep):
+    """Each function: ReservedConcurrentExecutions = !If [<cond>, !Ref <Fn>ReservedConcurrency,
+    !Ref AWS::NoValue], the parameter a String defaulting to "", and the condition false for ""
+    and "0" (0 would stop the function) and true for a number."""
+    params = t.get("Parameters") or {}
+    for lid, r in resources_of(t, "AWS::Serverless::Function").items():
+        v = (r.get("Properties") or {}).get("ReservedConcurrentExecutions")
+        name = lid[: -len("Function")] + RESERVED_PARAM_SUFFIX if lid.endswith("Function") else lid + RESERVED_PARAM_SUFFIX
+        x = v.get("Fn::If") if isinstance(v, dict) else None
+        if not (isinstance(x, list) and len(x) == 3 and x[1] == {"Ref": name} and x[2] == {"Ref": "AWS::NoValue"}):
+            rep.error(f"{lid}: ReservedConcurrentExecutions must be !If [<condition>, !Ref {name}, "
+                      f"!Ref AWS::NoValue], got {v!r}")
+            continue
+        p = params.get(name)
+        if not p or p.get("Type") != "String" or p.get("Default") != "":
+            rep.error(f"parameter {name} must be a String with Default \"\" (empty = none)")
+            continue
+        try:
+            got = {val: eval_condition(t, {"Condition": x[0]}, {name: val}) for val in ("", "0", "5")}
+        except ValueError as e:
+            rep.error(f"{lid}: {e}")
+            continue
+        if got != {"": False, "0": False, "5": True}:
+            rep.error(f"{lid}: condition {x[0]} must be false for {name} = \"\" or \"0\" and true for a "
+                      f"number, got {got}")
+        pattern = p.get("AllowedPattern")
+        if not pattern or not all(re.fullmatch(pattern, ok) for ok in ("", "0", "5", "100")) \
+                or any(re.fullmatch(pattern, bad) for bad in ("-1", "x", "00")):
+            rep.error(f"parameter {name}: AllowedPattern must accept \"\", 0 and positive numbers only, "
+                      f"got {pattern!r}")
+
+
+def _alarm_on(t, namespace, metric, dim_name, dim_value):
+    for a in resources_of(t, "AWS::CloudWatch::Alarm").values():
+        p = a.get("Properties") or {}
+        dims = {d.get("Name"): canon(d.get("Value")) for d in as_list(p.get("Dimensions")) if isinstance(d, dict)}
+        if (p.get("Namespace") == namespace and p.get("MetricName") == metric and dims.get(dim_name) == dim_value
+                and str(p.get("Threshold")) in ("0", "0.0") and p.get("ComparisonOperator") == "GreaterThanThreshold"):
+            return True
+    return False
+
+
+def check_alarms(t, rep):
+    """Issue 14's alarms on AWS metrics: the DLQ not empty, and Errors and Throttles of every
+    function (above 0)."""
+    if not _alarm_on(t, "AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName",
+                     f"GetAtt:{DEAD_LETTER_QUEUE}.QueueName"):
+        rep.error(f"no alarm on {DEAD_LETTER_QUEUE} not empty (AWS/SQS ApproximateNumberOfMessagesVisible > 0)")
+    for lid in resources_of(t, "AWS::Serverless::Function"):
+        for metric in ("Errors", "Throttles"):
+            if not _alarm_on(t, "AWS/Lambda", metric, "FunctionName", f"Ref:{lid}"):
+                rep.error(f"no alarm on {lid}'s {metric} (AWS/Lambda {metric} > 0)")
+
+
+def check_local_env(t, facts, rep):
+    """locals.json (sam local --env-vars) names exactly each function's template variables, and
+    sets what a local run needs: the token (the secret ARN empty) and the moto endpoint."""
+    if facts.locals is None:
+        rep.error(f"{LOCALS_FILE} (sam local --env-vars) is missing")
+        return
+    fns = {f.logical_id: f for f in functions_of(t)}
+    for lid in sorted(set(facts.locals) - set(fns)):
+        rep.error(f"{LOCALS_FILE}: {lid!r} is not a function of the template")
+    for lid, f in fns.items():
+        got = facts.locals.get(lid)
+        if not isinstance(got, dict):
+            rep.error(f"{LOCALS_FILE}: no entry for function {lid}")
+            continue
+        for n in sorted(set(f.env) - set(got)):
+            rep.error(f"{LOCALS_FILE}: {lid} lacks {n} (the template gives it to the function)")
+        for n in sorted(set(got) - set(f.env)):
+            rep.error(f"{LOCALS_FILE}: {lid} sets {n}, which the template does not declare for it "
+                      f"(SAM ignores it)")
+        if not str(got.get("AWS_ENDPOINT_URL", "")).startswith("http"):
+            rep.error(f"{LOCALS_FILE}: {lid} must set AWS_ENDPOINT_URL to the local moto server")
+        if f.binary in WEBHOOK_FUNCTIONS:
+            if not got.get("TWILIO_AUTH_TOKEN") or got.get("TWILIO_AUTH_TOKEN_SECRET_ARN", "") != "":
+                rep.error(f"{LOCALS_FILE}: {lid} must set TWILIO_AUTH_TOKEN and leave "
+                          f"TWILIO_AUTH_TOKEN_SECRET_ARN empty (a local run has no secret)")
+
+
+# --------------------------------------------------------------------------------------------
+# Variants: the template as CloudFormation would see it for given parameter values (resources
+# and outputs whose condition is false removed, Fn::If resolved, AWS::NoValue dropped). Every
+# check above runs on each variant, so both front doors and every optional feature are held to
+# the same rules.
+# --------------------------------------------------------------------------------------------
+
+FRONT_DOORS = ("HttpApi", "FunctionUrl")
+# Parameter values that switch features on (any non-empty value does).
+VARIANT_VALUES = {
+    "ForwardUrl": "https://receiver.example.com/events",
+    "EventBusName": "twilio-events",
+    PUBLIC_BASE_URL_PARAM: "https://hooks.example.com",
+}
+
+
+def variants(t: dict) -> list:
+    """(label, parameter overrides): every front door x optional features on/off."""
+    params = t.get("Parameters") or {}
+    out = []
+    for door in FRONT_DOORS:
+        for fwd in ("", VARIANT_VALUES["ForwardUrl"]):
+            for bus in ("", VARIANT_VALUES["EventBusName"]):
+                for base in ("", VARIANT_VALUES[PUBLIC_BASE_URL_PARAM]):
+                    v = {"FrontDoor": door, "ForwardUrl": fwd, "EventBusName": bus, PUBLIC_BASE_URL_PARAM: base}
+                    v = {k: x for k, x in v.items() if k in params}
+                    label = ",".join(f"{k}={x}" for k, x in v.items() if x != param_default(t, k))
+                    out.append((label or "defaults", v))
+    return out
+
+
+_NO_VALUE = object()
+
+
+def eval_condition(t: dict, c, values: dict, seen=()) -> bool:
+    conds = t.get("Conditions") or {}
+    if isinstance(c, dict) and len(c) == 1:
+        k, x = next(iter(c.items()))
+        if k == "Condition":
+            if x in seen or x not in conds:
+                raise ValueError(f"unknown or circular condition {x!r}")
+            return eval_condition(t, conds[x], values, seen + (x,))
+        if k == "Fn::Equals":
+            a, b = (_value(t, y, values) for y in x)
+            return str(a) == str(b)
+        if k == "Fn::Not":
+            return not eval_condition(t, x[0], values, seen)
+        if k == "Fn::And":
+            return all(eval_condition(t, y, values, seen) for y in x)
+        if k == "Fn::Or":
+            return any(eval_condition(t, y, values, seen) for y in x)
+    raise ValueError(f"cannot evaluate condition {c!r}")
+
+
+def _value(t, v, values):
+    if isinstance(v, dict) and "Ref" in v:
+        name = v["Ref"]
+        if name in values:
+            return values[name]
+        if name in (t.get("Parameters") or {}):
+            return param_default(t, name)
+        return f"<{name}>"
+    return v
+
+
+def resolve(t: dict, overrides: dict) -> dict:
+    """The template for these parameter values (see the section comment)."""
+    params = t.get("Parameters") or {}
+    values = {k: (p or {}).get("Default", "") for k, p in params.items()}
+    values.update(overrides)
+    memo = {}
+
+    def cond(name):
+        if name not in memo:
+            memo[name] = eval_condition(t, {"Condition": name}, values)
+        return memo[name]
+
+    def walk(v):
+        if isinstance(v, dict):
+            if len(v) == 1 and "Fn::If" in v and isinstance(v["Fn::If"], list) and len(v["Fn::If"]) == 3:
+                c, a, b = v["Fn::If"]
+                return walk(a if cond(c) else b)
+            if v == {"Ref": "AWS::NoValue"}:
+                return _NO_VALUE
+            out = {}
+            for k, x in v.items():
+                y = walk(x)
+                if y is not _NO_VALUE:
+                    out[k] = y
+            return out
+        if isinstance(v, list):
+            return [y for y in (walk(x) for x in v) if y is not _NO_VALUE]
+        return v
+
+    r = copy.deepcopy(t)
+    for section in ("Resources", "Outputs"):
+        items = r.get(section) or {}
+        for lid in list(items):
+            c = items[lid].get("Condition") if isinstance(items[lid], dict) else None
+            if c and not cond(c):
+                del items[lid]
+    for section in ("Globals", "Resources", "Outputs"):
+        if section in r:
+            r[section] = walk(r[section])
+    for k, x in overrides.items():
+        if k in r.get("Parameters", {}):
+            r["Parameters"][k] = dict(r["Parameters"][k], Default=x)
+    return r
+
+
+def run_variant(t: dict, facts: CodeFacts, values: dict) -> Report:
+    rep = Report()
+    fns = functions_of(t)
+    check_functions_and_crates(t, facts, rep, fns)
+    check_iam(t, facts, rep, fns, values)
+    check_env(t, facts, rep, fns)
+    if values.get("FrontDoor", "HttpApi") == "HttpApi":
+        check_routes(t, facts, rep, fns)
+        check_stage(t, rep)
+    else:
+        check_function_urls(t, rep, fns, values)
+    check_outputs(t, rep, fns, values)
+    check_table(t, facts, rep)
+    check_queues(t, rep)
+    check_worker_timing(t, facts, rep, fns, values)
+    check_metrics(t, facts, rep)
+    check_logging(t, rep, fns)
+    check_cycles(t, rep)
+    return rep
+
+
 def run_checks(t: dict, facts: CodeFacts) -> Report:
     rep = Report()
     for w in facts.warnings:
         rep.warn(w)
-    fns = functions_of(t)
-    check_functions_and_crates(t, facts, rep, fns)
-    check_iam(t, facts, rep, fns)
-    check_env(t, facts, rep, fns)
-    check_routes(t, facts, rep, fns)
-    check_table(t, facts, rep)
-    check_queues(t, rep)
-    check_worker_timing(t, facts, rep, fns)
-    check_metrics(t, facts, rep)
-    check_logging(t, rep, fns)
-    check_cycles(t, rep)
+    # Checks of the template as written (conditions, parameters, local env file).
+    check_front_door_parameter(t, rep)
+    check_reserved_concurrency(t, rep)
+    check_alarms(t, rep)
+    check_local_env(t, facts, rep)
+    # Every variant; an error found in all of them is reported once, without a label.
+    found: dict = {}
+    vs = variants(t)
+    for label, values in vs:
+        try:
+            rt = resolve(t, values)
+        except (ValueError, KeyError, TypeError) as e:
+            rep.error(f"[{label}] cannot resolve the template's conditions: {e}")
+            continue
+        for e in dict.fromkeys(run_variant(rt, facts, values).errors):
+            found.setdefault(e, []).append(label)
+    for e, labels in found.items():
+        if len(labels) == len(vs):
+            rep.error(e)
+        else:
+            more = f" +{len(labels) - 2} more" if len(labels) > 2 else ""
+            rep.error(f"[{' | '.join(labels[:2])}{more}] {e}")
     return rep
 
 
@@ -1165,12 +1592,14 @@ def _statements(t, binary):
 
 def _remove_action(t, binary, action):
     for s in _statements(t, binary):
+        if "Action" not in s:
+            continue  # a conditional statement (!If)
         acts = as_list(s["Action"])
         if action in acts:
             acts.remove(action)
             s["Action"] = acts
     for s in list(_statements(t, binary)):
-        if not s["Action"]:
+        if "Action" in s and not s["Action"]:
             _statements(t, binary).remove(s)
 
 
@@ -1306,6 +1735,97 @@ MUTATIONS = [
      "AllowedValues must be"),
     ("the level parameter removed",
      lambda t: t["Parameters"].pop(LOG_LEVEL_PARAM), None, "parameter ApplicationLogLevel is missing"),
+    # Front-door limits (issue 14).
+    ("no throttling on the HTTP API stage",
+     lambda t: t["Resources"]["HttpApiStage"]["Properties"].pop("DefaultRouteSettings"), None,
+     "DefaultRouteSettings.ThrottlingRateLimit must be !Ref ApiThrottlingRateLimit"),
+    ("a fixed burst limit instead of the parameter",
+     lambda t: _set(t, ["Resources", "HttpApiStage", "Properties", "DefaultRouteSettings", "ThrottlingBurstLimit"], 50),
+     None, "ThrottlingBurstLimit must be !Ref ApiThrottlingBurstLimit"),
+    ("no access logs", lambda t: t["Resources"]["HttpApiStage"]["Properties"].pop("AccessLogSettings"), None,
+     "AccessLogSettings.DestinationArn"),
+    ("access logs that keep the query string",
+     lambda t: _access_log_field(t, "query", "$context.requestOverride.querystring.Body"), None,
+     "may log a query string"),
+    ("access logs without integrationLatency",
+     lambda t: _access_log_field(t, "integrationLatency", None), None, "lacks 'integrationLatency'"),
+    ("access log group kept forever",
+     lambda t: t["Resources"]["HttpApiAccessLogGroup"]["Properties"].pop("RetentionInDays"), None,
+     "needs a RetentionInDays"),
+    ("reserved concurrency 0 taken as a value (the function would never run)",
+     lambda t: _set(t, ["Conditions", "HasSmsWebhookReservedConcurrency"],
+                    {"Fn::Not": [{"Fn::Equals": [{"Ref": "SmsWebhookReservedConcurrency"}, ""]}]}), None,
+     "must be false for SmsWebhookReservedConcurrency"),
+    ("no reserved-concurrency parameter on the worker",
+     lambda t: _fn(t, "event-worker")["Properties"].pop("ReservedConcurrentExecutions"), None,
+     "EventWorkerFunction: ReservedConcurrentExecutions must be"),
+    ("no DLQ alarm", lambda t: t["Resources"].pop("DeadLetterQueueAlarm"), None, "no alarm on DeadLetterQueue"),
+    ("no worker Throttles alarm", lambda t: t["Resources"].pop("EventWorkerThrottlesAlarm"), None,
+     "no alarm on EventWorkerFunction's Throttles"),
+    # The Function URL front door (issue 15).
+    ("FrontDoor without the FunctionUrl choice",
+     lambda t: _set(t, ["Parameters", "FrontDoor", "AllowedValues"], ["HttpApi"]), None,
+     "parameter FrontDoor must allow exactly"),
+    ("the HTTP API created with FrontDoor FunctionUrl too",
+     lambda t: [r.pop("Condition", None) for r in resources_of(t, "AWS::ApiGatewayV2::Api").values()], None,
+     "there must be no API Gateway"),
+    ("a Function URL with AWS_IAM auth",
+     lambda t: _set(t, ["Resources", "VoiceWebhookFunctionUrl", "Properties", "AuthType"], "AWS_IAM"), None,
+     "AuthType must be NONE"),
+    ("no Function URL for the status callback",
+     lambda t: t["Resources"].pop("StatusCallbackFunctionUrl"), None,
+     "function StatusCallbackFunction: needs exactly one AWS::Lambda::Url"),
+    ("a public URL without the InvokeFunction (via URL) permission",
+     lambda t: t["Resources"].pop("SmsWebhookFunctionUrlInvokePermission"), None,
+     "with InvokedViaFunctionUrl true"),
+    ("anyone may invoke a function directly",
+     lambda t: t["Resources"]["SmsWebhookFunctionUrlInvokePermission"]["Properties"].pop("InvokedViaFunctionUrl"),
+     None, "lets anyone invoke"),
+    ("a Function URL on the worker",
+     lambda t: _set(t, ["Resources", "EventWorkerFunctionUrl"],
+                    {"Type": "AWS::Lambda::Url", "Properties": {"AuthType": "NONE",
+                                                                "TargetFunctionArn": {"Ref": _worker_lid(t)}}}),
+     None, "the worker must not have a Function URL"),
+    ("SmsWebhookUrl output naming the voice function's URL",
+     lambda t: _set(t, ["Outputs", "SmsWebhookUrl", "Value", "Fn::If", 2, "Fn::If", 2],
+                    {"Fn::GetAtt": ["VoiceWebhookFunctionUrl", "FunctionUrl"]}), None,
+     "output SmsWebhookUrl must be the Function URL of sms-webhook"),
+    ("the voicemail's status callback pointing at the voice function's URL",
+     lambda t: _set(t, ["Resources", _lid(t, "voice-webhook"), "Properties", "Environment", "Variables",
+                        "STATUS_CALLBACK_URL", "Fn::If", 2, "Fn::If", 2],
+                    {"Fn::GetAtt": ["VoiceWebhookFunctionUrl", "FunctionUrl"]}), None,
+     "STATUS_CALLBACK_URL must be status-callback's Function URL"),
+    # SAM local (issue 15).
+    ("a real token in the template's TWILIO_AUTH_TOKEN",
+     lambda t: _set(t, ["Resources", _lid(t, "sms-webhook"), "Properties", "Environment", "Variables",
+                        "TWILIO_AUTH_TOKEN"], "0123456789abcdef0123456789abcdef"), None,
+     "TWILIO_AUTH_TOKEN must be ''"),
+    ("locals.json misses a variable the template declares", None,
+     lambda f: f.locals["EventWorkerFunction"].pop("FORWARD_URL"), "EventWorkerFunction lacks FORWARD_URL"),
+    ("locals.json sets a variable the template does not declare", None,
+     lambda f: f.locals["SmsWebhookFunction"].__setitem__("VOICE_GREETING", "hi"),
+     "SmsWebhookFunction sets VOICE_GREETING"),
+    ("locals.json names a function that does not exist", None,
+     lambda f: f.locals.__setitem__("SmsFunction", {}), "'SmsFunction' is not a function of the template"),
+    ("locals.json uses the secret instead of the token", None,
+     lambda f: f.locals["VoiceWebhookFunction"].__setitem__("TWILIO_AUTH_TOKEN_SECRET_ARN", "arn:aws:x"),
+     "must set TWILIO_AUTH_TOKEN and leave"),
+    # EventBridge (issue 15).
+    ("PutEvents granted even without EventBusName",
+     lambda t: _unconditional_bus_statement(t), None, "policy grants events:PutEvents with EventBusName empty"),
+    ("PutEvents granted on another bus",
+     lambda t: _set(_bus_statement(t), ["Resource"],
+                    {"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/default"}),
+     None, "events:PutEvents must be granted on exactly"),
+    ("EVENT_BUS_NAME not wired to the parameter",
+     lambda t: _set(t, ["Resources", _worker_lid(t), "Properties", "Environment", "Variables", "EVENT_BUS_NAME"],
+                    "default"), None, "EVENT_BUS_NAME must be Ref:EventBusName"),
+    ("a batch of 10 records with PutEvents",
+     lambda t: _set(t, ["Resources", "WorkQueueEventSource", "Properties", "BatchSize"],
+                    {"Fn::If": ["HasForwardUrl", 1, 10]}), None, "records (5 s of PutEvents"),
+    ("the code stops sending to EventBridge", None,
+     lambda f: (f.actions.pop("events:PutEvents", None), f.known_services.add("events")),
+     "grants events:PutEvents but the code never calls it"),
     # Code drift, simulated on the facts scanned from the code.
     ("the code starts calling .scan()", None,
      lambda f: (f.actions.setdefault("dynamodb:Scan", ["shared/webhook-aws/src/dynamo.rs:1"]),
@@ -1321,6 +1841,29 @@ MUTATIONS = [
                                               (f.dynamo_literals or ["pk", "expires_at", "pending", "pending-index"])]),
      "'lock_until'"),
 ]
+
+
+def _access_log_field(t, key, value):
+    settings = t["Resources"]["HttpApiStage"]["Properties"]["AccessLogSettings"]
+    doc = json.loads(settings["Format"])
+    if value is None:
+        doc.pop(key)
+    else:
+        doc[key] = value
+    settings["Format"] = json.dumps(doc)
+
+
+def _bus_statement(t):
+    for s in _statements(t, "event-worker"):
+        if "Fn::If" in s:
+            return s["Fn::If"][1]
+    raise KeyError("conditional PutEvents statement")
+
+
+def _unconditional_bus_statement(t):
+    stmts = _statements(t, "event-worker")
+    i = next(i for i, s in enumerate(stmts) if "Fn::If" in s)
+    stmts[i] = stmts[i]["Fn::If"][1]
 
 
 def _lid(t, binary):
@@ -1346,6 +1889,10 @@ def self_test(template: dict, facts: CodeFacts) -> int:
     full.env_complete = True
     if full.dynamo_literals is None:
         full.dynamo_literals = [PARTITION_KEY[0], TTL_ATTRIBUTE, GSI_HASH[0], GSI_RANGE[0], GSI_NAME]
+    if full.locals is None:
+        full.locals = {}
+    if full.eventbridge_worst_case_s is None:
+        full.eventbridge_worst_case_s = 5.0
     full.warnings = []
     base = set(run_checks(template, full).errors)
     if base:
@@ -1376,14 +1923,61 @@ def self_test(template: dict, facts: CodeFacts) -> int:
     return 1 if failed else 0
 
 
+def with_defaults(text: str, defaults: dict) -> str:
+    """The template's text with these parameters' Default lines replaced."""
+    for name, value in defaults.items():
+        pat = re.compile(rf"(^  {re.escape(name)}:\n(?:    .*\n)*?    Default: ).*$", re.M)
+        text, n = pat.subn(lambda m: m.group(1) + json.dumps(value), text, count=1)
+        if n != 1:
+            raise ValueError(f"parameter {name} has no Default line to replace")
+    return text
+
+
+# What --lint runs cfn-lint and `sam validate --lint` on, besides the template as it is.
+LINT_VARIANTS = [
+    {"FrontDoor": "FunctionUrl", "EventBusName": VARIANT_VALUES["EventBusName"],
+     "ForwardUrl": VARIANT_VALUES["ForwardUrl"]},
+]
+
+
+def lint(template_path: Path) -> int:
+    """cfn-lint and `sam validate --lint` on the template and on copies whose defaults pick the
+    other front door and the optional features (both choices must deploy)."""
+    import subprocess
+    import tempfile
+    text = template_path.read_text(encoding="utf-8")
+    failed = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        copies = [("as written", template_path)]
+        for i, defaults in enumerate(LINT_VARIANTS):
+            path = Path(tmp) / f"variant{i}" / "template.yaml"
+            path.parent.mkdir()
+            path.write_text(with_defaults(text, defaults), encoding="utf-8")
+            copies.append((", ".join(f"{k}={v}" for k, v in defaults.items()), path))
+        for label, path in copies:
+            for cmd in (["cfn-lint", str(path)],
+                        ["sam", "validate", "--lint", "--region", "us-east-1", "-t", str(path)]):
+                r = subprocess.run(cmd, capture_output=True, text=True)
+                status = "ok  " if r.returncode == 0 else "FAIL"
+                print(f"{status}  {' '.join(cmd[:2]) if cmd[0] == 'sam' else cmd[0]} ({label})")
+                if r.returncode:
+                    failed += 1
+                    print(r.stdout + r.stderr)
+    return 1 if failed else 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, default=ROOT, help="workspace root (default: the script's parent dir)")
     ap.add_argument("--template", type=Path, default=None, help="template path (default: <root>/template.yaml)")
     ap.add_argument("--self-test", action="store_true", help="assert that mutations of the template are detected")
+    ap.add_argument("--lint", action="store_true",
+                    help="run cfn-lint and sam validate --lint on the template and on its other front door")
     args = ap.parse_args(argv)
     root = args.root.resolve()
     template_path = args.template or root / "template.yaml"
+    if args.lint:
+        return lint(template_path)
     template = load_template(template_path)
     facts = scan_code(root)
     if args.self_test:

@@ -21,6 +21,11 @@ pub const MAX_SECRET_REFRESH_SECONDS: u64 = 24 * 3600;
 /// For local runs (`cargo lambda watch`) only; production reads the secret.
 pub const TWILIO_AUTH_TOKEN: &str = "TWILIO_AUTH_TOKEN";
 pub const TWILIO_SECONDARY_AUTH_TOKEN: &str = "TWILIO_SECONDARY_AUTH_TOKEN";
+/// EventBridge bus the worker sends each processed event to (unset = off); see `eventbridge`.
+pub const EVENT_BUS_NAME: &str = "EVENT_BUS_NAME";
+/// The SDK's endpoint override (moto locally). Empty counts as unset, as for every variable
+/// here: the template declares it empty so that `sam local --env-vars` may set it.
+pub const AWS_ENDPOINT_URL: &str = "AWS_ENDPOINT_URL";
 /// `json` or `text`; wins over `AWS_LAMBDA_LOG_FORMAT` (see `crate::logging`).
 pub const LOG_FORMAT: &str = "LOG_FORMAT";
 /// Set by Lambda from the function's `LoggingConfig.LogFormat`: `JSON` or `Text`.

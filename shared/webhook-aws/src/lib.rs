@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod dynamo;
+pub mod eventbridge;
 pub mod http;
 pub mod logging;
 pub mod sqs;
@@ -54,7 +55,40 @@ pub async fn aws_config() -> Result<SdkConfig, ConfigError> {
     if config::trust_store()? == config::TrustStore::Amazon {
         loader = loader.http_client(amazon_roots_client());
     }
-    Ok(loader.load().await)
+    if !endpoint_url_is_blank() {
+        return Ok(loader.load().await);
+    }
+    // AWS_ENDPOINT_URL="" (template.yaml declares it empty for SAM local) means unset. The SDK
+    // would hand "" to every client as its endpoint, and warn at each cold start that it is
+    // not a URL: the load runs without a subscriber, and `BlankIsUnset` drops the value.
+    use tracing::instrument::WithSubscriber;
+    let sdk = loader
+        .load()
+        .with_subscriber(tracing::subscriber::NoSubscriber::default())
+        .await;
+    Ok(sdk
+        .clone()
+        .into_builder()
+        .service_config(BlankIsUnset(sdk))
+        .build())
+}
+
+fn endpoint_url_is_blank() -> bool {
+    std::env::var_os(config::AWS_ENDPOINT_URL).is_some() && var(config::AWS_ENDPOINT_URL).is_none()
+}
+
+/// The SDK's per-service settings (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_<SERVICE>`...) with
+/// blank values taken as unset.
+#[derive(Debug)]
+struct BlankIsUnset(SdkConfig);
+
+impl aws_types::service_config::LoadServiceConfig for BlankIsUnset {
+    fn load_config(&self, key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+        self.0
+            .service_config()?
+            .load_config(key)
+            .filter(|v| !v.trim().is_empty())
+    }
 }
 
 /// The SDK's default HTTPS client (rustls + aws-lc), trusting only the Amazon roots built in.
@@ -300,6 +334,9 @@ impl WorkerApp {
             Worker::new(store, queue, settings).with_metrics(Metrics::stdout_from_env());
         if let Some(url) = var(FORWARD_URL) {
             worker = worker.with_work(Arc::new(HttpForwarder::new(url)));
+        }
+        if let Some(bus) = var(config::EVENT_BUS_NAME) {
+            worker = worker.with_work(Arc::new(eventbridge::EventBridge::new(sdk, bus)));
         }
         Ok(Self { worker })
     }

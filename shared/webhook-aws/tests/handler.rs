@@ -229,13 +229,23 @@ fn event_files_have_the_documented_shapes() {
     let files = event_files();
     assert_eq!(
         files.len(),
-        16,
-        "two files for each of the 8 samples: {files:?}"
+        17,
+        "two files for each of the 8 samples, and sms.function-url.json: {files:?}"
     );
     for file in &files {
         let event = load(file);
         let route = format!("/{}", endpoint_of(file).as_str());
-        if file.ends_with(".http-api.json") {
+        if file.ends_with(".function-url.json") {
+            assert_eq!(event["version"], "2.0", "{file}");
+            assert_eq!(event["routeKey"], "$default", "{file}");
+            assert_eq!(event["rawPath"], "/", "{file}");
+            assert_eq!(event["requestContext"]["stage"], "$default", "{file}");
+            assert_eq!(
+                event["headers"]["host"],
+                events::FUNCTION_URL_HOST,
+                "{file}"
+            );
+        } else if file.ends_with(".http-api.json") {
             assert_eq!(event["version"], "2.0", "{file}");
             assert_eq!(event["routeKey"], format!("POST {route}"), "{file}");
             assert_eq!(event["rawPath"], route, "{file}");
@@ -289,6 +299,8 @@ async fn every_event_file_rebuilds_its_signed_url_and_is_accepted() {
         let endpoint = endpoint_of(&file);
         let expected = if is_rest(&event) {
             format!("{REST_API}/{}", endpoint.as_str())
+        } else if file.ends_with(".function-url.json") {
+            events::FUNCTION_URL.to_owned()
         } else {
             format!("{HTTP_API}/{}", endpoint.as_str())
         };

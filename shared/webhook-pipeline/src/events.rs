@@ -7,6 +7,9 @@
 //! - `<name>.rest-api.json`: REST API (v1) proxy event, stage `prod`, Mixed-Case headers as REST
 //!   APIs keep them, plain body.
 //!
+//! Plus `sms.function-url.json`: the sms sample as a Lambda Function URL delivers it (FrontDoor
+//! FunctionUrl): payload 2.0, `routeKey` `$default`, the URL's root path, the URL's own host.
+//!
 //! Each is signed with [`TEST_AUTH_TOKEN`] over the URL the function rebuilds from it (see
 //! `webhook_aws::http::signed_url`). The output is deterministic (fixed ids and times, sorted keys),
 //! so CI can check that the committed files are up to date ([`check_all`]).
@@ -24,6 +27,12 @@ pub const HTTP_API_HOST: &str = "abc123.execute-api.us-east-1.amazonaws.com";
 pub const REST_API_ID: &str = "def456";
 pub const REST_API_HOST: &str = "def456.execute-api.us-east-1.amazonaws.com";
 pub const REST_API_STAGE: &str = "prod";
+/// A Function URL's id is 32 lower-case letters and digits.
+pub const FUNCTION_URL_ID: &str = "ghi789ghi789ghi789ghi789ghi789gh";
+pub const FUNCTION_URL_HOST: &str = "ghi789ghi789ghi789ghi789ghi789gh.lambda-url.us-east-1.on.aws";
+/// What Twilio is given for a Function URL (the stack's output): its root.
+pub const FUNCTION_URL: &str =
+    "https://ghi789ghi789ghi789ghi789ghi789gh.lambda-url.us-east-1.on.aws/";
 
 const USER_AGENT: &str = "TwilioProxy/1.1";
 /// An address in Twilio's webhook range.
@@ -68,6 +77,12 @@ pub fn all_events() -> Vec<(String, Value)> {
             ]
         })
         .collect();
+    let (n, sms) = samples::all()
+        .into_iter()
+        .enumerate()
+        .find(|(_, s)| s.name == "sms")
+        .expect("sms sample");
+    events.push(("sms.function-url.json".into(), function_url_event(&sms, n)));
     events.push(("event-worker.sqs.json".into(), worker_sqs_event()));
     events.push((
         "event-worker.schedule.json".into(),
@@ -237,6 +252,25 @@ fn http_api_event(sample: &Sample, n: usize) -> Value {
     }))
 }
 
+/// A Function URL event: the HTTP API shape with `routeKey` `$default`, the `$default` stage
+/// and the root path of the URL Twilio was given ([`FUNCTION_URL`]).
+fn function_url_event(sample: &Sample, n: usize) -> Value {
+    let mut event = http_api_event(sample, n);
+    let (body, signature) = signed_form(sample, FUNCTION_URL);
+    event["routeKey"] = json!("$default");
+    event["rawPath"] = json!("/");
+    event["headers"]["host"] = json!(FUNCTION_URL_HOST);
+    event["headers"]["x-twilio-signature"] = json!(signature);
+    let ctx = &mut event["requestContext"];
+    ctx["routeKey"] = json!("$default");
+    ctx["http"]["path"] = json!("/");
+    ctx["apiId"] = json!(FUNCTION_URL_ID);
+    ctx["domainName"] = json!(FUNCTION_URL_HOST);
+    ctx["domainPrefix"] = json!(FUNCTION_URL_ID);
+    event["body"] = json!(base64(body.as_bytes()));
+    sorted(event)
+}
+
 /// REST API (v1) proxy event, stage `prod`.
 fn rest_api_event(sample: &Sample, n: usize) -> Value {
     let route = route(sample.endpoint);
@@ -354,7 +388,7 @@ mod tests {
     #[test]
     fn two_files_per_sample_and_two_worker_events_with_unique_names() {
         let events = all_events();
-        assert_eq!(events.len(), 2 * samples::all().len() + 2);
+        assert_eq!(events.len(), 2 * samples::all().len() + 1 + 2);
         let mut names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
         names.sort_unstable();
         names.dedup();
