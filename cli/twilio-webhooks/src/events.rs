@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use webhook_pipeline::events::{all_events, check_all, write_all};
+use webhook_testkit::events::{all_events, check_all, write_all};
 
 use crate::util::{CliResult, shell_quote};
 

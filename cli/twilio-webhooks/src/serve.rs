@@ -10,11 +10,11 @@ use clap::{Args, ValueEnum};
 use twilio_webhook::basic::BasicAuth;
 use twilio_webhook::url::PublicBaseUrl;
 use twilio_webhook::{AuthToken, FormParams, sign};
+use webhook_forward::HttpForwarder;
 use webhook_local::{ServeConfig, Server, shutdown_signal, termination_signal};
 use webhook_pipeline::config::{FORWARD_URL, Secret, var};
-use webhook_pipeline::forward::HttpForwarder;
-use webhook_pipeline::samples::{ACCOUNT_SID, MESSAGE_SID, inbound_sms};
 use webhook_pipeline::{ReplyPolicy, Settings};
+use webhook_testkit::samples::{ACCOUNT_SID, MESSAGE_SID, inbound_sms};
 
 use crate::sign::curl_form;
 use crate::util::{CliResult, token_or_test, warn_test_token};

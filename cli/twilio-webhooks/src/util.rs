@@ -1,7 +1,7 @@
 //! Small helpers shared by the subcommands.
 
 use twilio_webhook::AuthToken;
-use webhook_pipeline::samples::TEST_AUTH_TOKEN;
+use webhook_pipeline::config::TEST_AUTH_TOKEN;
 
 /// A one-line error for the user.
 pub type CliResult = Result<std::process::ExitCode, String>;

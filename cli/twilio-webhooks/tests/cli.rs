@@ -4,7 +4,7 @@ use std::process::{Command, Output};
 
 use twilio_webhook::signature::sign_json;
 use twilio_webhook::{AuthToken, FormParams, sign};
-use webhook_pipeline::samples::TEST_AUTH_TOKEN;
+use webhook_testkit::samples::TEST_AUTH_TOKEN;
 
 const BIN: &str = env!("CARGO_BIN_EXE_twilio-webhooks");
 
@@ -153,7 +153,7 @@ fn events_are_written_then_checked() {
     let files = stdout(&wrote);
     assert_eq!(
         files.lines().count(),
-        webhook_pipeline::events::all_events().len()
+        webhook_testkit::events::all_events().len()
     );
     let ok = run(&["events", "--dir", d, "--check"]);
     assert!(

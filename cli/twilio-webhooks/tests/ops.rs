@@ -5,9 +5,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use webhook_local::{Database, SqliteQueue, SqliteStore};
-use webhook_pipeline::contract::sample_event;
 use webhook_pipeline::store::ClaimTimes;
 use webhook_pipeline::{EventStore, Outbox};
+use webhook_testkit::contract::sample_event;
 
 const BIN: &str = env!("CARGO_BIN_EXE_twilio-webhooks");
 

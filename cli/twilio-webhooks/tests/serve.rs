@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use twilio_webhook::{AuthToken, FormParams, sign};
-use webhook_pipeline::samples::{self, TEST_AUTH_TOKEN};
+use webhook_testkit::samples::{self, TEST_AUTH_TOKEN};
 
 const BIN: &str = env!("CARGO_BIN_EXE_twilio-webhooks");
 

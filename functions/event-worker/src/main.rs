@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    webhook_aws::run_worker().await
+    webhook_aws::run_worker(webhook_forward::HttpForwarder::slow_work).await
 }

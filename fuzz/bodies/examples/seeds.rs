@@ -1,6 +1,6 @@
 //! Write the seed corpora (`fuzz/seeds/<target>/`) from the repository's own test data:
 //! `events/*.json`, `testdata/twilio-signature-vectors.json`, the sample webhooks of
-//! `webhook_pipeline::samples` (as the pipeline stores them), and inputs of the unit tests.
+//! `webhook_testkit::samples` (as the pipeline stores them), and inputs of the unit tests.
 //!
 //! `cargo run --manifest-path fuzz/Cargo.toml -p fuzz-bodies --example seeds`
 //!
@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 use twilio_webhook::payload::Endpoint;
 use twilio_webhook::signature::{Algorithm, sign_with};
 use twilio_webhook::{AuthToken, FormParams, Validator, sign};
-use webhook_pipeline::memory::{MemoryQueue, MemoryStore};
-use webhook_pipeline::samples::{self, TEST_AUTH_TOKEN};
+use webhook_testkit::memory::{MemoryQueue, MemoryStore};
+use webhook_testkit::samples::{self, TEST_AUTH_TOKEN};
 use webhook_pipeline::state::StateRecord;
 use webhook_pipeline::{Pipeline, ReplyPolicy, Settings};
 
@@ -112,9 +112,9 @@ fn token() -> AuthToken {
 fn signed_url(file: &str, event: &Value) -> String {
     let endpoint = endpoint_of(file);
     if is_rest(event) {
-        webhook_pipeline::events::rest_api_url(endpoint)
+        webhook_testkit::events::rest_api_url(endpoint)
     } else {
-        webhook_pipeline::events::http_api_url(endpoint)
+        webhook_testkit::events::http_api_url(endpoint)
     }
 }
 
@@ -651,7 +651,7 @@ fn records() -> Vec<(webhook_pipeline::EventRecord, StateRecord)> {
             },
             Settings::default(),
         );
-        let url = webhook_pipeline::events::http_api_url(sample.endpoint);
+        let url = webhook_testkit::events::http_api_url(sample.endpoint);
         let req = samples::signed_request(TEST_AUTH_TOKEN, &url, &sample.params);
         let reply = rt.block_on(pipeline.handle(sample.endpoint, &req));
         assert_eq!(reply.status, 200, "{}", sample.name);

@@ -17,8 +17,8 @@ use twilio_webhook::payload::Endpoint;
 use twilio_webhook::url::{PublicBaseUrl, UrlError};
 use twilio_webhook::{AuthToken, Validator};
 use webhook_aws::{WebhookApp, http};
-use webhook_pipeline::memory::{MemoryQueue, MemoryStore};
-use webhook_pipeline::samples::TEST_AUTH_TOKEN;
+use webhook_testkit::memory::{MemoryQueue, MemoryStore};
+use webhook_testkit::samples::TEST_AUTH_TOKEN;
 use webhook_pipeline::{Pipeline, ReplyPolicy, Settings};
 
 pub const BASE_URL: &str = "https://hooks.example.com/twilio";

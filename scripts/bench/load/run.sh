@@ -33,7 +33,7 @@ CARGO=${CARGO:-cargo}
 NODE=${NODE:-node}
 NPM=${NPM:-npm}
 PYTHON=${PYTHON:-python3}
-TOKEN=12345678901234567890123456789012 # webhook_pipeline::samples::TEST_AUTH_TOKEN
+TOKEN=12345678901234567890123456789012 # webhook_pipeline::config::TEST_AUTH_TOKEN
 
 duration=10
 warmup=2

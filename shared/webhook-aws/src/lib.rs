@@ -27,13 +27,12 @@ pub use twilio_webhook::payload::Endpoint;
 use twilio_webhook::signature::IDEMPOTENCY_HEADER;
 use twilio_webhook::url::PublicBaseUrl;
 use webhook_pipeline::config::{ConfigError, FORWARD_URL, Secret, Settings, var};
-use webhook_pipeline::forward::HttpForwarder;
 use webhook_pipeline::metrics::Metrics;
 use webhook_pipeline::pipeline::Outcome;
 use webhook_pipeline::rotation::{SecretSource, SecretSourceError};
 use webhook_pipeline::store::Job;
 use webhook_pipeline::summary::{JobOutcome, JobSummary, RequestSummary};
-use webhook_pipeline::worker::{JobReport, WorkerSettings};
+use webhook_pipeline::worker::{JobReport, SlowWork, WorkerSettings};
 use webhook_pipeline::{Pipeline, PipelineError, ReplyPolicy, Worker};
 
 use crate::config::{EVENT_TABLE, TWILIO_AUTH_TOKEN_SECRET_ARN, WORK_QUEUE_URL, required};
@@ -180,7 +179,7 @@ impl SecretSource for SecretsManagerSource {
         if secret
             .keys
             .iter()
-            .any(|k| k.expose() == webhook_pipeline::samples::TEST_AUTH_TOKEN)
+            .any(|k| k.expose() == webhook_pipeline::config::TEST_AUTH_TOKEN)
         {
             return Err(ConfigError {
                 name: TWILIO_AUTH_TOKEN_SECRET_ARN,
@@ -314,13 +313,17 @@ pub async fn run_webhook(endpoint: Endpoint) -> Result<(), Error> {
     .await
 }
 
+/// Builds the `FORWARD_URL` slow work from the URL. The event-worker function passes
+/// `webhook_forward::HttpForwarder::slow_work`: the HTTP client is linked into it alone.
+pub type Forwarder = fn(String) -> Arc<dyn SlowWork>;
+
 /// The worker function: SQS batches and the scheduled sweep.
 pub struct WorkerApp {
     pub worker: Worker,
 }
 
 impl WorkerApp {
-    pub async fn from_env(sdk: &SdkConfig) -> Result<Self, Error> {
+    pub async fn from_env(sdk: &SdkConfig, forwarder: Forwarder) -> Result<Self, Error> {
         let store = Arc::new(DynamoStore::new(
             aws_sdk_dynamodb::Client::new(sdk),
             required(EVENT_TABLE)?,
@@ -333,7 +336,7 @@ impl WorkerApp {
         let mut worker =
             Worker::new(store, queue, settings).with_metrics(Metrics::stdout_from_env());
         if let Some(url) = var(FORWARD_URL) {
-            worker = worker.with_work(Arc::new(HttpForwarder::new(url)));
+            worker = worker.with_work(forwarder(url));
         }
         if let Some(bus) = var(config::EVENT_BUS_NAME) {
             worker = worker.with_work(Arc::new(eventbridge::EventBridge::new(sdk, bus)));
@@ -473,10 +476,10 @@ impl WorkerApp {
 const CUTOFF_MARGIN: Duration = Duration::from_secs(1);
 
 /// `main` of the event-worker function.
-pub async fn run_worker() -> Result<(), Error> {
+pub async fn run_worker(forwarder: Forwarder) -> Result<(), Error> {
     init_tracing();
     let sdk = aws_config().await?;
-    let app = Arc::new(WorkerApp::from_env(&sdk).await?);
+    let app = Arc::new(WorkerApp::from_env(&sdk, forwarder).await?);
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: LambdaEvent<Value>| {
             let app = app.clone();

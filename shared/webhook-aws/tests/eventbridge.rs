@@ -15,11 +15,12 @@ use tokio::net::TcpListener;
 use twilio_webhook::payload::Endpoint;
 use twilio_webhook::{AuthToken, Validator};
 use webhook_aws::eventbridge::{EventBridge, SOURCE};
-use webhook_pipeline::forward::{HttpForwarder, normalized};
-use webhook_pipeline::memory::{MemoryQueue, MemoryStore};
-use webhook_pipeline::samples::{self, CALL_SID, MESSAGE_SID, TEST_AUTH_TOKEN, signed_request};
+use webhook_forward::HttpForwarder;
+use webhook_pipeline::forward::normalized;
 use webhook_pipeline::worker::{Outcome, WorkerSettings};
 use webhook_pipeline::{Pipeline, ReplyPolicy, Settings, Worker};
+use webhook_testkit::memory::{MemoryQueue, MemoryStore};
+use webhook_testkit::samples::{self, CALL_SID, MESSAGE_SID, TEST_AUTH_TOKEN, signed_request};
 
 const MOTO: &str = r#"
 import sys

@@ -13,10 +13,10 @@ use serde_json::{Value, json};
 use twilio_webhook::url::{PublicBaseUrl, UrlError};
 use twilio_webhook::{AuthToken, FormParams, Validator, sign};
 use webhook_aws::{Endpoint, WebhookApp, http};
-use webhook_pipeline::events;
-use webhook_pipeline::memory::{MemoryQueue, MemoryStore};
-use webhook_pipeline::samples::{self, TEST_AUTH_TOKEN};
 use webhook_pipeline::{Pipeline, ReplyPolicy, Settings};
+use webhook_testkit::events;
+use webhook_testkit::memory::{MemoryQueue, MemoryStore};
+use webhook_testkit::samples::{self, TEST_AUTH_TOKEN};
 
 const HTTP_API: &str = "https://abc123.execute-api.us-east-1.amazonaws.com";
 const REST_API: &str = "https://def456.execute-api.us-east-1.amazonaws.com/prod";

@@ -16,11 +16,11 @@ use tracing_subscriber::prelude::*;
 use twilio_webhook::{AuthToken, Validator};
 use webhook_aws::logging::{LogFormat, LogSettings};
 use webhook_aws::{Endpoint, WebhookApp, WorkerApp};
-use webhook_pipeline::memory::{MemoryQueue, MemoryStore};
-use webhook_pipeline::samples::{self, MESSAGE_SID, TEST_AUTH_TOKEN, signed_request};
 use webhook_pipeline::store::{EventRecord, Job};
 use webhook_pipeline::worker::{WorkError, WorkerSettings};
 use webhook_pipeline::{IncomingRequest, Pipeline, ReplyPolicy, Settings, SlowWork, Worker};
+use webhook_testkit::memory::{MemoryQueue, MemoryStore};
+use webhook_testkit::samples::{self, MESSAGE_SID, TEST_AUTH_TOKEN, signed_request};
 
 const URL: &str = "https://abc123.execute-api.us-east-1.amazonaws.com";
 /// What the samples carry that must never reach a log without `LOG_PII`.

@@ -22,10 +22,10 @@ use twilio_webhook::{AuthToken, Validator};
 use webhook_aws::WorkerApp;
 use webhook_aws::dynamo::DynamoStore;
 use webhook_aws::sqs::SqsQueue;
-use webhook_pipeline::samples::{self, CALL_SID, MESSAGE_SID, TEST_AUTH_TOKEN, signed_request};
 use webhook_pipeline::store::{ClaimTimes, Job};
 use webhook_pipeline::worker::{Outcome, WorkerSettings};
 use webhook_pipeline::{Clock, EventStore, Pipeline, ReplyPolicy, Settings, Worker};
+use webhook_testkit::samples::{self, CALL_SID, MESSAGE_SID, TEST_AUTH_TOKEN, signed_request};
 
 const MOTO: &str = r#"
 import sys
@@ -627,7 +627,7 @@ async fn out_of_order_status_callbacks_end_in_the_right_state() {
 #[tokio::test]
 async fn dynamodb_store_passes_the_contract() {
     let aws = setup(5).await;
-    webhook_pipeline::contract::run_all(aws.store()).await;
+    webhook_testkit::contract::run_all(aws.store()).await;
 }
 
 #[tokio::test]

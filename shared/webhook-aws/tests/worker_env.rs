@@ -26,16 +26,24 @@ async fn event_bus_name_adds_put_events_to_each_record() {
     let forward = Duration::from_secs(FORWARD_WORST_CASE_SECS);
 
     // Empty = off.
-    let app = WorkerApp::from_env(&sdk).await.unwrap();
+    let app = WorkerApp::from_env(&sdk, webhook_forward::HttpForwarder::slow_work)
+        .await
+        .unwrap();
     assert!(!app.worker.has_slow_work());
     assert_eq!(budget(app), STORE_ALLOWANCE);
 
     unsafe { std::env::set_var("EVENT_BUS_NAME", "twilio-events") };
-    let app = WorkerApp::from_env(&sdk).await.unwrap();
+    let app = WorkerApp::from_env(&sdk, webhook_forward::HttpForwarder::slow_work)
+        .await
+        .unwrap();
     assert_eq!(budget(app), STORE_ALLOWANCE + put_events);
 
     unsafe { std::env::set_var("FORWARD_URL", "https://receiver.example.com/events") };
-    let b = budget(WorkerApp::from_env(&sdk).await.unwrap());
+    let b = budget(
+        WorkerApp::from_env(&sdk, webhook_forward::HttpForwarder::slow_work)
+            .await
+            .unwrap(),
+    );
     assert!(
         b > STORE_ALLOWANCE + put_events + forward - Duration::from_secs(1),
         "{b:?}"

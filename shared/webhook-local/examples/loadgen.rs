@@ -3,7 +3,7 @@
 //! connections, closed loop (each connection sends its next request when the previous answer
 //! arrived), for a fixed duration or a fixed number of requests.
 //!
-//! Every request is built and signed before the clock starts (`webhook_pipeline::samples::
+//! Every request is built and signed before the clock starts (`webhook_testkit::samples::
 //! inbound_sms` + `twilio_webhook::sign`), so the measured loop only sends bytes and reads
 //! answers. It speaks HTTP/1.1 over plain sockets (answers parsed with `httparse`, bodies by
 //! `Content-Length`): the generator shares the cores with the server, and a hyper client cost
@@ -33,7 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use twilio_webhook::signature::SIGNATURE_HEADER;
 use twilio_webhook::{AuthToken, FormParams, sign};
-use webhook_pipeline::samples::{TEST_AUTH_TOKEN, inbound_sms};
+use webhook_testkit::samples::{TEST_AUTH_TOKEN, inbound_sms};
 
 const USAGE: &str = "\
 loadgen --url http://127.0.0.1:PORT/sms [options]

@@ -20,7 +20,7 @@ use twilio_webhook::AuthToken;
 use twilio_webhook::payload::Endpoint;
 use twilio_webhook::url::{PublicBaseUrl, UrlError, from_parts};
 use webhook_pipeline::config::Secret;
-use webhook_pipeline::samples::TEST_AUTH_TOKEN;
+use webhook_pipeline::config::TEST_AUTH_TOKEN;
 use webhook_pipeline::worker::{SlowWork, WorkerSettings};
 use webhook_pipeline::{
     IncomingRequest, Pipeline, PipelineError, Reply, ReplyPolicy, Settings, Worker,

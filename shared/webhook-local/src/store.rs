@@ -1,5 +1,5 @@
 //! [`SqliteStore`]: the [`EventStore`] on SQLite, with the semantics of
-//! [`webhook_pipeline::memory::MemoryStore`] (checked by `webhook_pipeline::contract`).
+//! `webhook_testkit::memory::MemoryStore` (checked by `webhook_testkit::contract`).
 
 use std::path::Path;
 use std::sync::Arc;

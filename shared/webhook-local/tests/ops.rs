@@ -9,13 +9,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use webhook_local::{Database, SqliteQueue, SqliteStore};
 use webhook_pipeline::consent::{ConsentAction, ConsentStatus, ConsentUpdate, ConsentVia};
-use webhook_pipeline::contract::sample_event;
 use webhook_pipeline::replay::{self, ReplayFilter};
 use webhook_pipeline::store::ClaimTimes;
 use webhook_pipeline::worker::{Outcome, WorkError, WorkerSettings};
 use webhook_pipeline::{
     Claim, Clock, EventRecord, EventStore, FoldInOne, Folded, Outbox, SlowWork, Worker,
 };
+use webhook_testkit::contract::sample_event;
 
 const T0: i64 = 1_800_000_000_000;
 const SUBSCRIBER: &str = "+15559990000";

@@ -13,14 +13,14 @@ use webhook_local::{
     Database, DirLock, LoopSettings, OpenError, QueueSettings, ServeConfig, Server, SqliteQueue,
     SqliteStore, WorkerLoop, inspect,
 };
-use webhook_pipeline::contract::sample_event;
-use webhook_pipeline::samples::{self, TEST_AUTH_TOKEN};
 use webhook_pipeline::store::ClaimTimes;
 use webhook_pipeline::worker::WorkerSettings;
 use webhook_pipeline::{
     Claim, Clock, EventStore, FoldInOne, Folded, Job, Outbox, Pipeline, ReplyPolicy, Settings,
     WorkQueue, Worker,
 };
+use webhook_testkit::contract::sample_event;
+use webhook_testkit::samples::{self, TEST_AUTH_TOKEN};
 
 /// A fresh data directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -64,7 +64,7 @@ fn job(tag: &str) -> Job {
 async fn sqlite_store_passes_the_contract() {
     let dir = TempDir::new();
     let store = SqliteStore::open(&dir.0.join("contract.db")).unwrap();
-    webhook_pipeline::contract::run_all(Arc::new(store)).await;
+    webhook_testkit::contract::run_all(Arc::new(store)).await;
 }
 
 #[tokio::test]

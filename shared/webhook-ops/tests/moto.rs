@@ -22,10 +22,10 @@ use webhook_aws::sqs::SqsQueue;
 use webhook_ops::{DynamoReplay, redrive};
 use webhook_pipeline::consent::ConsentStatus;
 use webhook_pipeline::replay::{self, ReplayFilter};
-use webhook_pipeline::samples::{self, TEST_AUTH_TOKEN, signed_request};
 use webhook_pipeline::store::Job;
 use webhook_pipeline::worker::{Outcome, WorkerSettings};
 use webhook_pipeline::{Clock, EventStore, Pipeline, ReplyPolicy, Settings, Worker};
+use webhook_testkit::samples::{self, TEST_AUTH_TOKEN, signed_request};
 
 const MOTO: &str = r#"
 import sys

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use criterion::{Criterion, criterion_group, criterion_main};
 use twilio_webhook::payload::Endpoint;
 use twilio_webhook::{AuthToken, Validator};
-use webhook_pipeline::memory::{MemoryQueue, MemoryStore};
-use webhook_pipeline::samples::{TEST_AUTH_TOKEN, inbound_sms, signed_request};
 use webhook_pipeline::{IncomingRequest, Pipeline, ReplyPolicy, Settings};
+use webhook_testkit::memory::{MemoryQueue, MemoryStore};
+use webhook_testkit::samples::{TEST_AUTH_TOKEN, inbound_sms, signed_request};
 
 struct Counting;
 

@@ -41,6 +41,10 @@ pub struct Settings {
     pub lock: Duration,
 }
 
+/// The project's public test token: the sample events and `serve`'s default are signed with
+/// it, so anyone can sign with it. Lambda refuses it; `serve` accepts it on loopback only.
+pub const TEST_AUTH_TOKEN: &str = "12345678901234567890123456789012";
+
 /// How long records and dedup keys live by default (`EVENT_TTL_SECONDS`): 7 days, longer than
 /// Twilio's retries and a DLQ redrive.
 pub const DEFAULT_EVENT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);

@@ -1,14 +1,12 @@
-//! Default slow work: POST the normalized event JSON to `FORWARD_URL` (a CRM, an API...).
+//! What `FORWARD_URL` receives: the normalized event JSON, and the forwarder's retry policy
+//! (the worker budgets records with it). The forwarder itself is `webhook-forward`, linked
+//! only into the worker and `serve`.
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde_json::{Map, Value, json};
-use tracing::warn;
 
-use crate::redact::redact_url;
 use crate::store::EventRecord;
-use crate::worker::{SlowWork, WorkError};
 
 /// The event as JSON: parameters as an object (repeated keys become arrays).
 pub fn normalized(event: &EventRecord) -> Value {
@@ -34,142 +32,12 @@ pub fn normalized(event: &EventRecord) -> Value {
     })
 }
 
-/// POSTs each event with a few quick retries; the queue's redelivery handles longer outages.
-/// Sends `Idempotency-Key: <dedup key>` so the receiver can drop the rare repeat.
-///
-/// Redirects are never followed: on 301/302/303 an HTTP client turns the POST into a GET
-/// without the body, and the event would count as delivered. A 3xx is a failed attempt whose
-/// log names the `Location`. Error texts never carry the URL: its query string may hold a
-/// secret (`?api_key=`), and reqwest puts the whole URL into its errors.
-pub struct HttpForwarder {
-    url: String,
-    client: reqwest::Client,
-    attempts: u32,
-}
-
 /// Timeout of one POST to `FORWARD_URL`.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// POSTs per event and processing attempt; the queue's redelivery handles longer outages.
 pub const FORWARD_ATTEMPTS: u32 = 3;
+
 /// The longest one event's forwarding can take: every attempt timing out, plus the pauses
 /// between them. `scripts/check_template.py` reads this line to check the worker's Timeout.
 pub const FORWARD_WORST_CASE_SECS: u64 = 16;
-
-/// The pause before attempt `attempt` (from 1): 200 ms, 800 ms, ...
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(200 * 4u64.pow(attempt - 1))
-}
-
-impl HttpForwarder {
-    pub fn new(url: String) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(FORWARD_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("reqwest client with static settings");
-        Self {
-            url,
-            client,
-            attempts: FORWARD_ATTEMPTS,
-        }
-    }
-}
-
-#[async_trait]
-impl SlowWork for HttpForwarder {
-    fn name(&self) -> &'static str {
-        "forward"
-    }
-
-    fn max_duration(&self) -> Duration {
-        FORWARD_TIMEOUT * self.attempts + (1..self.attempts).map(backoff).sum::<Duration>()
-    }
-
-    async fn run(&self, event: &EventRecord) -> Result<(), WorkError> {
-        let body = normalized(event).to_string();
-        let mut last = String::new();
-        for attempt in 0..self.attempts {
-            if attempt > 0 {
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            let res = self
-                .client
-                .post(&self.url)
-                .header("content-type", "application/json")
-                .header("idempotency-key", &event.key)
-                .body(body.clone())
-                .send()
-                .await;
-            match res {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) if r.status().is_redirection() => {
-                    // The Location is the operator's own configuration to fix, shown without
-                    // its query string like FORWARD_URL itself.
-                    let location = r
-                        .headers()
-                        .get(reqwest::header::LOCATION)
-                        .and_then(|v| v.to_str().ok())
-                        .map_or_else(|| "(none)".to_owned(), redact_url);
-                    return Err(WorkError(format!(
-                        "FORWARD_URL answered {} redirecting to {location}: redirects are not followed (they would drop the POST body); set FORWARD_URL to the final URL",
-                        r.status()
-                    )));
-                }
-                // A 4xx other than 408/429 will not get better by retrying now.
-                Ok(r)
-                    if r.status().is_client_error()
-                        && !matches!(r.status().as_u16(), 408 | 429) =>
-                {
-                    return Err(WorkError(format!("FORWARD_URL answered {}", r.status())));
-                }
-                Ok(r) => last = format!("FORWARD_URL answered {}", r.status()),
-                Err(e) => last = format!("FORWARD_URL unreachable: {}", describe(&e, &self.url)),
-            }
-            warn!(key = %event.key, attempt, error = %last, "forward failed");
-        }
-        Err(WorkError(last))
-    }
-}
-
-/// What went wrong, without the URL reqwest puts into every error's text.
-fn describe(e: &reqwest::Error, url: &str) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else if e.is_body() || e.is_decode() {
-        "bad response body"
-    } else {
-        "request failed"
-    };
-    // The source chain names the cause (refused, reset, DNS...).
-    let mut text = kind.to_owned();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    // Belt and braces: no cause may repeat the URL or its query.
-    let redacted = redact_url(url);
-    text = text.replace(url, &redacted);
-    // (A query too short to be a secret would only mangle the text.)
-    if let Some((_, query)) = url.split_once('?').filter(|(_, q)| q.len() >= 4) {
-        text = text.replace(query, "<redacted>");
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The constant the template check reads is the forwarder's real worst case.
-    #[test]
-    fn worst_case_constant_matches_the_retry_policy() {
-        let f = HttpForwarder::new("http://127.0.0.1:9/".into());
-        let worst = f.max_duration();
-        assert!(worst <= Duration::from_secs(FORWARD_WORST_CASE_SECS));
-        assert!(worst > Duration::from_secs(FORWARD_WORST_CASE_SECS - 1));
-    }
-}

@@ -4,18 +4,14 @@
 
 pub mod config;
 pub mod consent;
-pub mod contract;
 pub mod error;
-pub mod events;
 pub mod forward;
-pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod redact;
 pub mod replay;
 pub mod reply;
 pub mod rotation;
-pub mod samples;
 pub mod state;
 pub mod store;
 pub mod summary;

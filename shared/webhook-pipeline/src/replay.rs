@@ -263,7 +263,23 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::sample_event;
+
+    /// A stored inbound SMS (the test kit's `contract::sample_event`, which this crate's unit
+    /// tests cannot use: it is built against this crate as a dependency).
+    fn sample_event(tag: &str) -> EventRecord {
+        EventRecord {
+            key: format!("sms#SM0123456789abcdef0123456789abcdef{tag}"),
+            kind: "inbound_message".into(),
+            endpoint: twilio_webhook::payload::Endpoint::Sms,
+            url: "https://example.com/sms".into(),
+            params: twilio_webhook::FormParams::from_pairs([("MessageSid", "SM1")]),
+            idempotency_token: None,
+            received_at: NOW,
+            reply: crate::Reply::text(200, "<Response/>"),
+            state_update: None,
+            consent: None,
+        }
+    }
 
     const NOW: i64 = 1_800_000_000_000;
 

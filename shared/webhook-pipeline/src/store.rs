@@ -1,5 +1,5 @@
 //! The two ports of the pipeline. Adapters: DynamoDB + SQS (`webhook-aws`), SQLite
-//! (`webhook-local`), in-memory ([`crate::memory`]). All pass [`crate::contract`].
+//! (`webhook-local`), in-memory (`webhook_testkit::memory`). All pass `webhook_testkit::contract`.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -7,11 +7,11 @@ use async_trait::async_trait;
 use twilio_webhook::payload::Endpoint;
 use twilio_webhook::{AuthToken, Validator};
 use webhook_pipeline::consent::{ConsentStatus, ConsentVia, Consents};
-use webhook_pipeline::memory::{MemoryQueue, MemoryStore};
 use webhook_pipeline::replay::{self, ReplayFilter};
-use webhook_pipeline::samples::{self, TEST_AUTH_TOKEN, signed_request};
 use webhook_pipeline::worker::{Outcome, WorkError, WorkerSettings};
 use webhook_pipeline::{Clock, EventRecord, Pipeline, ReplyPolicy, Settings, SlowWork, Worker};
+use webhook_testkit::memory::{MemoryQueue, MemoryStore};
+use webhook_testkit::samples::{self, TEST_AUTH_TOKEN, signed_request};
 
 const SMS_URL: &str = "https://hooks.example.com/sms";
 const STATUS_URL: &str = "https://hooks.example.com/status";

@@ -6,14 +6,14 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use http::HeaderValue;
 use twilio_webhook::payload::Endpoint;
 use twilio_webhook::{AuthToken, Validator};
-use webhook_pipeline::memory::{MemoryQueue, MemoryStore};
-use webhook_pipeline::samples::{self, CALL_SID, MESSAGE_SID, TEST_AUTH_TOKEN, signed_request};
 use webhook_pipeline::store::ClaimTimes;
 use webhook_pipeline::worker::{Outcome, WorkerSettings};
 use webhook_pipeline::{
     Claim, Clock, EventRecord, EventStore, FoldInOne, Folded, Job, Outbox, Pipeline, ReplyPolicy,
     Settings, SlowWork, StoreError, WorkQueue, Worker,
 };
+use webhook_testkit::memory::{MemoryQueue, MemoryStore};
+use webhook_testkit::samples::{self, CALL_SID, MESSAGE_SID, TEST_AUTH_TOKEN, signed_request};
 
 const URL: &str = "https://hooks.example.com/sms";
 
@@ -466,7 +466,7 @@ async fn auto_reply_is_not_sent_to_opt_out_keywords() {
 
 #[tokio::test]
 async fn memory_store_passes_the_contract() {
-    webhook_pipeline::contract::run_all(Arc::new(MemoryStore::default())).await;
+    webhook_testkit::contract::run_all(Arc::new(MemoryStore::default())).await;
 }
 
 /// An [`Outbox`] over the memory adapters that counts its calls and can be made to fail.

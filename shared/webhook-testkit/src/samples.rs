@@ -7,10 +7,9 @@ use twilio_webhook::payload::Endpoint;
 use twilio_webhook::signature::{IDEMPOTENCY_HEADER, SIGNATURE_HEADER};
 use twilio_webhook::{AuthToken, FormParams, sign};
 
-use crate::pipeline::IncomingRequest;
+use webhook_pipeline::pipeline::IncomingRequest;
 
-/// The documented test auth token every sample event is signed with. Never use it for real.
-pub const TEST_AUTH_TOKEN: &str = "12345678901234567890123456789012";
+pub use webhook_pipeline::config::TEST_AUTH_TOKEN;
 
 pub const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
 pub const MESSAGE_SID: &str = "SM11111111111111111111111111111111";

@@ -1,7 +1,7 @@
 //! Signed sample API Gateway events: the `events/` files (`sam local invoke -e`, the Lambda
 //! console's test events, the handler tests).
 //!
-//! Every sample of [`webhook_pipeline::samples::all`] becomes two files:
+//! Every sample of [`webhook_testkit::samples::all`] becomes two files:
 //! - `<name>.http-api.json`: API Gateway HTTP API payload 2.0 (the shape Function URLs use too),
 //!   `$default` stage, lower-case headers, base64 body;
 //! - `<name>.rest-api.json`: REST API (v1) proxy event, stage `prod`, Mixed-Case headers as REST
@@ -100,18 +100,19 @@ fn worker_sqs_event() -> Value {
         .expect("sms sample");
     let url = http_api_url(sample.endpoint);
     let req = samples::signed_request(TEST_AUTH_TOKEN, &url, &sample.params);
-    let pipeline = crate::Pipeline::new(
+    let pipeline = webhook_pipeline::Pipeline::new(
         twilio_webhook::Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
         Arc::new(crate::memory::MemoryStore::default()),
         Arc::new(crate::memory::MemoryQueue::default()),
-        crate::ReplyPolicy::default(),
-        crate::Settings::default(),
+        webhook_pipeline::ReplyPolicy::default(),
+        webhook_pipeline::Settings::default(),
     )
     .with_clock(Arc::new(|| TIME_EPOCH_MS));
     let (_, event) = pipeline
         .accept(sample.endpoint, &req)
         .expect("the sample is valid");
-    let body = serde_json::to_string(&crate::store::Job { event }).expect("a job serializes");
+    let body =
+        serde_json::to_string(&webhook_pipeline::store::Job { event }).expect("a job serializes");
     sorted(json!({
         "Records": [{
             "messageId": "6f1a5a4e-0000-4000-8000-000000000001",

@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use twilio_webhook::payload::Endpoint;
 
-use crate::consent::{ConsentAction, ConsentLedger, ConsentUpdate, ConsentVia};
-use crate::reply::Reply;
-use crate::state::{StateRecord, StateUpdate};
-use crate::store::{Claim, ClaimTimes, EventRecord, EventStore, Processing, Stale, StaleEvent};
+use webhook_pipeline::consent::{ConsentAction, ConsentLedger, ConsentUpdate, ConsentVia};
+use webhook_pipeline::reply::Reply;
+use webhook_pipeline::state::{StateRecord, StateUpdate};
+use webhook_pipeline::store::{
+    Claim, ClaimTimes, EventRecord, EventStore, Processing, Stale, StaleEvent,
+};
 
 const NOW: i64 = 1_800_000_000_000;
 

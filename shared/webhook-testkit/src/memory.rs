@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 
-use crate::consent::ConsentLedger;
-use crate::replay::{Candidate, ReplayFilter, ReplaySource};
-use crate::state::StateRecord;
-use crate::store::{
+use webhook_pipeline::consent::ConsentLedger;
+use webhook_pipeline::replay::{Candidate, ReplayFilter, ReplaySource};
+use webhook_pipeline::state::StateRecord;
+use webhook_pipeline::store::{
     Claim, ClaimTimes, EventRecord, EventStore, Job, Processing, RecordTimes, Stale, StaleEvent,
     StoreError, WorkQueue,
 };

@@ -7,8 +7,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use twilio_webhook::FormParams;
 use twilio_webhook::payload::Endpoint;
+use webhook_forward::HttpForwarder;
 use webhook_pipeline::Reply;
-use webhook_pipeline::forward::HttpForwarder;
 use webhook_pipeline::store::EventRecord;
 use webhook_pipeline::worker::SlowWork;
 
