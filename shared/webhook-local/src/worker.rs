@@ -18,7 +18,7 @@ use crate::store::SqliteStore;
 #[derive(Debug, Clone, Copy)]
 pub struct LoopSettings {
     /// Jobs taken per receive. Large, because each job's calls wait for the request lane
-    /// (see `Database`): with 64 the worker fell behind under load (BENCHMARKS.md).
+    /// (see `Database`): the worker keeps up with `serve` at full load only with big batches.
     pub batch: usize,
     /// Jobs of a batch processed at the same time. Their database calls share transactions
     /// (see `Database`), so under load this is what lets the worker keep up; jobs of one batch
