@@ -30,6 +30,28 @@ pub const CONTENT_TYPE: &str = "text/xml";
 
 const DECLARATION: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
 
+/// Builder setters that store their argument as the attribute's value: `name: text` takes
+/// `impl Into<String>`, `name: u32` and `name: bool` take the value. Doc comments carry over.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $kind:ident,)*) => {
+        $( setters!(@one $(#[$doc])* $name $kind); )*
+    };
+    (@one $(#[$doc:meta])* $name:ident text) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: impl Into<String>) -> Self {
+            self.$name = Some(value.into());
+            self
+        }
+    };
+    (@one $(#[$doc:meta])* $name:ident $ty:ident) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.$name = Some(value);
+            self
+        }
+    };
+}
+
 /// A complete TwiML document.
 pub trait Twiml {
     /// Render the document, XML declaration included.
@@ -155,10 +177,9 @@ impl Redirect {
         }
     }
 
-    /// `method`: `GET` or `POST` (Twilio's default is `POST`).
-    pub fn method(mut self, method: impl Into<String>) -> Self {
-        self.method = Some(method.into());
-        self
+    setters! {
+        /// `method`: `GET` or `POST` (Twilio's default is `POST`).
+        method: text,
     }
 
     fn write(&self, out: &mut String) {
@@ -206,30 +227,13 @@ impl Message {
         self
     }
 
-    pub fn to(mut self, to: impl Into<String>) -> Self {
-        self.to = Some(to.into());
-        self
-    }
-
-    pub fn from(mut self, from: impl Into<String>) -> Self {
-        self.from = Some(from.into());
-        self
-    }
-
-    pub fn action(mut self, url: impl Into<String>) -> Self {
-        self.action = Some(url.into());
-        self
-    }
-
-    pub fn method(mut self, method: impl Into<String>) -> Self {
-        self.method = Some(method.into());
-        self
-    }
-
-    /// Rendered as `statusCallback`.
-    pub fn status_callback(mut self, url: impl Into<String>) -> Self {
-        self.status_callback = Some(url.into());
-        self
+    setters! {
+        to: text,
+        from: text,
+        action: text,
+        method: text,
+        /// Rendered as `statusCallback`.
+        status_callback: text,
     }
 
     fn write(&self, out: &mut String) {
@@ -329,22 +333,13 @@ impl Say {
         }
     }
 
-    /// e.g. `Polly.Joanna`.
-    pub fn voice(mut self, voice: impl Into<String>) -> Self {
-        self.voice = Some(voice.into());
-        self
-    }
-
-    /// e.g. `en-US`.
-    pub fn language(mut self, language: impl Into<String>) -> Self {
-        self.language = Some(language.into());
-        self
-    }
-
-    /// Rendered as `loop`; `0` repeats until the call ends.
-    pub fn loop_count(mut self, n: u32) -> Self {
-        self.loop_count = Some(n);
-        self
+    setters! {
+        /// e.g. `Polly.Joanna`.
+        voice: text,
+        /// e.g. `en-US`.
+        language: text,
+        /// Rendered as `loop`; `0` repeats until the call ends.
+        loop_count: u32,
     }
 
     fn write(&self, out: &mut String) {
@@ -376,10 +371,9 @@ impl Play {
         }
     }
 
-    /// Rendered as `loop`; `0` repeats until the call ends.
-    pub fn loop_count(mut self, n: u32) -> Self {
-        self.loop_count = Some(n);
-        self
+    setters! {
+        /// Rendered as `loop`; `0` repeats until the call ends.
+        loop_count: u32,
     }
 
     fn write(&self, out: &mut String) {
@@ -405,9 +399,8 @@ impl Pause {
         Self::default()
     }
 
-    pub fn length(mut self, seconds: u32) -> Self {
-        self.length = Some(seconds);
-        self
+    setters! {
+        length: u32,
     }
 
     fn write(&self, out: &mut String) {
@@ -453,61 +446,24 @@ impl Gather {
         Self::default()
     }
 
-    /// `dtmf`, `speech` or `dtmf speech`.
-    pub fn input(mut self, input: impl Into<String>) -> Self {
-        self.input = Some(input.into());
-        self
-    }
-
-    pub fn action(mut self, url: impl Into<String>) -> Self {
-        self.action = Some(url.into());
-        self
-    }
-
-    pub fn method(mut self, method: impl Into<String>) -> Self {
-        self.method = Some(method.into());
-        self
-    }
-
-    /// Seconds of silence before giving up.
-    pub fn timeout(mut self, seconds: u32) -> Self {
-        self.timeout = Some(seconds);
-        self
-    }
-
-    /// Rendered as `speechTimeout`: seconds, or `auto`.
-    pub fn speech_timeout(mut self, value: impl Into<String>) -> Self {
-        self.speech_timeout = Some(value.into());
-        self
-    }
-
-    /// Rendered as `numDigits`.
-    pub fn num_digits(mut self, n: u32) -> Self {
-        self.num_digits = Some(n);
-        self
-    }
-
-    /// Rendered as `finishOnKey`; `""` disables it.
-    pub fn finish_on_key(mut self, key: impl Into<String>) -> Self {
-        self.finish_on_key = Some(key.into());
-        self
-    }
-
-    pub fn language(mut self, language: impl Into<String>) -> Self {
-        self.language = Some(language.into());
-        self
-    }
-
-    /// Comma-separated speech recognition hints.
-    pub fn hints(mut self, hints: impl Into<String>) -> Self {
-        self.hints = Some(hints.into());
-        self
-    }
-
-    /// Rendered as `actionOnEmptyResult`.
-    pub fn action_on_empty_result(mut self, yes: bool) -> Self {
-        self.action_on_empty_result = Some(yes);
-        self
+    setters! {
+        /// `dtmf`, `speech` or `dtmf speech`.
+        input: text,
+        action: text,
+        method: text,
+        /// Seconds of silence before giving up.
+        timeout: u32,
+        /// Rendered as `speechTimeout`: seconds, or `auto`.
+        speech_timeout: text,
+        /// Rendered as `numDigits`.
+        num_digits: u32,
+        /// Rendered as `finishOnKey`; `""` disables it.
+        finish_on_key: text,
+        language: text,
+        /// Comma-separated speech recognition hints.
+        hints: text,
+        /// Rendered as `actionOnEmptyResult`.
+        action_on_empty_result: bool,
     }
 
     pub fn say(mut self, say: Say) -> Self {
@@ -580,74 +536,29 @@ impl Record {
         Self::default()
     }
 
-    pub fn action(mut self, url: impl Into<String>) -> Self {
-        self.action = Some(url.into());
-        self
-    }
-
-    pub fn method(mut self, method: impl Into<String>) -> Self {
-        self.method = Some(method.into());
-        self
-    }
-
-    /// Seconds of silence that end the recording; `0` disables it.
-    pub fn timeout(mut self, seconds: u32) -> Self {
-        self.timeout = Some(seconds);
-        self
-    }
-
-    /// Rendered as `finishOnKey`.
-    pub fn finish_on_key(mut self, keys: impl Into<String>) -> Self {
-        self.finish_on_key = Some(keys.into());
-        self
-    }
-
-    /// Rendered as `maxLength` (seconds).
-    pub fn max_length(mut self, seconds: u32) -> Self {
-        self.max_length = Some(seconds);
-        self
-    }
-
-    /// Rendered as `playBeep`.
-    pub fn play_beep(mut self, yes: bool) -> Self {
-        self.play_beep = Some(yes);
-        self
-    }
-
-    /// `trim-silence` or `do-not-trim`.
-    pub fn trim(mut self, trim: impl Into<String>) -> Self {
-        self.trim = Some(trim.into());
-        self
-    }
-
-    pub fn transcribe(mut self, yes: bool) -> Self {
-        self.transcribe = Some(yes);
-        self
-    }
-
-    /// Rendered as `transcribeCallback`.
-    pub fn transcribe_callback(mut self, url: impl Into<String>) -> Self {
-        self.transcribe_callback = Some(url.into());
-        self
-    }
-
-    /// Rendered as `recordingStatusCallback`.
-    pub fn recording_status_callback(mut self, url: impl Into<String>) -> Self {
-        self.recording_status_callback = Some(url.into());
-        self
-    }
-
-    /// Rendered as `recordingStatusCallbackMethod`.
-    pub fn recording_status_callback_method(mut self, method: impl Into<String>) -> Self {
-        self.recording_status_callback_method = Some(method.into());
-        self
-    }
-
-    /// Rendered as `recordingStatusCallbackEvent`: space-separated `in-progress`, `completed`,
-    /// `absent`.
-    pub fn recording_status_callback_event(mut self, events: impl Into<String>) -> Self {
-        self.recording_status_callback_event = Some(events.into());
-        self
+    setters! {
+        action: text,
+        method: text,
+        /// Seconds of silence that end the recording; `0` disables it.
+        timeout: u32,
+        /// Rendered as `finishOnKey`.
+        finish_on_key: text,
+        /// Rendered as `maxLength` (seconds).
+        max_length: u32,
+        /// Rendered as `playBeep`.
+        play_beep: bool,
+        /// `trim-silence` or `do-not-trim`.
+        trim: text,
+        transcribe: bool,
+        /// Rendered as `transcribeCallback`.
+        transcribe_callback: text,
+        /// Rendered as `recordingStatusCallback`.
+        recording_status_callback: text,
+        /// Rendered as `recordingStatusCallbackMethod`.
+        recording_status_callback_method: text,
+        /// Rendered as `recordingStatusCallbackEvent`: space-separated `in-progress`, `completed`,
+        /// `absent`.
+        recording_status_callback_event: text,
     }
 
     fn write(&self, out: &mut String) {
@@ -702,21 +613,12 @@ impl Number {
         }
     }
 
-    /// Rendered as `sendDigits`: DTMF sent once answered (`w` waits half a second).
-    pub fn send_digits(mut self, digits: impl Into<String>) -> Self {
-        self.send_digits = Some(digits.into());
-        self
-    }
-
-    /// TwiML run for the called party (whisper) before the calls are connected.
-    pub fn url(mut self, url: impl Into<String>) -> Self {
-        self.url = Some(url.into());
-        self
-    }
-
-    pub fn method(mut self, method: impl Into<String>) -> Self {
-        self.method = Some(method.into());
-        self
+    setters! {
+        /// Rendered as `sendDigits`: DTMF sent once answered (`w` waits half a second).
+        send_digits: text,
+        /// TwiML run for the called party (whisper) before the calls are connected.
+        url: text,
+        method: text,
     }
 
     fn write(&self, out: &mut String) {
@@ -811,62 +713,25 @@ impl Dial {
         self
     }
 
-    pub fn action(mut self, url: impl Into<String>) -> Self {
-        self.action = Some(url.into());
-        self
-    }
-
-    pub fn method(mut self, method: impl Into<String>) -> Self {
-        self.method = Some(method.into());
-        self
-    }
-
-    /// Seconds to ring before giving up.
-    pub fn timeout(mut self, seconds: u32) -> Self {
-        self.timeout = Some(seconds);
-        self
-    }
-
-    /// Rendered as `callerId`: must be a Twilio number or a verified caller ID.
-    pub fn caller_id(mut self, caller_id: impl Into<String>) -> Self {
-        self.caller_id = Some(caller_id.into());
-        self
-    }
-
-    /// Rendered as `answerOnBridge`: the caller hears ringing, not silence, until answer.
-    pub fn answer_on_bridge(mut self, yes: bool) -> Self {
-        self.answer_on_bridge = Some(yes);
-        self
-    }
-
-    /// Rendered as `hangupOnStar`.
-    pub fn hangup_on_star(mut self, yes: bool) -> Self {
-        self.hangup_on_star = Some(yes);
-        self
-    }
-
-    /// Rendered as `timeLimit` (seconds).
-    pub fn time_limit(mut self, seconds: u32) -> Self {
-        self.time_limit = Some(seconds);
-        self
-    }
-
-    /// e.g. `record-from-answer`, `record-from-ringing-dual`, `do-not-record`.
-    pub fn record(mut self, mode: impl Into<String>) -> Self {
-        self.record = Some(mode.into());
-        self
-    }
-
-    /// Rendered as `recordingStatusCallback`.
-    pub fn recording_status_callback(mut self, url: impl Into<String>) -> Self {
-        self.recording_status_callback = Some(url.into());
-        self
-    }
-
-    /// Rendered as `ringTone`: a country code such as `us` or `uk`.
-    pub fn ring_tone(mut self, tone: impl Into<String>) -> Self {
-        self.ring_tone = Some(tone.into());
-        self
+    setters! {
+        action: text,
+        method: text,
+        /// Seconds to ring before giving up.
+        timeout: u32,
+        /// Rendered as `callerId`: must be a Twilio number or a verified caller ID.
+        caller_id: text,
+        /// Rendered as `answerOnBridge`: the caller hears ringing, not silence, until answer.
+        answer_on_bridge: bool,
+        /// Rendered as `hangupOnStar`.
+        hangup_on_star: bool,
+        /// Rendered as `timeLimit` (seconds).
+        time_limit: u32,
+        /// e.g. `record-from-answer`, `record-from-ringing-dual`, `do-not-record`.
+        record: text,
+        /// Rendered as `recordingStatusCallback`.
+        recording_status_callback: text,
+        /// Rendered as `ringTone`: a country code such as `us` or `uk`.
+        ring_tone: text,
     }
 
     fn write(&self, out: &mut String) {
@@ -907,10 +772,9 @@ impl Reject {
         Self::default()
     }
 
-    /// `rejected` (Twilio's default) or `busy`.
-    pub fn reason(mut self, reason: impl Into<String>) -> Self {
-        self.reason = Some(reason.into());
-        self
+    setters! {
+        /// `rejected` (Twilio's default) or `busy`.
+        reason: text,
     }
 
     fn write(&self, out: &mut String) {
