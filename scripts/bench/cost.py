@@ -176,6 +176,8 @@ class Meter:
         self.lock = threading.Lock()
         self.calls = []
         self.sizes = collections.defaultdict(list)  # (phase, item class) -> sizes written
+        self.layout = {}
+        self.samples = {}
 
     def get(self, table, key):
         return self.ddb.get_item(TableName=table, Key=key, ConsistentRead=True).get("Item")
@@ -201,6 +203,10 @@ class Meter:
         if ok and after:
             cls = item_class(after)
             self.sizes[(self.phase, cls)].append(item_size(after))
+            # Where the bytes of the last item written of each class go, per attribute.
+            self.layout[(self.phase, cls)] = {k: len(k.encode()) + value_size(v) for k, v in after.items()}
+            if "event" in after:
+                self.samples[self.phase] = after["event"]["S"]
         return wru, gsi_wru
 
     def forward(self, proxy, method, path, headers, body):
@@ -515,6 +521,7 @@ class Bench:
                 "calls_per_event": {k: v / n for k, v in sorted(ops.items())},
                 "item_bytes": {cls: round(sum(v) / len(v)) for (ph, cls), v in self.meter.sizes.items()
                                if ph == p and v},
+                "item_layout": {cls: v for (ph, cls), v in self.meter.layout.items() if ph == p},
             }
             r["dynamodb_wru"] = r["dynamodb_wru_table"] + r["dynamodb_wru_gsi"]
             r["sqs_requests"] = r["sqs_requests_functions"] + r["sqs_requests_esm"]
@@ -602,6 +609,8 @@ def main():
         b.moto.stop()
         if b.receiver:
             b.receiver.shutdown()
+    with open(os.path.join(b.run_dir, "sample-events.json"), "w") as f:
+        json.dump(b.meter.samples, f, indent=1)
     doc = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)), "git": git_rev(),
         "label": a.label, "events_per_kind": a.events, "forward_url": a.forward,
