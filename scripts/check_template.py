@@ -164,7 +164,7 @@ ENV_SCAN_DIRS = ("shared", "functions")
 # Read by libraries rather than through a literal in our code.
 IMPLICIT_ENV = {"RUST_LOG": "tracing_subscriber::EnvFilter::from_default_env()"}
 COMMON_ENV = {"EVENT_TABLE", "WORK_QUEUE_URL", "EVENT_TTL_SECONDS", "LOG_PII", "METRICS_NAMESPACE", "RUST_LOG",
-              "TLS_TRUST_STORE"}
+              "TLS_TRUST_STORE", "QUEUE_FIRST"}
 WEBHOOK_ENV = COMMON_ENV | {"TWILIO_AUTH_TOKEN_SECRET_ARN", "PUBLIC_BASE_URL", "LOCK_SECONDS"}
 SMS_ENV = {"SMS_AUTO_REPLY"}
 VOICE_ENV = {"VOICE_GREETING", "VOICE_FORWARD_TO", "STATUS_CALLBACK_URL"}

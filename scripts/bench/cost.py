@@ -6,6 +6,10 @@ with faults and kills off), fed by the harness's Twilio-like sender.
     python3 scripts/bench/cost.py                 # 40 events of each kind, about 3 minutes
     python3 scripts/bench/cost.py --quick         # 5 of each kind, for a smoke run
     python3 scripts/bench/cost.py --forward       # with FORWARD_URL (slow work, batches of 1)
+    python3 scripts/bench/cost.py --record-first  # QUEUE_FIRST=false without FORWARD_URL
+
+The functions are configured as template.yaml deploys them: QUEUE_FIRST=true without
+FORWARD_URL, false with it.
 
 For each kind (inbound SMS, inbound call, a message's status sequence, call status callbacks,
 a fallback, an exact duplicate) it sends N events through the webhook, drains the work queue
@@ -210,8 +214,6 @@ class Meter:
         return wru, gsi_wru
 
     def forward(self, proxy, method, path, headers, body):
-        t0 = time.time()
-        inv = proxy.instance.current
         op = operation(headers)
         try:
             req = json.loads(body or b"{}")
@@ -235,12 +237,10 @@ class Meter:
                         key = self.key_of(w["Item"]) if kind == "Put" else w["Key"]
                         writes.append((kind + "Item" if kind != "ConditionCheck" else kind, w, w["TableName"],
                                        key, self.get(w["TableName"], key)))
-                t_moto = time.time()
                 conn.request(method, path, body=body, headers=fwd)
                 r = conn.getresponse()
                 data = r.read()
                 status = r.status
-                moto_s = time.time() - t_moto
                 for name_, w, table, key, before in writes:
                     after = self.get(table, key)
                     ok = status == 200
@@ -278,13 +278,6 @@ class Meter:
             else:
                 entry["sqs"] = 1
         self.record(entry)
-        if inv is not None:
-            # What the metering itself added (the reads before and after, the bookkeeping)
-            # is not the function's time; what moto took is kept apart for the region estimate.
-            with self.lock:
-                inv.meter_s = getattr(inv, "meter_s", 0.0) + (time.time() - t0 - moto_s)
-                inv.moto_s = getattr(inv, "moto_s", 0.0) + moto_s
-                inv.aws = getattr(inv, "aws", []) + [service]
         return status, out, data, time.time()
 
 
@@ -309,12 +302,13 @@ class MeterHandler(fault_proxy.ProxyHandler):
         # moto, the metering): replaced by an in-region latency in the "region" duration.
         inv = self.server.instance.current
         t0 = time.time()
+        service = fault_proxy.operation(self.headers).split(".", 1)[0]
         try:
             super().do_POST()
         finally:
             if inv is not None:
                 with self.server.meter.lock:
-                    inv.proxy_s = getattr(inv, "proxy_s", 0.0) + (time.time() - t0)
+                    inv.waits = getattr(inv, "waits", []) + [(t0, time.time(), service)]
 
 
 class MeterProxy(FaultProxy):
@@ -361,7 +355,10 @@ class Bench:
             "TWILIO_AUTH_TOKEN": ts.TEST_TOKEN, "LOCK_SECONDS": "11",
             "EVENT_TTL_SECONDS": "86400", "TLS_TRUST_STORE": "system",
             "LOG_FORMAT": "json", "RUST_LOG": "warn", "RUST_BACKTRACE": "0",
+            "QUEUE_FIRST": "false" if args.forward else "true",
         }
+        if args.record_first:
+            env["QUEUE_FIRST"] = "false"
         self.pools = {}
         for name in FUNCTIONS:
             worker = name == "event-worker"
@@ -379,11 +376,23 @@ class Bench:
         inv = self.pools[function].invoke(payload, allow_kill=False)
         if inv.outcome != "ok":
             raise RuntimeError(f"{function} invocation {inv.outcome}: {(inv.body or b'')[:300]!r}; see {self.log_dir}")
-        total = inv.t_end - inv.t_start - getattr(inv, "meter_s", 0.0)
+        total = inv.t_end - inv.t_start
         # In a region: the time outside AWS calls as measured, plus a typical in-region
-        # latency per call instead of moto's (REGION_LATENCY_MS).
-        own = inv.t_end - inv.t_start - getattr(inv, "proxy_s", 0.0)
-        region = own + sum(REGION_LATENCY_MS[s] for s in getattr(inv, "aws", [])) / 1000
+        # latency per call instead of the wait on the proxy, moto and the metering's reads
+        # (REGION_LATENCY_MS); calls that overlap (the queue-first claim and send) wait once.
+        waiting, latency = 0.0, 0.0
+        group_end, group_lat = None, 0.0
+        for t0, t1, service in sorted(getattr(inv, "waits", [])):
+            if group_end is None or t0 > group_end:
+                latency += group_lat
+                group_lat, group_end = 0.0, t1
+                waiting += t1 - t0
+            elif t1 > group_end:
+                waiting += t1 - group_end
+                group_end = t1
+            group_lat = max(group_lat, REGION_LATENCY_MS[service] / 1000)
+        latency += group_lat
+        region = max(0.0, total - waiting) + latency
         self.invocations.append((self.phase, function, math.ceil(total * 1000), math.ceil(region * 1000)))
         return inv
 
@@ -561,9 +570,9 @@ def markdown(res):
     row("… of which GSI", lambda r: r["dynamodb_wru_gsi"], "{:.2f}")
     row("DynamoDB RRU per event", lambda r: r["dynamodb_rru"], "{:.2f}")
     row("SQS requests per event", lambda r: r["sqs_requests"], "{:.2f}")
-    row("webhook billed ms (measured against moto)", lambda r: r["webhook_billed_ms_measured"], "{:.1f}")
+    row("webhook billed ms (measured against moto, with the metering)", lambda r: r["webhook_billed_ms_measured"], "{:.1f}")
     row("webhook billed ms (in a region)", lambda r: r["webhook_billed_ms"], "{:.1f}")
-    row("worker billed ms per event (measured against moto)", lambda r: r["worker_billed_ms_measured"], "{:.1f}")
+    row("worker billed ms per event (measured against moto, with the metering)", lambda r: r["worker_billed_ms_measured"], "{:.1f}")
     row("worker billed ms per event (in a region)", lambda r: r["worker_billed_ms"], "{:.1f}")
     for line in next(iter(res.values()))["cost_per_million"]["lines"]:
         row(line, lambda r, line=line: r["cost_per_million"]["lines"][line], "${:.3f}")
@@ -586,6 +595,8 @@ def main():
     p.add_argument("--events", type=int, default=40, help="events of each kind (default 40)")
     p.add_argument("--quick", action="store_true", help="5 events of each kind")
     p.add_argument("--forward", action="store_true", help="set FORWARD_URL (slow work; batches of 1)")
+    p.add_argument("--record-first", action="store_true",
+                   help="QUEUE_FIRST=false without FORWARD_URL too (the template sets it only with FORWARD_URL)")
     p.add_argument("--concurrency", type=int, default=4, help="concurrent webhook invocations")
     p.add_argument("--bin-dir", help="the five binaries (default: $CARGO_TARGET_DIR/debug, else target/debug)")
     p.add_argument("--out", default=os.path.join(HERE, "cost", "results.json"))
@@ -614,11 +625,13 @@ def main():
     doc = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)), "git": git_rev(),
         "label": a.label, "events_per_kind": a.events, "forward_url": a.forward,
+        "queue_first": not (a.forward or a.record_first),
         "binaries": a.bin_dir, "seconds": round(time.time() - t0),
         "prices": PRICES, "memory_mb": MEMORY_MB,
         "notes": ["Lambda durations (`*_billed_ms_measured`) are measured against moto on a shared 2-core VM "
-                  "with debug binaries, without the metering's own reads; the cost lines use `*_billed_ms`: the "
-                  "same time outside AWS calls plus an assumed in-region latency per call "
+                  "with debug binaries, including the metering's own reads; the cost lines use `*_billed_ms`: the "
+                  "time outside AWS calls as measured, plus an assumed in-region latency per call (overlapping "
+                  "calls once) "
                   f"({REGION_LATENCY_MS} ms). Cold starts are not included (BENCHMARKS.md: 1% of invocations, "
                   "a few ms of init).",
                   "SQS: the event source mapping's receives and deletes that carried messages are counted; "

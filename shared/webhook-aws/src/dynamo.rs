@@ -33,6 +33,8 @@ type Item = HashMap<String, AttributeValue>;
 pub struct DynamoStore {
     client: Client,
     table: String,
+    /// Records are the reply cache only ([`DynamoStore::queue_first`]).
+    queue_first: bool,
 }
 
 impl DynamoStore {
@@ -54,7 +56,18 @@ impl DynamoStore {
         Self {
             client,
             table: table.into(),
+            queue_first: false,
         }
+    }
+
+    /// Queue first (`QUEUE_FIRST`, `Pipeline::with_queue_first`): a claim writes the event, its
+    /// reply, `attempt` and `expires_at`, and nothing for a sweeper or a worker: no `pending`
+    /// (so no `pending-index` entry, a write unit when written and another when removed), no
+    /// lock, no sweep count. Such a record is live until it expires (the claim rule's
+    /// `pending` clause never holds), and a typical SMS record stays under 1 KB.
+    pub fn queue_first(mut self, on: bool) -> Self {
+        self.queue_first = on;
+        self
     }
 }
 
@@ -162,17 +175,21 @@ impl EventStore for DynamoStore {
         t: ClaimTimes,
     ) -> Result<Claim, StoreError> {
         let json = stored_event(event)?;
-        let r = self
+        let mut put = self
             .client
             .put_item()
             .table_name(&self.table)
             .item(PK, s(&event.key))
             .item("event", s(json))
             .item("attempt", s(attempt))
-            .item(LOCK_UNTIL, n(t.lock_until_ms))
-            .item(TTL_ATTRIBUTE, n(t.expires_at_s))
-            .item(PENDING, s("1"))
-            .item("sweeps", n(0))
+            .item(TTL_ATTRIBUTE, n(t.expires_at_s));
+        if !self.queue_first {
+            put = put
+                .item(LOCK_UNTIL, n(t.lock_until_ms))
+                .item(PENDING, s("1"))
+                .item("sweeps", n(0));
+        }
+        let r = put
             // RecordTimes::is_live, negated (the one claim rule): new, expired (TTL deletes
             // late), or never processed with both its attempt's lock and any lease ended.
             .condition_expression(
@@ -191,8 +208,9 @@ impl EventStore for DynamoStore {
             // met the record it had just written. The event is new and must be enqueued.
             Conditional::Failed(Some(old))
                 if get_s(&old, "attempt") == Some(attempt)
-                    && old.contains_key(PENDING)
-                    && get_n(&old, "lease_until").unwrap_or(0) <= t.now_ms =>
+                    && (self.queue_first
+                        || (old.contains_key(PENDING)
+                            && get_n(&old, "lease_until").unwrap_or(0) <= t.now_ms)) =>
             {
                 Ok(Claim::New)
             }

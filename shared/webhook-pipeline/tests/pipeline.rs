@@ -52,6 +52,31 @@ fn rig(policy: ReplyPolicy) -> Rig {
     }
 }
 
+/// [`rig`] with `QUEUE_FIRST`: the pipeline claims and enqueues at once, the worker folds by
+/// the state record alone.
+fn queue_first_rig(policy: ReplyPolicy) -> Rig {
+    let r = rig(policy.clone());
+    let clock: Clock = {
+        let now = r.now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
+    Rig {
+        pipeline: Pipeline::new(
+            Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
+            r.store.clone(),
+            r.queue.clone(),
+            policy,
+            Settings::default(),
+        )
+        .with_clock(clock.clone())
+        .with_queue_first(true),
+        worker: Worker::new(r.store.clone(), r.queue.clone(), WorkerSettings::default())
+            .with_clock(clock)
+            .with_queue_first(true),
+        ..r
+    }
+}
+
 fn sms(sid: &str) -> webhook_pipeline::IncomingRequest {
     signed_request(TEST_AUTH_TOKEN, URL, &samples::inbound_sms(sid, "hi"))
 }
@@ -951,4 +976,119 @@ mod accounts_and_rotation {
         assert_eq!(src.reads.load(Ordering::SeqCst), 1);
         assert_eq!(store.len(), 1);
     }
+}
+
+#[tokio::test]
+async fn queue_first_every_copy_is_enqueued_and_folded_once_without_touching_the_record() {
+    let r = queue_first_rig(ReplyPolicy {
+        sms_auto_reply: Some("Thanks!".into()),
+        ..Default::default()
+    });
+    let first = r.pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    assert_eq!(first.status, 200);
+    assert!(first.body.contains("Thanks!"));
+    // A duplicate gets the stored reply, and sends its own job: the queue, not the record,
+    // is what guarantees the worker sees the event.
+    let again = r.pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    assert_eq!(again, first);
+    assert_eq!(r.store.len(), 1);
+    assert_eq!(r.queue.len(), 2);
+    let key = format!("sms#{MESSAGE_SID}");
+    let outcomes = [
+        r.worker.process(&r.queue.pop().unwrap()).await.unwrap(),
+        r.worker.process(&r.queue.pop().unwrap()).await.unwrap(),
+    ];
+    assert_eq!(outcomes, [Outcome::Processed, Outcome::Skipped]);
+    let (state, _) = r
+        .store
+        .load_state(&format!("msg#{MESSAGE_SID}"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.events, 1, "folded once");
+    assert_eq!(state.timeline.len(), 1);
+    // No lease, no processed mark: the record was written once, by the claim.
+    assert_eq!(r.store.is_processed(&key), Some(false));
+}
+
+#[tokio::test]
+async fn queue_first_a_failed_send_is_503_and_the_retry_sends_its_own_job() {
+    let r = queue_first_rig(ReplyPolicy::default());
+    r.queue.fail_next.store(1, Ordering::SeqCst);
+    let failed = r.pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    assert_eq!(failed.status, 503);
+    // The record was written (it only holds the reply); no job went out.
+    assert_eq!((r.store.len(), r.queue.len()), (1, 0));
+    // Twilio's retry (or the fallback) finds the record and still sends the job.
+    let retry = r.pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    assert_eq!(retry.status, 200);
+    assert_eq!(r.queue.len(), 1);
+    assert_eq!(
+        r.worker.process(&r.queue.pop().unwrap()).await.unwrap(),
+        Outcome::Processed
+    );
+}
+
+#[tokio::test]
+async fn queue_first_a_failed_claim_is_503_and_its_job_is_still_folded_once() {
+    let r = queue_first_rig(ReplyPolicy::default());
+    r.store.fail_next.store(1, Ordering::SeqCst);
+    let failed = r.pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    assert_eq!(failed.status, 503);
+    assert_eq!(r.queue.len(), 1, "the send went out with the claim");
+    assert_eq!(
+        r.pipeline
+            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
+            .await
+            .status,
+        200
+    );
+    // Two jobs of one event (the failed attempt's and the retry's): one fold.
+    while let Some(job) = r.queue.pop() {
+        r.worker.process(&job).await.unwrap();
+    }
+    let (state, _) = r
+        .store
+        .load_state(&format!("msg#{MESSAGE_SID}"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.events, 1);
+}
+
+#[tokio::test]
+async fn queue_first_drops_jobs_older_than_the_records_and_refuses_slow_work() {
+    let r = queue_first_rig(ReplyPolicy::default());
+    r.pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    let job = r.queue.pop().unwrap();
+    r.now.fetch_add(
+        WorkerSettings::default().event_ttl.as_millis() as i64 + 1,
+        Ordering::SeqCst,
+    );
+    assert_eq!(r.worker.process(&job).await.unwrap(), Outcome::Skipped);
+    assert!(
+        r.store
+            .load_state(&format!("msg#{MESSAGE_SID}"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    struct Nothing;
+    #[async_trait::async_trait]
+    impl SlowWork for Nothing {
+        fn name(&self) -> &'static str {
+            "nothing"
+        }
+        async fn run(&self, _: &EventRecord) -> Result<(), webhook_pipeline::worker::WorkError> {
+            Ok(())
+        }
+    }
+    let with_work = Worker::new(r.store.clone(), r.queue.clone(), WorkerSettings::default())
+        .with_queue_first(true)
+        .with_work(Arc::new(Nothing));
+    assert!(matches!(
+        with_work.process(&job).await,
+        Err(webhook_pipeline::worker::WorkerError::QueueFirstWithSlowWork)
+    ));
 }
