@@ -64,7 +64,8 @@ impl DynamoStore {
     /// reply, `attempt` and `expires_at`, and nothing for a sweeper or a worker: no `pending`
     /// (so no `pending-index` entry, a write unit when written and another when removed), no
     /// lock, no sweep count. Such a record is live until it expires (the claim rule's
-    /// `pending` clause never holds), and a typical SMS record stays under 1 KB.
+    /// `pending` clause never holds), and a typical SMS record stays under 1 KB. `release`
+    /// (after a failed send) hands the record to the sweeper instead.
     pub fn queue_first(mut self, on: bool) -> Self {
         self.queue_first = on;
         self
@@ -226,6 +227,24 @@ impl EventStore for DynamoStore {
     }
 
     async fn release(&self, key: &str, attempt: &str) -> Result<(), StoreError> {
+        if self.queue_first {
+            // Queue first, the record was written without anything for the sweeper. Its job
+            // did not go out: hand the record to the sweeper (pending, lock ended), whoever
+            // wrote it. A copy that claims it meanwhile rewrites it without `pending` and
+            // sends its own job; the sweeper's re-send of the stored event is folded once.
+            let r = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(PK, s(key))
+                .update_expression("SET pending = :p, lock_until = :zero, sweeps = :zero")
+                .condition_expression("attribute_exists(pk) AND attribute_not_exists(pending)")
+                .expression_attribute_values(":p", s("1"))
+                .expression_attribute_values(":zero", n(0))
+                .send()
+                .await;
+            return conditional(r, update_failed).map(|_| ());
+        }
         let r = self
             .client
             .update_item()

@@ -1061,3 +1061,47 @@ async fn queue_first_writes_one_small_record_and_only_the_state_record_after_it(
         serde_json::from_str(state["state"].as_s().unwrap()).unwrap();
     assert_eq!(state.events, 1, "two jobs, one fold");
 }
+
+/// `QUEUE_FIRST`, the send fails and no copy ever comes: the record goes to the sweeper, which
+/// sends it once and takes it out of `pending-index`; the worker folds it once.
+#[tokio::test]
+async fn queue_first_a_record_whose_send_failed_is_sent_once_by_the_sweeper() {
+    let aws = setup(5).await;
+    let (clock, now) = fixed_clock();
+    let store = Arc::new(DynamoStore::new(aws.ddb.clone(), &aws.table).queue_first(true));
+    let broken = Arc::new(SqsQueue::new(
+        aws.sqs.clone(),
+        format!("{}-missing", aws.queue_url),
+    ));
+    let p = Pipeline::new(
+        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
+        store.clone(),
+        broken,
+        ReplyPolicy::default(),
+        Settings::default(),
+    )
+    .with_clock(clock.clone())
+    .with_queue_first(true);
+    assert_eq!(p.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await.status, 503);
+    let key = format!("sms#{MESSAGE_SID}");
+    assert!(aws.item(&key).await.unwrap().contains_key("pending"));
+
+    let worker = WorkerApp {
+        worker: Worker::new(store, aws.queue(), WorkerSettings::default())
+            .with_clock(clock)
+            .with_queue_first(true),
+    };
+    now.fetch_add(
+        WorkerSettings::default().sweep_grace.as_millis() as i64 + 1,
+        Ordering::SeqCst,
+    );
+    assert_eq!(worker.worker.sweep().await.unwrap().resent, 1);
+    assert!(!aws.item(&key).await.unwrap().contains_key("pending"));
+    assert!(aws.drain(&worker).await.is_empty());
+    now.fetch_add(3_600_000, Ordering::SeqCst);
+    assert_eq!(worker.worker.sweep().await.unwrap().resent, 0);
+    let state = aws.item(&format!("state#msg#{MESSAGE_SID}")).await.unwrap();
+    let state: webhook_pipeline::state::StateRecord =
+        serde_json::from_str(state["state"].as_s().unwrap()).unwrap();
+    assert_eq!(state.events, 1);
+}

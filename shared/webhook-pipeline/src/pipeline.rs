@@ -229,9 +229,10 @@ impl Pipeline {
 
     /// Queue first (`QUEUE_FIRST`): the claim and the job's send run at once, for every copy,
     /// so the queue holds every accepted event and the answer waits for one round trip, new or
-    /// duplicate. A 2xx needs both; a failed send is a 503 (the retry or fallback sends its own
-    /// job; the record it finds only gives it the stored reply). The store must write records
-    /// that no sweeper re-sends, and the worker must fold by the state record alone
+    /// duplicate. A 2xx needs both; a failed send is a 503, and the record goes to the sweeper
+    /// ([`EventStore::release`]) in case no retry or fallback comes. The store must write
+    /// records that no sweeper re-sends until then, and the worker must fold by the state
+    /// record alone
     /// ([`crate::Worker::with_queue_first`]): a job can come without its record, or twice.
     pub fn with_queue_first(mut self, on: bool) -> Self {
         self.queue_first = on;
@@ -486,12 +487,23 @@ impl Pipeline {
             self.store.claim(event, attempt, times),
             self.queue.enqueue(&job)
         );
-        // A record without its job is only a reply for later copies, each of which sends its
-        // own job: no release, and nothing for a sweeper.
-        match (claim.map_err(PipelineError::Store)?, sent) {
-            (_, Err(e)) => Err(PipelineError::Queue(e)),
-            (Claim::New, Ok(())) => Ok((event.reply.clone(), Outcome::Accepted)),
-            (Claim::Duplicate { reply, .. }, Ok(())) => Ok((reply, Outcome::Duplicate)),
+        match (claim, sent) {
+            (Ok(Claim::New), Ok(())) => Ok((event.reply.clone(), Outcome::Accepted)),
+            (Ok(Claim::Duplicate { reply, .. }), Ok(())) => Ok((reply, Outcome::Duplicate)),
+            // The job went out: the event will be folded (once), but the record may be
+            // missing, so the answer is the usual 503 and Twilio's retry gets the reply.
+            (Err(e), Ok(())) => Err(PipelineError::Store(e)),
+            (claim, Err(e)) => {
+                // No job: the record (this attempt's, or an earlier copy's) goes to the
+                // sweeper, in case no retry or fallback ever comes; a copy that does come
+                // sends its own job first. No record (the claim failed too): nothing to do.
+                if claim.is_ok()
+                    && let Err(release) = self.store.release(&event.key, attempt).await
+                {
+                    warn!(key = %event.key, error = %release, "could not hand the record to the sweeper");
+                }
+                Err(PipelineError::Queue(e))
+            }
         }
     }
 }

@@ -152,7 +152,8 @@ pub trait EventStore: Send + Sync {
     ) -> Result<Claim, StoreError>;
 
     /// Give up a claim after a failed enqueue, only if `attempt` still owns it: its lock ends
-    /// now, so a retry, the fallback or the sweeper redoes it at once.
+    /// now, so a retry, the fallback or the sweeper redoes it at once. (A queue-first record,
+    /// which nothing sweeps, goes to the sweeper whoever wrote it: see `webhook-aws`.)
     async fn release(&self, key: &str, attempt: &str) -> Result<(), StoreError>;
 
     /// Worker: take a lease on an unprocessed record.

@@ -154,6 +154,8 @@ impl Worker {
     /// Queue first (`QUEUE_FIRST`, [`crate::Pipeline::with_queue_first`]): every accepted
     /// event is a job, its record only the webhook's reply cache. A job is folded into its
     /// state and consent records and nothing else is written: no lease, no processed mark.
+    /// The sweeper only sees records whose send failed; once it has re-sent one it takes it
+    /// out of the index (`finish_processing`), since the queue holds it from then on.
     /// The fold is once-only by itself (the state record remembers the keys it applied; the
     /// ledger keeps the latest event per pair), so a job delivered twice, or sent by two
     /// copies of one webhook, changes nothing the second time. Not with slow work, which must
@@ -392,6 +394,17 @@ impl Worker {
             }
             if let Err(e) = self.queue.enqueue(&Job { event }).await {
                 report.fail(&key, "enqueue", &e);
+                continue;
+            }
+            if self.queue_first {
+                // The queue holds it now, and the worker will not mark it processed: the
+                // record leaves the sweeper's index here (a failure re-sends it next time,
+                // folded once all the same).
+                if let Err(e) = self.store.finish_processing(&key, now).await {
+                    report.fail(&key, "hand over", &e);
+                }
+                warn!(%key, sweeps, "re-sent an event whose job was never sent");
+                report.resent += 1;
                 continue;
             }
             // Back off: 2, 4, 8 minutes... beyond the grace before the next re-send. If this

@@ -1030,6 +1030,33 @@ async fn queue_first_a_failed_send_is_503_and_the_retry_sends_its_own_job() {
 }
 
 #[tokio::test]
+async fn queue_first_a_failed_send_nobody_retries_is_sent_once_by_the_sweeper() {
+    let r = queue_first_rig(ReplyPolicy::default());
+    r.queue.fail_next.store(1, Ordering::SeqCst);
+    assert_eq!(
+        r.pipeline
+            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
+            .await
+            .status,
+        503
+    );
+    assert!(r.queue.is_empty());
+    r.now.fetch_add(
+        WorkerSettings::default().sweep_grace.as_millis() as i64 + 1,
+        Ordering::SeqCst,
+    );
+    assert_eq!(r.worker.sweep().await.unwrap().resent, 1);
+    assert_eq!(
+        r.worker.process(&r.queue.pop().unwrap()).await.unwrap(),
+        Outcome::Processed
+    );
+    // Handed over once: the queue holds it, the sweeper does not send it again.
+    r.now.fetch_add(3_600_000, Ordering::SeqCst);
+    assert_eq!(r.worker.sweep().await.unwrap().resent, 0);
+    assert!(r.queue.is_empty());
+}
+
+#[tokio::test]
 async fn queue_first_a_failed_claim_is_503_and_its_job_is_still_folded_once() {
     let r = queue_first_rig(ReplyPolicy::default());
     r.store.fail_next.store(1, Ordering::SeqCst);
