@@ -1119,3 +1119,110 @@ async fn queue_first_drops_jobs_older_than_the_records_and_refuses_slow_work() {
         Err(webhook_pipeline::worker::WorkerError::QueueFirstWithSlowWork)
     ));
 }
+
+/// A store and a queue whose every call takes 100 ms (the claim and the send: a round trip).
+mod slow {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use webhook_pipeline::consent::ConsentLedger;
+    use webhook_pipeline::state::StateRecord;
+    use webhook_pipeline::store::{ClaimTimes, Processing, Stale};
+    use webhook_pipeline::{Claim, EventRecord, EventStore, Job, StoreError, WorkQueue};
+
+    pub const TRIP: Duration = Duration::from_millis(100);
+
+    pub struct Store(pub std::sync::Arc<webhook_pipeline::memory::MemoryStore>);
+    pub struct Queue(pub std::sync::Arc<webhook_pipeline::memory::MemoryQueue>);
+
+    #[async_trait]
+    impl WorkQueue for Queue {
+        async fn enqueue(&self, job: &Job) -> Result<(), StoreError> {
+            tokio::time::sleep(TRIP).await;
+            self.0.enqueue(job).await
+        }
+    }
+
+    #[async_trait]
+    impl EventStore for Store {
+        async fn claim(
+            &self,
+            e: &EventRecord,
+            a: &str,
+            t: ClaimTimes,
+        ) -> Result<Claim, StoreError> {
+            tokio::time::sleep(TRIP).await;
+            self.0.claim(e, a, t).await
+        }
+        async fn release(&self, k: &str, a: &str) -> Result<(), StoreError> {
+            self.0.release(k, a).await
+        }
+        async fn begin_processing(
+            &self,
+            k: &str,
+            n: i64,
+            l: i64,
+        ) -> Result<Processing, StoreError> {
+            self.0.begin_processing(k, n, l).await
+        }
+        async fn finish_processing(&self, k: &str, n: i64) -> Result<(), StoreError> {
+            self.0.finish_processing(k, n).await
+        }
+        async fn abandon_processing(&self, k: &str) -> Result<(), StoreError> {
+            self.0.abandon_processing(k).await
+        }
+        async fn stale_pending(&self, b: i64, l: usize) -> Result<Vec<Stale>, StoreError> {
+            self.0.stale_pending(b, l).await
+        }
+        async fn extend_lock(&self, k: &str, l: i64, s: u32) -> Result<(), StoreError> {
+            self.0.extend_lock(k, l, s).await
+        }
+        async fn load_state(&self, id: &str) -> Result<Option<(StateRecord, u64)>, StoreError> {
+            self.0.load_state(id).await
+        }
+        async fn save_state(
+            &self,
+            id: &str,
+            s: &StateRecord,
+            v: Option<u64>,
+            e: i64,
+        ) -> Result<bool, StoreError> {
+            self.0.save_state(id, s, v, e).await
+        }
+        async fn load_consent(&self, s: &str) -> Result<Option<(ConsentLedger, u64)>, StoreError> {
+            self.0.load_consent(s).await
+        }
+        async fn save_consent(
+            &self,
+            s: &str,
+            l: &ConsentLedger,
+            v: Option<u64>,
+        ) -> Result<bool, StoreError> {
+            self.0.save_consent(s, l, v).await
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn round_trips_two_then_one_and_queue_first_one_for_new_and_duplicate_alike() {
+    for queue_first in [false, true] {
+        let store = Arc::new(MemoryStore::default());
+        let queue = Arc::new(MemoryQueue::default());
+        let p = Pipeline::new(
+            Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
+            Arc::new(slow::Store(store.clone())),
+            Arc::new(slow::Queue(queue.clone())),
+            ReplyPolicy::default(),
+            Settings::default(),
+        )
+        .with_queue_first(queue_first);
+        let mut trips = Vec::new();
+        for _ in 0..2 {
+            let started = tokio::time::Instant::now();
+            assert_eq!(p.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await.status, 200);
+            trips.push(started.elapsed().as_millis() / slow::TRIP.as_millis());
+        }
+        let want = if queue_first { [1, 1] } else { [2, 1] };
+        assert_eq!(trips, want, "queue first: {queue_first}");
+    }
+}
