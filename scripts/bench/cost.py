@@ -73,6 +73,7 @@ PRICES = {
 }
 MEMORY_MB = {"webhook": 128, "event-worker": 256}  # template.yaml
 COLD_SHARE = 0.01
+PEER_TABLE = "peer-idempotency"
 # Assumed in-region latency of one call, for the "region" duration (moto on a busy 2-core VM
 # takes 5 to 40 ms per call; DynamoDB and SQS answer in a few ms in a region).
 REGION_LATENCY_MS = {"DynamoDB": 5.0, "SQS": 8.0}  # share of invocations that start cold (as in BENCHMARKS.md)
@@ -175,7 +176,7 @@ class Meter:
         self.ddb = boto3.client("dynamodb", endpoint_url=moto_url, region_name="us-east-1",
                                 aws_access_key_id="test", aws_secret_access_key="test",
                                 config=Config(retries={"max_attempts": 3}))
-        self.schema = Schema(self.ddb, TABLE)
+        self.schemas = {}
         self.phase = None
         self.lock = threading.Lock()
         self.calls = []
@@ -186,15 +187,20 @@ class Meter:
     def get(self, table, key):
         return self.ddb.get_item(TableName=table, Key=key, ConsistentRead=True).get("Item")
 
-    def key_of(self, item):
-        return {k: item[k] for k in self.schema.keys}
+    def schema(self, table):
+        if table not in self.schemas:
+            self.schemas[table] = Schema(self.ddb, table)
+        return self.schemas[table]
+
+    def key_of(self, table, item):
+        return {k: item[k] for k in self.schema(table).keys}
 
     def record(self, entry):
         entry["phase"] = self.phase
         with self.lock:
             self.calls.append(entry)
 
-    def cost_write(self, op, req, before, after, ok, transact=False):
+    def cost_write(self, table, op, req, before, after, ok, transact=False):
         factor = 2 if transact else 1
         if op == "PutItem":
             proposed = item_size(req["Item"])
@@ -202,7 +208,7 @@ class Meter:
             proposed = 0
         size = max(item_size(before), item_size(after), proposed if not ok else 0)
         wru = write_units(size) * factor
-        gsi = self.schema.gsi_write_units(before, after) if ok else {}
+        gsi = self.schema(table).gsi_write_units(before, after) if ok else {}
         gsi_wru = sum(gsi.values()) * factor
         if ok and after:
             cls = item_class(after)
@@ -229,12 +235,12 @@ class Meter:
             with MOTO_LOCK:
                 writes = []
                 if service == "DynamoDB" and name in ("PutItem", "UpdateItem", "DeleteItem"):
-                    key = self.key_of(req["Item"]) if name == "PutItem" else req["Key"]
+                    key = self.key_of(req["TableName"], req["Item"]) if name == "PutItem" else req["Key"]
                     writes.append((name, req, req["TableName"], key, self.get(req["TableName"], key)))
                 elif service == "DynamoDB" and name == "TransactWriteItems":
                     for t in req["TransactItems"]:
                         (kind, w), = t.items()
-                        key = self.key_of(w["Item"]) if kind == "Put" else w["Key"]
+                        key = self.key_of(w["TableName"], w["Item"]) if kind == "Put" else w["Key"]
                         writes.append((kind + "Item" if kind != "ConditionCheck" else kind, w, w["TableName"],
                                        key, self.get(w["TableName"], key)))
                 conn.request(method, path, body=body, headers=fwd)
@@ -247,7 +253,8 @@ class Meter:
                     if name_ == "ConditionCheck":
                         entry["rru"] += read_units(item_size(before), True) * 2
                         continue
-                    wru, gsi = self.cost_write(name_, w, before, after, ok, transact=name == "TransactWriteItems")
+                    wru, gsi = self.cost_write(table, name_, w, before, after, ok,
+                                               transact=name == "TransactWriteItems")
                     entry["wru"] += wru
                     entry["gsi_wru"] += gsi
                     entry.setdefault("sizes", []).append(item_size(after))
@@ -359,6 +366,7 @@ class Bench:
         }
         if args.record_first:
             env["QUEUE_FIRST"] = "false"
+        self.env = env
         self.pools = {}
         for name in FUNCTIONS:
             worker = name == "event-worker"
@@ -371,6 +379,30 @@ class Bench:
                 proxy_factory=lambda inst: MeterProxy(inst, self.faults, "127.0.0.1", self.moto.port),
                 env_for_instance=(lambda inst: {"FORWARD_URL": self.receiver.url(inst.name)})
                 if (worker and self.receiver) else None)
+        if args.peer_python:
+            self.add_python_peer()
+
+    def add_python_peer(self):
+        """The Python + Powertools receiver of the cold-start benchmark
+        (scripts/bench/coldstart/python_handler): its own idempotency table and queue, run by
+        the real runtime interface client under the same emulator and metering proxy."""
+        python = self.args.peer_python
+        self.ddb.create_table(TableName=PEER_TABLE, BillingMode="PAY_PER_REQUEST",
+                              AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+                              KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}])
+        peer_queue = self.sqs.create_queue(QueueName="peer-work")["QueueUrl"]
+        wrapper = os.path.join(self.run_dir, "python-peer")
+        with open(wrapper, "w") as f:
+            f.write(f"#!/bin/sh\nexec {python} -m awslambdaric handler.lambda_handler\n")
+        os.chmod(wrapper, 0o755)
+        env = dict(self.env, AWS_LAMBDA_FUNCTION_NAME="python-peer", AWS_LAMBDA_FUNCTION_MEMORY_SIZE="128",
+                   AWS_LAMBDA_LOG_GROUP_NAME="/aws/lambda/python-peer", IDEMPOTENCY_TABLE=PEER_TABLE,
+                   WORK_QUEUE_URL=peer_queue, AWS_EXECUTION_ENV="AWS_Lambda_python3.11",
+                   PYTHONPATH=os.path.join(HERE, "coldstart", "python_handler"), PYTHONDONTWRITEBYTECODE="1")
+        self.pools["python-peer"] = FunctionPool(
+            "python-peer", wrapper, env, timeout_s=10.0, max_instances=self.args.concurrency,
+            log_dir=self.log_dir, rng=random.Random("python-peer"), init_timeout_s=30.0,
+            proxy_factory=lambda inst: MeterProxy(inst, self.faults, "127.0.0.1", self.moto.port))
 
     def invoke(self, function, payload):
         inv = self.pools[function].invoke(payload, allow_kill=False)
@@ -498,6 +530,17 @@ class Bench:
         fb = [prep(ts._sms(rng, 0)[0]) for _ in range(n)]
         self.phase_run("fallback (SMS whose primary failed)",
                        [("fallback-webhook", sender.request(e, "fallback")) for e in fb], 1)
+        if self.args.peer_python:
+            self.phase = self.meter.phase = "warmup"
+            warm = [prep(ts._sms(rng, 0)[0]) for _ in range(self.args.concurrency)]
+            with ThreadPoolExecutor(self.args.concurrency) as pool:
+                list(pool.map(lambda ev: self.send("python-peer", sender.request(ev, "primary")), warm))
+            peer = [prep(ts._sms(rng, 0)[0]) for _ in range(n)]
+            # No worker: the peer only receives (its queue is nobody's here).
+            self.phase_run("Python + Powertools: inbound SMS",
+                           [("python-peer", sender.request(e, "primary")) for e in peer], 1)
+            self.phase_run("Python + Powertools: duplicate SMS",
+                           [("python-peer", sender.request(e, "primary")) for e in peer], 1)
         self.moto_time = None
 
     def results(self):
@@ -597,6 +640,9 @@ def main():
     p.add_argument("--forward", action="store_true", help="set FORWARD_URL (slow work; batches of 1)")
     p.add_argument("--record-first", action="store_true",
                    help="QUEUE_FIRST=false without FORWARD_URL too (the template sets it only with FORWARD_URL)")
+    p.add_argument("--peer-python", metavar="PYTHON",
+                   help="also measure the Python + Powertools peer (scripts/bench/coldstart/python_handler) "
+                        "with this interpreter (it needs twilio, boto3, aws-lambda-powertools, awslambdaric)")
     p.add_argument("--concurrency", type=int, default=4, help="concurrent webhook invocations")
     p.add_argument("--bin-dir", help="the five binaries (default: $CARGO_TARGET_DIR/debug, else target/debug)")
     p.add_argument("--out", default=os.path.join(HERE, "cost", "results.json"))

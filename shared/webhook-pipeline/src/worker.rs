@@ -300,6 +300,24 @@ impl Worker {
             return Ok(None);
         };
         let expires = (self.clock)() / 1000 + self.settings.event_ttl.as_secs() as i64;
+        // An inbound message or call (or its fallback) starts its record: try to create it
+        // without reading it first (the read costs as much as a third of the fold). If it
+        // exists after all (a copy's job, a status callback that came first), the failed
+        // create is the read-modify-write's first lost race.
+        if matches!(
+            event.kind.as_str(),
+            "inbound_message" | "inbound_call" | "fallback"
+        ) {
+            let mut state = StateRecord::default();
+            state.apply(update, &event.key, event.received_at);
+            if self
+                .store
+                .save_state(&update.id, &state, None, expires)
+                .await?
+            {
+                return Ok(Some(true));
+            }
+        }
         for _ in 0..16 {
             let (mut state, version) = match self.store.load_state(&update.id).await? {
                 Some((s, v)) => (s, Some(v)),

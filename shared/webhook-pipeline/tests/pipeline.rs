@@ -1132,7 +1132,11 @@ mod slow {
 
     pub const TRIP: Duration = Duration::from_millis(100);
 
-    pub struct Store(pub std::sync::Arc<webhook_pipeline::memory::MemoryStore>);
+    /// Counts the state reads.
+    pub struct Store(
+        pub std::sync::Arc<webhook_pipeline::memory::MemoryStore>,
+        pub std::sync::atomic::AtomicUsize,
+    );
     pub struct Queue(pub std::sync::Arc<webhook_pipeline::memory::MemoryQueue>);
 
     #[async_trait]
@@ -1178,6 +1182,7 @@ mod slow {
             self.0.extend_lock(k, l, s).await
         }
         async fn load_state(&self, id: &str) -> Result<Option<(StateRecord, u64)>, StoreError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.0.load_state(id).await
         }
         async fn save_state(
@@ -1210,7 +1215,7 @@ async fn round_trips_two_then_one_and_queue_first_one_for_new_and_duplicate_alik
         let queue = Arc::new(MemoryQueue::default());
         let p = Pipeline::new(
             Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-            Arc::new(slow::Store(store.clone())),
+            Arc::new(slow::Store(store.clone(), Default::default())),
             Arc::new(slow::Queue(queue.clone())),
             ReplyPolicy::default(),
             Settings::default(),
@@ -1225,4 +1230,41 @@ async fn round_trips_two_then_one_and_queue_first_one_for_new_and_duplicate_alik
         let want = if queue_first { [1, 1] } else { [2, 1] };
         assert_eq!(trips, want, "queue first: {queue_first}");
     }
+}
+
+#[tokio::test]
+async fn an_inbound_message_creates_its_state_without_reading_it_first() {
+    let store = Arc::new(slow::Store(
+        Arc::new(MemoryStore::default()),
+        Default::default(),
+    ));
+    let queue = Arc::new(MemoryQueue::default());
+    let p = Pipeline::new(
+        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
+        store.clone(),
+        queue.clone(),
+        ReplyPolicy::default(),
+        Settings::default(),
+    )
+    .with_queue_first(true);
+    let worker =
+        Worker::new(store.clone(), queue.clone(), WorkerSettings::default()).with_queue_first(true);
+    let reads = || store.1.load(Ordering::SeqCst);
+    p.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    p.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    let (first, copy) = (queue.pop().unwrap(), queue.pop().unwrap());
+    assert_eq!(worker.process(&first).await.unwrap(), Outcome::Processed);
+    assert_eq!(reads(), 0, "created without a read");
+    // The copy's job: the create fails, the read finds it applied.
+    assert_eq!(worker.process(&copy).await.unwrap(), Outcome::Skipped);
+    assert_eq!(reads(), 1);
+    // A status callback reads first: its record usually exists.
+    let status = signed_request(
+        TEST_AUTH_TOKEN,
+        "https://hooks.example.com/status",
+        &samples::message_status(CALL_SID, "sent", None),
+    );
+    p.handle(Endpoint::Status, &status).await;
+    worker.process(&queue.pop().unwrap()).await.unwrap();
+    assert_eq!(reads(), 2);
 }
