@@ -232,8 +232,8 @@ impl Pipeline {
     /// duplicate. A 2xx needs both; a failed send is a 503, and the record goes to the sweeper
     /// ([`EventStore::release`]) in case no retry or fallback comes. The store must write
     /// records that no sweeper re-sends until then, and the worker must fold by the state
-    /// record alone
-    /// ([`crate::Worker::with_queue_first`]): a job can come without its record, or twice.
+    /// record alone ([`crate::Worker::with_queue_first`]): a job can come without its record,
+    /// or twice.
     pub fn with_queue_first(mut self, on: bool) -> Self {
         self.queue_first = on;
         self
@@ -493,14 +493,20 @@ impl Pipeline {
             // The job went out: the event will be folded (once), but the record may be
             // missing, so the answer is the usual 503 and Twilio's retry gets the reply.
             (Err(e), Ok(())) => Err(PipelineError::Store(e)),
-            (claim, Err(e)) => {
-                // No job: the record (this attempt's, or an earlier copy's) goes to the
-                // sweeper, in case no retry or fallback ever comes; a copy that does come
-                // sends its own job first. No record (the claim failed too): nothing to do.
-                if claim.is_ok()
-                    && let Err(release) = self.store.release(&event.key, attempt).await
-                {
-                    warn!(key = %event.key, error = %release, "could not hand the record to the sweeper");
+            (_, Err(e)) => {
+                // No job: the record (this attempt's, an earlier copy's, or a failed claim's
+                // that landed with its answer lost) goes to the sweeper, in case no retry or
+                // fallback ever comes; a copy that does come sends its own job first. Without
+                // a record this changes nothing. Bounded: the store may be what is failing.
+                let release = self.store.release(&event.key, attempt);
+                match tokio::time::timeout(std::time::Duration::from_secs(1), release).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(release)) => {
+                        warn!(key = %event.key, error = %release, "could not hand the record to the sweeper")
+                    }
+                    Err(_) => {
+                        warn!(key = %event.key, "handing the record to the sweeper timed out")
+                    }
                 }
                 Err(PipelineError::Queue(e))
             }
