@@ -64,6 +64,10 @@ def attr(item, name):
 
 
 def analyse(events, items, receiver_log, trace, invocations, dlq_keys, settings, t_end, log_dir):
+    # QUEUE_FIRST (no slow work): the fold is the event's one effect, and all or nothing; the
+    # record is only the reply cache of later copies (no processed mark), and nothing is
+    # forwarded. Complete = folded exactly once into its state record; half-done cannot be.
+    queue_first = bool(settings.get("queue_first"))
     by_pk = {attr(i, "pk"): i for i in items}
     event_keys = {e.key for e in events}
 
@@ -159,7 +163,10 @@ def analyse(events, items, receiver_log, trace, invocations, dlq_keys, settings,
         if len(delivered) > max_forwards[0]:
             max_forwards = (len(delivered), ev.key)
         # Done at least once (a second application is "doubled", not "lost").
-        done = processed and n_applied >= 1 and ev.state_id in in_states and bool(delivered)
+        if queue_first:
+            done = n_applied >= 1 and ev.state_id in in_states
+        else:
+            done = processed and n_applied >= 1 and ev.state_id in in_states and bool(delivered)
         complete = done and n_applied == 1 and in_states == {ev.state_id}
         problems = []
         # doubled
@@ -172,7 +179,9 @@ def analyse(events, items, receiver_log, trace, invocations, dlq_keys, settings,
             problems.append(("doubled", "forwarded by two worker environments at once: " + overl))
         # lost / half-done
         if not done:
-            if not stored:
+            if queue_first:
+                why = "never folded" if n_applied == 0 else f"folded into {sorted(in_states)}, expected {ev.state_id}"
+            elif not stored:
                 why = "no record"
             elif not processed:
                 why = f"record never processed (pending, sweeps={attr(item, 'sweeps')})"
@@ -186,7 +195,7 @@ def analyse(events, items, receiver_log, trace, invocations, dlq_keys, settings,
                 why = "incomplete"
             if ev.accepted:
                 problems.append(("lost", why))
-            elif stored or n_applied or delivered:
+            elif (stored and not queue_first) or n_applied or delivered:
                 problems.append(("half-done", why))
         # stranded: acknowledged by an invocation whose claim wrote the record, without enqueue.
         for a in ev.attempts:

@@ -104,6 +104,9 @@ def parse_args(argv=None):
     p.add_argument("--receiver-fail", type=float, default=0.05, help="share of forwards the receiver answers 500")
     p.add_argument("--receiver-stall", type=float, default=0.02,
                    help="share of forwards the receiver answers only after 6 s (the forwarder gives up at 5 s)")
+    p.add_argument("--queue-first", action="store_true",
+                   help="QUEUE_FIRST=true and no FORWARD_URL (the template's deployment without slow work): "
+                        "an event is complete when folded once; records are only the reply cache")
     p.add_argument("--reanalyse", metavar="RUN_DIR",
                    help="only re-check a finished run from its files (must be the first argument)")
     p.add_argument("--quiesce-timeout", type=float,
@@ -207,7 +210,7 @@ class Harness:
         reads_grace = binary_reads(worker_bin, GRACE_ENV)
         reads_lease = binary_reads(worker_bin, LEASE_ENV)
         if a.batch_size is None:
-            a.batch_size = template_batch_size()
+            a.batch_size = 10 if a.queue_first else template_batch_size()
         lease = a.lease if reads_lease else HARD_CODED["lease_s"]
         if a.worker_timeout is None:
             a.worker_timeout = 30.0
@@ -228,7 +231,7 @@ class Harness:
             "grace_configurable": reads_grace, "lease_configurable": reads_lease,
             "visibility_s": a.visibility, "worker_timeout_s": a.worker_timeout,
             "webhook_timeout_s": a.webhook_timeout, "sweep_interval_s": a.sweep_interval,
-            "max_receives": 5, "batch_size": a.batch_size,
+            "max_receives": 5, "batch_size": a.batch_size, "queue_first": a.queue_first,
         }
         if not reads_grace or not reads_lease:
             self.note(f"event-worker does not read {GRACE_ENV if not reads_grace else ''} "
@@ -257,6 +260,7 @@ class Harness:
             "TWILIO_AUTH_TOKEN": a.auth_token, "LOCK_SECONDS": str(a.lock_seconds),
             "EVENT_TTL_SECONDS": "86400", "TLS_TRUST_STORE": "system",
             "LOG_FORMAT": "json", "RUST_LOG": "info", "RUST_BACKTRACE": "0",
+            "QUEUE_FIRST": "true" if a.queue_first else "false",
         }
         self.pools = {}
         for name in FUNCTIONS:
@@ -276,7 +280,8 @@ class Harness:
                 # worker about 4 per record (lease, state read, state write, finish)
                 kill_rate=a.kill_rate, kill_calls=min(8, 4 * a.batch_size) if worker else 2,
                 proxy_factory=lambda inst: FaultProxy(inst, self.faults, "127.0.0.1", moto_port),
-                env_for_instance=(lambda inst: {"FORWARD_URL": self.receiver.url(inst.name)}) if worker else None,
+                env_for_instance=(lambda inst: {"FORWARD_URL": self.receiver.url(inst.name)})
+                if worker and not a.queue_first else None,
                 note=self.note)
 
     # --- the worker's event sources ----------------------------------------------------------

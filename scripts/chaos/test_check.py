@@ -45,9 +45,9 @@ def forward(key, t0, path="/fwd/event-worker-0", decision="ok", idem=None, t1=No
             "decision": decision, "answered": True}
 
 
-def verdicts(events, items, rec=(), trace=()):
+def verdicts(events, items, rec=(), trace=(), settings=SETTINGS):
     with tempfile.TemporaryDirectory() as logs:
-        r = check.analyse(events, items, list(rec), [dict(t) for t in trace], [], [], SETTINGS, 100.0, logs)
+        r = check.analyse(events, items, list(rec), [dict(t) for t in trace], [], [], settings, 100.0, logs)
     return {row["key"]: sorted({p[0] for p in row["problems"]}) for row in r["rows"]}, r
 
 
@@ -113,7 +113,18 @@ def main():
     _, r = verdicts([event("sms#P")], [record("sms#P"), state("msg#SM1", ["sms#P"])], [forward("sms#P", 30)], trace)
     assert [e["key"] for e in r["own_lease"]] == ["sms#P"], r["own_lease"]
     assert [e["key"] for e in r["lease_wipes"]] == ["sms#P"], r["lease_wipes"]
-    print("chaos checker self-test: 9 passed, 0 failed")
+    # 10. QUEUE_FIRST: complete = folded once, whatever the record says (no processed mark, no
+    # forward); accepted and never folded is lost; a record without a fold, for an event that
+    # only got errors, is the reply cache of copies that never came (not half-done); folded
+    # twice is doubled.
+    qf = dict(SETTINGS, queue_first=True)
+    reply_only = {"pk": {"S": "sms#R"}, "event": {"S": "{}"}, "attempt": {"S": "a1"}}
+    v, r = verdicts([event("sms#Q"), event("sms#R", accepted=False), event("sms#S"), event("sms#T")],
+                    [dict(reply_only, pk={"S": "sms#Q"}), reply_only, dict(reply_only, pk={"S": "sms#S"}),
+                     state("msg#SM1", ["sms#Q", "sms#T", "sms#T"])], settings=qf)
+    assert v == {"sms#S": ["lost"], "sms#T": ["doubled"]}, v
+    assert r["counts"]["complete"] == 1
+    print("chaos checker self-test: 10 passed, 0 failed")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ type Item = HashMap<String, AttributeValue>;
 pub struct DynamoStore {
     client: Client,
     table: String,
+    /// Records are the reply cache only ([`DynamoStore::queue_first`]).
+    queue_first: bool,
 }
 
 impl DynamoStore {
@@ -54,7 +56,19 @@ impl DynamoStore {
         Self {
             client,
             table: table.into(),
+            queue_first: false,
         }
+    }
+
+    /// Queue first (`QUEUE_FIRST`, `Pipeline::with_queue_first`): a claim writes the event, its
+    /// reply, `attempt` and `expires_at`, and nothing for a sweeper or a worker: no `pending`
+    /// (so no `pending-index` entry, a write unit when written and another when removed), no
+    /// lock, no sweep count. Such a record is live until it expires (the claim rule's
+    /// `pending` clause never holds), and a typical SMS record stays under 1 KB. `release`
+    /// (after a failed send) hands the record to the sweeper instead.
+    pub fn queue_first(mut self, on: bool) -> Self {
+        self.queue_first = on;
+        self
     }
 }
 
@@ -78,14 +92,31 @@ fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
 pub fn event_of(item: &Item) -> Result<EventRecord, StoreError> {
     let json = get_s(item, "event").ok_or_else(|| StoreError("record without event".into()))?;
     // Not serde's message: it may quote the stored event (phone numbers, bodies).
-    serde_json::from_str(json).map_err(|e| {
+    let mut event: EventRecord = serde_json::from_str(json).map_err(|e| {
         StoreError(format!(
             "unreadable event ({:?} error at line {} column {})",
             e.classify(),
             e.line(),
             e.column()
         ))
-    })
+    })?;
+    // The key is the item's `pk`, not repeated in the stored JSON (see `stored_event`).
+    if event.key.is_empty()
+        && let Some(pk) = get_s(item, PK)
+    {
+        event.key = pk.to_owned();
+    }
+    Ok(event)
+}
+
+/// The event as stored in its item: its JSON without the key, which is the item's `pk` (every
+/// byte counts: a record over 1 KB costs two write units per write).
+fn stored_event(event: &EventRecord) -> Result<String, StoreError> {
+    let keyless = EventRecord {
+        key: String::new(),
+        ..event.clone()
+    };
+    serde_json::to_string(&keyless).map_err(StoreError::new)
 }
 
 /// A conditional write that failed: the item as it was, when DynamoDB returned it.
@@ -144,18 +175,22 @@ impl EventStore for DynamoStore {
         attempt: &str,
         t: ClaimTimes,
     ) -> Result<Claim, StoreError> {
-        let json = serde_json::to_string(event).map_err(StoreError::new)?;
-        let r = self
+        let json = stored_event(event)?;
+        let mut put = self
             .client
             .put_item()
             .table_name(&self.table)
             .item(PK, s(&event.key))
             .item("event", s(json))
             .item("attempt", s(attempt))
-            .item(LOCK_UNTIL, n(t.lock_until_ms))
-            .item(TTL_ATTRIBUTE, n(t.expires_at_s))
-            .item(PENDING, s("1"))
-            .item("sweeps", n(0))
+            .item(TTL_ATTRIBUTE, n(t.expires_at_s));
+        if !self.queue_first {
+            put = put
+                .item(LOCK_UNTIL, n(t.lock_until_ms))
+                .item(PENDING, s("1"))
+                .item("sweeps", n(0));
+        }
+        let r = put
             // RecordTimes::is_live, negated (the one claim rule): new, expired (TTL deletes
             // late), or never processed with both its attempt's lock and any lease ended.
             .condition_expression(
@@ -174,8 +209,9 @@ impl EventStore for DynamoStore {
             // met the record it had just written. The event is new and must be enqueued.
             Conditional::Failed(Some(old))
                 if get_s(&old, "attempt") == Some(attempt)
-                    && old.contains_key(PENDING)
-                    && get_n(&old, "lease_until").unwrap_or(0) <= t.now_ms =>
+                    && (self.queue_first
+                        || (old.contains_key(PENDING)
+                            && get_n(&old, "lease_until").unwrap_or(0) <= t.now_ms)) =>
             {
                 Ok(Claim::New)
             }
@@ -191,6 +227,24 @@ impl EventStore for DynamoStore {
     }
 
     async fn release(&self, key: &str, attempt: &str) -> Result<(), StoreError> {
+        if self.queue_first {
+            // Queue first, the record was written without anything for the sweeper. Its job
+            // did not go out: hand the record to the sweeper (pending, lock ended), whoever
+            // wrote it. A copy that claims it meanwhile rewrites it without `pending` and
+            // sends its own job; the sweeper's re-send of the stored event is folded once.
+            let r = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(PK, s(key))
+                .update_expression("SET pending = :p, lock_until = :zero, sweeps = :zero")
+                .condition_expression("attribute_exists(pk) AND attribute_not_exists(pending)")
+                .expression_attribute_values(":p", s("1"))
+                .expression_attribute_values(":zero", n(0))
+                .send()
+                .await;
+            return conditional(r, update_failed).map(|_| ());
+        }
         let r = self
             .client
             .update_item()

@@ -26,7 +26,7 @@ use tracing::{error, info, warn};
 pub use twilio_webhook::payload::Endpoint;
 use twilio_webhook::signature::IDEMPOTENCY_HEADER;
 use twilio_webhook::url::PublicBaseUrl;
-use webhook_pipeline::config::{ConfigError, FORWARD_URL, Secret, Settings, var};
+use webhook_pipeline::config::{ConfigError, FORWARD_URL, QUEUE_FIRST, Secret, Settings, var};
 use webhook_pipeline::metrics::Metrics;
 use webhook_pipeline::pipeline::Outcome;
 use webhook_pipeline::rotation::{SecretSource, SecretSourceError};
@@ -199,7 +199,9 @@ pub struct WebhookApp {
 
 impl WebhookApp {
     pub async fn from_env(sdk: &SdkConfig) -> Result<Self, Error> {
-        let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), required(EVENT_TABLE)?);
+        let queue_first = webhook_pipeline::config::queue_first()?;
+        let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), required(EVENT_TABLE)?)
+            .queue_first(queue_first);
         let queue = SqsQueue::new(aws_sdk_sqs::Client::new(sdk), required(WORK_QUEUE_URL)?);
         let refresh = config::secret_refresh_interval()?;
         let Secret {
@@ -220,6 +222,7 @@ impl WebhookApp {
             Settings::from_env()?,
         )
         .with_log_pii(webhook_pipeline::config::log_pii())
+        .with_queue_first(queue_first)
         .with_basic_auth(basic_auth)
         .with_metrics(Metrics::stdout_from_env());
         if let Some(arn) = var(TWILIO_AUTH_TOKEN_SECRET_ARN) {
@@ -324,17 +327,30 @@ pub struct WorkerApp {
 
 impl WorkerApp {
     pub async fn from_env(sdk: &SdkConfig, forwarder: Forwarder) -> Result<Self, Error> {
-        let store = Arc::new(DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(sdk),
-            required(EVENT_TABLE)?,
-        ));
+        let queue_first = webhook_pipeline::config::queue_first()?;
+        for slow in [FORWARD_URL, config::EVENT_BUS_NAME] {
+            if queue_first && var(slow).is_some() {
+                // Slow work runs once between a lease and a processed mark, which queue-first
+                // records do not have: refused rather than doing it twice or never.
+                return Err(ConfigError {
+                    name: QUEUE_FIRST,
+                    reason: format!("must be false when {slow} is set"),
+                }
+                .into());
+            }
+        }
+        let store = Arc::new(
+            DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), required(EVENT_TABLE)?)
+                .queue_first(queue_first),
+        );
         let queue = Arc::new(SqsQueue::new(
             aws_sdk_sqs::Client::new(sdk),
             required(WORK_QUEUE_URL)?,
         ));
         let settings = WorkerSettings::from_env(Settings::from_env()?.event_ttl)?;
-        let mut worker =
-            Worker::new(store, queue, settings).with_metrics(Metrics::stdout_from_env());
+        let mut worker = Worker::new(store, queue, settings)
+            .with_metrics(Metrics::stdout_from_env())
+            .with_queue_first(queue_first);
         if let Some(url) = var(FORWARD_URL) {
             worker = worker.with_work(forwarder(url));
         }

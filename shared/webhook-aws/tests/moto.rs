@@ -1001,3 +1001,107 @@ async fn the_webhook_function_reads_its_secret_again_unless_refresh_is_off() {
         std::env::remove_var("SECRET_REFRESH_SECONDS");
     }
 }
+
+/// `QUEUE_FIRST` against DynamoDB and SQS: each copy sends a job, the record holds the reply
+/// and nothing for a sweeper (no `pending`: not in `pending-index`), the worker writes only the
+/// state record, and the record stays under 1 KB (one write unit).
+#[tokio::test]
+async fn queue_first_writes_one_small_record_and_only_the_state_record_after_it() {
+    let aws = setup(5).await;
+    let (clock, _) = fixed_clock();
+    let store = Arc::new(DynamoStore::new(aws.ddb.clone(), &aws.table).queue_first(true));
+    let p = Pipeline::new(
+        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
+        store.clone(),
+        aws.queue(),
+        ReplyPolicy {
+            sms_auto_reply: Some("Got it".into()),
+            ..Default::default()
+        },
+        Settings::default(),
+    )
+    .with_clock(clock.clone())
+    .with_queue_first(true);
+    let first = p.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(p.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await, first);
+    let key = format!("sms#{MESSAGE_SID}");
+    let item = aws.item(&key).await.expect("record stored");
+    let mut names: Vec<&str> = item.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(names, ["attempt", "event", "expires_at", "pk"]);
+    let size: usize = item
+        .iter()
+        .map(|(k, v)| k.len() + v.as_s().or(v.as_n()).map_or(0, String::len))
+        .sum();
+    assert!(size <= 1024, "{size} bytes: more than one write unit");
+    let index = aws
+        .ddb
+        .scan()
+        .table_name(&aws.table)
+        .index_name("pending-index")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(index.count(), 0, "nothing for the sweeper");
+
+    let worker = WorkerApp {
+        worker: Worker::new(store, aws.queue(), WorkerSettings::default())
+            .with_clock(clock)
+            .with_queue_first(true),
+    };
+    assert!(aws.drain(&worker).await.is_empty());
+    assert_eq!(
+        aws.item(&key).await,
+        Some(item),
+        "the worker left the record alone"
+    );
+    let state = aws.item(&format!("state#msg#{MESSAGE_SID}")).await.unwrap();
+    let state: webhook_pipeline::state::StateRecord =
+        serde_json::from_str(state["state"].as_s().unwrap()).unwrap();
+    assert_eq!(state.events, 1, "two jobs, one fold");
+}
+
+/// `QUEUE_FIRST`, the send fails and no copy ever comes: the record goes to the sweeper, which
+/// sends it once and takes it out of `pending-index`; the worker folds it once.
+#[tokio::test]
+async fn queue_first_a_record_whose_send_failed_is_sent_once_by_the_sweeper() {
+    let aws = setup(5).await;
+    let (clock, now) = fixed_clock();
+    let store = Arc::new(DynamoStore::new(aws.ddb.clone(), &aws.table).queue_first(true));
+    let broken = Arc::new(SqsQueue::new(
+        aws.sqs.clone(),
+        format!("{}-missing", aws.queue_url),
+    ));
+    let p = Pipeline::new(
+        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
+        store.clone(),
+        broken,
+        ReplyPolicy::default(),
+        Settings::default(),
+    )
+    .with_clock(clock.clone())
+    .with_queue_first(true);
+    assert_eq!(p.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await.status, 503);
+    let key = format!("sms#{MESSAGE_SID}");
+    assert!(aws.item(&key).await.unwrap().contains_key("pending"));
+
+    let worker = WorkerApp {
+        worker: Worker::new(store, aws.queue(), WorkerSettings::default())
+            .with_clock(clock)
+            .with_queue_first(true),
+    };
+    now.fetch_add(
+        WorkerSettings::default().sweep_grace.as_millis() as i64 + 1,
+        Ordering::SeqCst,
+    );
+    assert_eq!(worker.worker.sweep().await.unwrap().resent, 1);
+    assert!(!aws.item(&key).await.unwrap().contains_key("pending"));
+    assert!(aws.drain(&worker).await.is_empty());
+    now.fetch_add(3_600_000, Ordering::SeqCst);
+    assert_eq!(worker.worker.sweep().await.unwrap().resent, 0);
+    let state = aws.item(&format!("state#msg#{MESSAGE_SID}")).await.unwrap();
+    let state: webhook_pipeline::state::StateRecord =
+        serde_json::from_str(state["state"].as_s().unwrap()).unwrap();
+    assert_eq!(state.events, 1);
+}

@@ -49,4 +49,26 @@ async fn event_bus_name_adds_put_events_to_each_record() {
         "{b:?}"
     );
     assert!(b <= STORE_ALLOWANCE + put_events + forward, "{b:?}");
+
+    // Queue first has no lease for slow work: refused with either kind of slow work.
+    unsafe { std::env::set_var("QUEUE_FIRST", "true") };
+    for (forward_url, bus) in [
+        ("https://receiver.example.com/events", ""),
+        ("", "twilio-events"),
+    ] {
+        unsafe {
+            std::env::set_var("FORWARD_URL", forward_url);
+            std::env::set_var("EVENT_BUS_NAME", bus);
+        }
+        let err = WorkerApp::from_env(&sdk, webhook_forward::HttpForwarder::slow_work)
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("QUEUE_FIRST"), "{err}");
+    }
+    unsafe { std::env::set_var("EVENT_BUS_NAME", "") };
+    let app = WorkerApp::from_env(&sdk, webhook_forward::HttpForwarder::slow_work)
+        .await
+        .unwrap();
+    assert!(!app.worker.has_slow_work());
 }

@@ -59,7 +59,12 @@ fn snapshot(tx: &mut Connection) -> Result<Vec<Value>, DbError> {
             "url": event.url,
             "idempotency_token": event.idempotency_token,
             "params": normalized["params"],
-            "reply": event.reply,
+            // In full: the stored form leaves out the usual status and content type.
+            "reply": {
+                "status": event.reply.status,
+                "content_type": event.reply.content_type,
+                "body": event.reply.body,
+            },
             "lock_until": lock_until,
             "lease_until": lease_until,
             "sweeps": sweeps,

@@ -16,6 +16,9 @@ pub const STATUS_CALLBACK_URL: &str = "STATUS_CALLBACK_URL";
 pub const FALLBACK_VOICE_MESSAGE: &str = "FALLBACK_VOICE_MESSAGE";
 pub const FORWARD_URL: &str = "FORWARD_URL";
 pub const LOG_PII: &str = "LOG_PII";
+/// `QUEUE_FIRST=true`: the queue holds every accepted event, the record is only the reply
+/// cache and the state record the processed mark (see [`queue_first`]).
+pub const QUEUE_FIRST: &str = "QUEUE_FIRST";
 /// How long a worker owns a record it processes (default 60; must cover one record).
 pub const WORKER_LEASE_SECONDS: &str = "WORKER_LEASE_SECONDS";
 /// How long after its lock ends an unprocessed record waits for the sweeper (default 120).
@@ -344,9 +347,39 @@ pub fn log_pii() -> bool {
     var(LOG_PII).is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes"))
 }
 
+/// `QUEUE_FIRST` (`true`/`false`, default `false`): the webhooks send every copy's job while
+/// they write its record, and the worker folds without a lease or a processed mark. Only
+/// without slow work (`FORWARD_URL`): the template sets it from the same condition. Anything
+/// else than a boolean is refused, so a typo cannot pick a mode.
+pub fn queue_first() -> Result<bool, ConfigError> {
+    queue_first_from(var(QUEUE_FIRST).as_deref())
+}
+
+fn queue_first_from(value: Option<&str>) -> Result<bool, ConfigError> {
+    match value.map(str::trim) {
+        None | Some("false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(other) => Err(ConfigError {
+            name: QUEUE_FIRST,
+            reason: format!("expected true or false, got {other:?}"),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_first_is_a_strict_boolean_off_by_default() {
+        assert!(!queue_first_from(None).unwrap());
+        assert!(!queue_first_from(Some("false")).unwrap());
+        assert!(queue_first_from(Some(" true")).unwrap());
+        assert!(queue_first_from(Some("1")).unwrap());
+        for typo in ["yes", "ture", "on"] {
+            assert_eq!(queue_first_from(Some(typo)).unwrap_err().name, QUEUE_FIRST);
+        }
+    }
 
     /// Settings read from a map instead of the process environment (tests run in parallel).
     fn with_env(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {

@@ -104,6 +104,8 @@ pub struct Pipeline {
     queue: Arc<dyn WorkQueue>,
     /// When set, used instead of `store.claim` + `queue.enqueue`.
     outbox: Option<Arc<dyn Outbox>>,
+    /// Claim and enqueue at once, every copy ([`Pipeline::with_queue_first`]).
+    queue_first: bool,
     policy: ReplyPolicy,
     settings: Settings,
     clock: Clock,
@@ -172,6 +174,7 @@ impl Pipeline {
             store,
             queue,
             outbox: None,
+            queue_first: false,
             policy,
             settings,
             clock: system_clock(),
@@ -221,6 +224,18 @@ impl Pipeline {
 
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Queue first (`QUEUE_FIRST`): the claim and the job's send run at once, for every copy,
+    /// so the queue holds every accepted event and the answer waits for one round trip, new or
+    /// duplicate. A 2xx needs both; a failed send is a 503, and the record goes to the sweeper
+    /// ([`EventStore::release`]) in case no retry or fallback comes. The store must write
+    /// records that no sweeper re-sends until then, and the worker must fold by the state
+    /// record alone ([`crate::Worker::with_queue_first`]): a job can come without its record,
+    /// or twice.
+    pub fn with_queue_first(mut self, on: bool) -> Self {
+        self.queue_first = on;
         self
     }
 
@@ -407,6 +422,9 @@ impl Pipeline {
             lock_until_ms: now + self.settings.lock.as_millis() as i64,
             expires_at_s: now / 1000 + self.settings.event_ttl.as_secs() as i64,
         };
+        if self.queue_first {
+            return self.record_queue_first(event, &attempt, times).await;
+        }
         let claim = match &self.outbox {
             Some(outbox) => outbox.claim_and_enqueue(event, &attempt, times).await,
             None => self.store.claim(event, &attempt, times).await,
@@ -451,6 +469,46 @@ impl Pipeline {
                     return Err(PipelineError::Queue(e));
                 }
                 Ok((event.reply.clone(), Outcome::Accepted))
+            }
+        }
+    }
+
+    /// The claim and the send at once: one round trip for a new event and for a duplicate.
+    async fn record_queue_first(
+        &self,
+        event: &EventRecord,
+        attempt: &str,
+        times: ClaimTimes,
+    ) -> Result<(Reply, Outcome), PipelineError> {
+        let job = Job {
+            event: event.clone(),
+        };
+        let (claim, sent) = tokio::join!(
+            self.store.claim(event, attempt, times),
+            self.queue.enqueue(&job)
+        );
+        match (claim, sent) {
+            (Ok(Claim::New), Ok(())) => Ok((event.reply.clone(), Outcome::Accepted)),
+            (Ok(Claim::Duplicate { reply, .. }), Ok(())) => Ok((reply, Outcome::Duplicate)),
+            // The job went out: the event will be folded (once), but the record may be
+            // missing, so the answer is the usual 503 and Twilio's retry gets the reply.
+            (Err(e), Ok(())) => Err(PipelineError::Store(e)),
+            (_, Err(e)) => {
+                // No job: the record (this attempt's, an earlier copy's, or a failed claim's
+                // that landed with its answer lost) goes to the sweeper, in case no retry or
+                // fallback ever comes; a copy that does come sends its own job first. Without
+                // a record this changes nothing. Bounded: the store may be what is failing.
+                let release = self.store.release(&event.key, attempt);
+                match tokio::time::timeout(std::time::Duration::from_secs(1), release).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(release)) => {
+                        warn!(key = %event.key, error = %release, "could not hand the record to the sweeper")
+                    }
+                    Err(_) => {
+                        warn!(key = %event.key, "handing the record to the sweeper timed out")
+                    }
+                }
+                Err(PipelineError::Queue(e))
             }
         }
     }

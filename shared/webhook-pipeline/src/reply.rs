@@ -12,15 +12,35 @@ use crate::config::{
     var,
 };
 
-/// An HTTP reply, stored with the event so a duplicate gets the same bytes back.
+/// An HTTP reply, stored with the event so a duplicate gets the same bytes back. Stored
+/// without the usual status (200) and content type (TwiML's), to keep the record small.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
+    #[serde(default = "ok", skip_serializing_if = "is_ok")]
     pub status: u16,
+    /// `None` is stored as `null`; only TwiML's type is left out.
+    #[serde(default = "twiml_type", skip_serializing_if = "is_twiml_type")]
     pub content_type: Option<String>,
     pub body: String,
     /// `WWW-Authenticate` of a 401 (the Basic auth challenge); never stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub www_authenticate: Option<String>,
+}
+
+fn ok() -> u16 {
+    200
+}
+
+fn is_ok(status: &u16) -> bool {
+    *status == 200
+}
+
+fn twiml_type() -> Option<String> {
+    Some(twiml::CONTENT_TYPE.to_owned())
+}
+
+fn is_twiml_type(t: &Option<String>) -> bool {
+    t.as_deref() == Some(twiml::CONTENT_TYPE)
 }
 
 impl Reply {
@@ -162,6 +182,37 @@ fn sibling_url(url: &str, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_replies_leave_out_only_the_usual_status_and_type() {
+        let twiml = Reply::twiml(&MessagingResponse::new());
+        let json = serde_json::to_string(&twiml).unwrap();
+        assert!(
+            !json.contains("status") && !json.contains("content_type"),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Reply>(&json).unwrap(), twiml);
+        let others = [
+            Reply::text(503, "down"),
+            Reply {
+                content_type: None,
+                ..Reply::text(204, "")
+            },
+        ];
+        for r in others {
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Reply>(&json).unwrap(), r, "{json}");
+        }
+        // As stored before: every field written out.
+        let old = r#"{"status":200,"content_type":"text/xml","body":"<Response/>"}"#;
+        assert_eq!(
+            serde_json::from_str::<Reply>(old)
+                .unwrap()
+                .content_type
+                .as_deref(),
+            Some("text/xml")
+        );
+    }
 
     #[test]
     fn sibling_url_replaces_the_last_segment() {

@@ -122,7 +122,9 @@ pub struct StateUpdate {
     pub id: String,
     pub status: String,
     pub rank: (u8, i64),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<u32>,
 }
 

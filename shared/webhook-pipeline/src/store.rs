@@ -25,16 +25,21 @@ impl StoreError {
 /// One accepted webhook, as stored and as sent to the worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRecord {
-    /// Dedup key (`sms#SM...`, `callstatus#CA...#3`...).
+    /// Dedup key (`sms#SM...`, `callstatus#CA...#3`...). Left out of the JSON when empty:
+    /// a DynamoDB record keeps it as its `pk` only.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
     /// Payload kind (`inbound_message`, `call_status`...).
     pub kind: String,
     pub endpoint: Endpoint,
     /// The URL Twilio signed.
     pub url: String,
-    /// Every parameter Twilio sent, in order.
+    /// Every parameter Twilio sent, in order; stored as one form body (compact: a typical
+    /// SMS record fits in one DynamoDB write unit).
+    #[serde(with = "twilio_webhook::form::as_body")]
     pub params: FormParams,
     /// `I-Twilio-Idempotency-Token` of the attempt that was stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_token: Option<String>,
     /// Unix milliseconds.
     pub received_at: i64,
@@ -147,7 +152,8 @@ pub trait EventStore: Send + Sync {
     ) -> Result<Claim, StoreError>;
 
     /// Give up a claim after a failed enqueue, only if `attempt` still owns it: its lock ends
-    /// now, so a retry, the fallback or the sweeper redoes it at once.
+    /// now, so a retry, the fallback or the sweeper redoes it at once. (A queue-first record,
+    /// which nothing sweeps, goes to the sweeper whoever wrote it: see `webhook-aws`.)
     async fn release(&self, key: &str, attempt: &str) -> Result<(), StoreError>;
 
     /// Worker: take a lease on an unprocessed record.

@@ -51,6 +51,8 @@ pub enum WorkerError {
     },
     #[error("state record {0} kept changing under us")]
     Contention(String),
+    #[error("QUEUE_FIRST with slow work: the slow work needs a lease and a processed mark")]
+    QueueFirstWithSlowWork,
 }
 
 /// What a job did besides its outcome, for its summary line.
@@ -111,6 +113,8 @@ pub struct Worker {
     work: Vec<Arc<dyn SlowWork>>,
     /// Used instead of lease → fold → finish while there is no slow work.
     fold_in_one: Option<Arc<dyn FoldInOne>>,
+    /// Fold by the state record alone ([`Worker::with_queue_first`]).
+    queue_first: bool,
     settings: WorkerSettings,
     clock: Clock,
     metrics: Metrics,
@@ -127,6 +131,7 @@ impl Worker {
             queue,
             work: Vec::new(),
             fold_in_one: None,
+            queue_first: false,
             settings,
             clock: system_clock(),
             metrics: Metrics::disabled(),
@@ -143,6 +148,21 @@ impl Worker {
     /// be the worker's own store).
     pub fn with_fold_in_one(mut self, store: Arc<dyn FoldInOne>) -> Self {
         self.fold_in_one = Some(store);
+        self
+    }
+
+    /// Queue first (`QUEUE_FIRST`, [`crate::Pipeline::with_queue_first`]): every accepted
+    /// event is a job, its record only the webhook's reply cache. A job is folded into its
+    /// state and consent records and nothing else is written: no lease, no processed mark.
+    /// The sweeper only sees records whose send failed; once it has re-sent one it takes it
+    /// out of the index (`finish_processing`), since the queue holds it from then on.
+    /// The fold is once-only by itself (the state record remembers the keys it applied; the
+    /// ledger keeps the latest event per pair), so a job delivered twice, or sent by two
+    /// copies of one webhook, changes nothing the second time. Not with slow work, which must
+    /// run once between a lease and a processed mark: with both, jobs fail (configuration
+    /// refuses the pair at cold start).
+    pub fn with_queue_first(mut self, on: bool) -> Self {
+        self.queue_first = on;
         self
     }
 
@@ -206,6 +226,25 @@ impl Worker {
     ) -> Result<Outcome, WorkerError> {
         let key = &job.event.key;
         let now = (self.clock)();
+        if self.queue_first {
+            if !self.work.is_empty() {
+                return Err(WorkerError::QueueFirstWithSlowWork);
+            }
+            // A job older than the records' lifetime (a late DLQ redrive) could meet a state
+            // record that forgot it: it is dropped, as an expired record would be.
+            let ttl_ms = self.settings.event_ttl.as_millis() as i64;
+            if now - job.event.received_at > ttl_ms {
+                return Ok(Outcome::Skipped);
+            }
+            let folded = self.fold_state(&job.event).await?;
+            self.fold_consent(&job.event).await?;
+            return Ok(if folded == Some(false) {
+                Outcome::Skipped
+            } else {
+                debug!(%key, kind = %job.event.kind, "event processed");
+                Outcome::Processed
+            });
+        }
         if let Some(store) = self.fold_in_one.as_ref().filter(|_| self.work.is_empty()) {
             let expires = now / 1000 + self.settings.event_ttl.as_secs() as i64;
             return match store.process_in_one(&job.event, now, expires).await? {
@@ -255,25 +294,44 @@ impl Worker {
     }
 
     /// Optimistic read-modify-write of the state record; a lost race reloads and folds again.
-    async fn fold_state(&self, event: &EventRecord) -> Result<(), WorkerError> {
+    /// `Some(false)`: the record had it already; `None`: the event changes no state.
+    async fn fold_state(&self, event: &EventRecord) -> Result<Option<bool>, WorkerError> {
         let Some(update) = &event.state_update else {
-            return Ok(());
+            return Ok(None);
         };
         let expires = (self.clock)() / 1000 + self.settings.event_ttl.as_secs() as i64;
+        // An inbound message or call (or its fallback) starts its record: try to create it
+        // without reading it first (the read costs as much as a third of the fold). If it
+        // exists after all (a copy's job, a status callback that came first), the failed
+        // create is the read-modify-write's first lost race.
+        if matches!(
+            event.kind.as_str(),
+            "inbound_message" | "inbound_call" | "fallback"
+        ) {
+            let mut state = StateRecord::default();
+            state.apply(update, &event.key, event.received_at);
+            if self
+                .store
+                .save_state(&update.id, &state, None, expires)
+                .await?
+            {
+                return Ok(Some(true));
+            }
+        }
         for _ in 0..16 {
             let (mut state, version) = match self.store.load_state(&update.id).await? {
                 Some((s, v)) => (s, Some(v)),
                 None => (StateRecord::default(), None),
             };
             if !state.apply(update, &event.key, event.received_at) {
-                return Ok(());
+                return Ok(Some(false));
             }
             if self
                 .store
                 .save_state(&update.id, &state, version, expires)
                 .await?
             {
-                return Ok(());
+                return Ok(Some(true));
             }
         }
         Err(WorkerError::Contention(update.id.clone()))
@@ -354,6 +412,17 @@ impl Worker {
             }
             if let Err(e) = self.queue.enqueue(&Job { event }).await {
                 report.fail(&key, "enqueue", &e);
+                continue;
+            }
+            if self.queue_first {
+                // The queue holds it now, and the worker will not mark it processed: the
+                // record leaves the sweeper's index here (a failure re-sends it next time,
+                // folded once all the same).
+                if let Err(e) = self.store.finish_processing(&key, now).await {
+                    report.fail(&key, "hand over", &e);
+                }
+                warn!(%key, sweeps, "re-sent an event whose job was never sent");
+                report.resent += 1;
                 continue;
             }
             // Back off: 2, 4, 8 minutes... beyond the grace before the next re-send. If this

@@ -52,6 +52,31 @@ fn rig(policy: ReplyPolicy) -> Rig {
     }
 }
 
+/// [`rig`] with `QUEUE_FIRST`: the pipeline claims and enqueues at once, the worker folds by
+/// the state record alone.
+fn queue_first_rig(policy: ReplyPolicy) -> Rig {
+    let r = rig(policy.clone());
+    let clock: Clock = {
+        let now = r.now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
+    Rig {
+        pipeline: Pipeline::new(
+            Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
+            r.store.clone(),
+            r.queue.clone(),
+            policy,
+            Settings::default(),
+        )
+        .with_clock(clock.clone())
+        .with_queue_first(true),
+        worker: Worker::new(r.store.clone(), r.queue.clone(), WorkerSettings::default())
+            .with_clock(clock)
+            .with_queue_first(true),
+        ..r
+    }
+}
+
 fn sms(sid: &str) -> webhook_pipeline::IncomingRequest {
     signed_request(TEST_AUTH_TOKEN, URL, &samples::inbound_sms(sid, "hi"))
 }
@@ -951,4 +976,295 @@ mod accounts_and_rotation {
         assert_eq!(src.reads.load(Ordering::SeqCst), 1);
         assert_eq!(store.len(), 1);
     }
+}
+
+#[tokio::test]
+async fn queue_first_every_copy_is_enqueued_and_folded_once_without_touching_the_record() {
+    let r = queue_first_rig(ReplyPolicy {
+        sms_auto_reply: Some("Thanks!".into()),
+        ..Default::default()
+    });
+    let first = r.pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    assert_eq!(first.status, 200);
+    assert!(first.body.contains("Thanks!"));
+    // A duplicate gets the stored reply, and sends its own job: the queue, not the record,
+    // is what guarantees the worker sees the event.
+    let again = r.pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    assert_eq!(again, first);
+    assert_eq!(r.store.len(), 1);
+    assert_eq!(r.queue.len(), 2);
+    let key = format!("sms#{MESSAGE_SID}");
+    let outcomes = [
+        r.worker.process(&r.queue.pop().unwrap()).await.unwrap(),
+        r.worker.process(&r.queue.pop().unwrap()).await.unwrap(),
+    ];
+    assert_eq!(outcomes, [Outcome::Processed, Outcome::Skipped]);
+    let (state, _) = r
+        .store
+        .load_state(&format!("msg#{MESSAGE_SID}"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.events, 1, "folded once");
+    assert_eq!(state.timeline.len(), 1);
+    // No lease, no processed mark: the record was written once, by the claim.
+    assert_eq!(r.store.is_processed(&key), Some(false));
+}
+
+#[tokio::test]
+async fn queue_first_a_failed_send_is_503_and_the_retry_sends_its_own_job() {
+    let r = queue_first_rig(ReplyPolicy::default());
+    r.queue.fail_next.store(1, Ordering::SeqCst);
+    let failed = r.pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    assert_eq!(failed.status, 503);
+    // The record was written (it only holds the reply); no job went out.
+    assert_eq!((r.store.len(), r.queue.len()), (1, 0));
+    // Twilio's retry (or the fallback) finds the record and still sends the job.
+    let retry = r.pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    assert_eq!(retry.status, 200);
+    assert_eq!(r.queue.len(), 1);
+    assert_eq!(
+        r.worker.process(&r.queue.pop().unwrap()).await.unwrap(),
+        Outcome::Processed
+    );
+}
+
+#[tokio::test]
+async fn queue_first_a_failed_send_nobody_retries_is_sent_once_by_the_sweeper() {
+    let r = queue_first_rig(ReplyPolicy::default());
+    r.queue.fail_next.store(1, Ordering::SeqCst);
+    assert_eq!(
+        r.pipeline
+            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
+            .await
+            .status,
+        503
+    );
+    assert!(r.queue.is_empty());
+    r.now.fetch_add(
+        WorkerSettings::default().sweep_grace.as_millis() as i64 + 1,
+        Ordering::SeqCst,
+    );
+    assert_eq!(r.worker.sweep().await.unwrap().resent, 1);
+    assert_eq!(
+        r.worker.process(&r.queue.pop().unwrap()).await.unwrap(),
+        Outcome::Processed
+    );
+    // Handed over once: the queue holds it, the sweeper does not send it again.
+    r.now.fetch_add(3_600_000, Ordering::SeqCst);
+    assert_eq!(r.worker.sweep().await.unwrap().resent, 0);
+    assert!(r.queue.is_empty());
+}
+
+#[tokio::test]
+async fn queue_first_a_failed_claim_is_503_and_its_job_is_still_folded_once() {
+    let r = queue_first_rig(ReplyPolicy::default());
+    r.store.fail_next.store(1, Ordering::SeqCst);
+    let failed = r.pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    assert_eq!(failed.status, 503);
+    assert_eq!(r.queue.len(), 1, "the send went out with the claim");
+    assert_eq!(
+        r.pipeline
+            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
+            .await
+            .status,
+        200
+    );
+    // Two jobs of one event (the failed attempt's and the retry's): one fold.
+    while let Some(job) = r.queue.pop() {
+        r.worker.process(&job).await.unwrap();
+    }
+    let (state, _) = r
+        .store
+        .load_state(&format!("msg#{MESSAGE_SID}"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.events, 1);
+}
+
+#[tokio::test]
+async fn queue_first_drops_jobs_older_than_the_records_and_refuses_slow_work() {
+    let r = queue_first_rig(ReplyPolicy::default());
+    r.pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    let job = r.queue.pop().unwrap();
+    r.now.fetch_add(
+        WorkerSettings::default().event_ttl.as_millis() as i64 + 1,
+        Ordering::SeqCst,
+    );
+    assert_eq!(r.worker.process(&job).await.unwrap(), Outcome::Skipped);
+    assert!(
+        r.store
+            .load_state(&format!("msg#{MESSAGE_SID}"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    struct Nothing;
+    #[async_trait::async_trait]
+    impl SlowWork for Nothing {
+        fn name(&self) -> &'static str {
+            "nothing"
+        }
+        async fn run(&self, _: &EventRecord) -> Result<(), webhook_pipeline::worker::WorkError> {
+            Ok(())
+        }
+    }
+    let with_work = Worker::new(r.store.clone(), r.queue.clone(), WorkerSettings::default())
+        .with_queue_first(true)
+        .with_work(Arc::new(Nothing));
+    assert!(matches!(
+        with_work.process(&job).await,
+        Err(webhook_pipeline::worker::WorkerError::QueueFirstWithSlowWork)
+    ));
+}
+
+/// A store and a queue whose every call takes 100 ms (the claim and the send: a round trip).
+mod slow {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use webhook_pipeline::consent::ConsentLedger;
+    use webhook_pipeline::state::StateRecord;
+    use webhook_pipeline::store::{ClaimTimes, Processing, Stale};
+    use webhook_pipeline::{Claim, EventRecord, EventStore, Job, StoreError, WorkQueue};
+
+    pub const TRIP: Duration = Duration::from_millis(100);
+
+    /// Counts the state reads.
+    pub struct Store(
+        pub std::sync::Arc<webhook_testkit::memory::MemoryStore>,
+        pub std::sync::atomic::AtomicUsize,
+    );
+    pub struct Queue(pub std::sync::Arc<webhook_testkit::memory::MemoryQueue>);
+
+    #[async_trait]
+    impl WorkQueue for Queue {
+        async fn enqueue(&self, job: &Job) -> Result<(), StoreError> {
+            tokio::time::sleep(TRIP).await;
+            self.0.enqueue(job).await
+        }
+    }
+
+    #[async_trait]
+    impl EventStore for Store {
+        async fn claim(
+            &self,
+            e: &EventRecord,
+            a: &str,
+            t: ClaimTimes,
+        ) -> Result<Claim, StoreError> {
+            tokio::time::sleep(TRIP).await;
+            self.0.claim(e, a, t).await
+        }
+        async fn release(&self, k: &str, a: &str) -> Result<(), StoreError> {
+            self.0.release(k, a).await
+        }
+        async fn begin_processing(
+            &self,
+            k: &str,
+            n: i64,
+            l: i64,
+        ) -> Result<Processing, StoreError> {
+            self.0.begin_processing(k, n, l).await
+        }
+        async fn finish_processing(&self, k: &str, n: i64) -> Result<(), StoreError> {
+            self.0.finish_processing(k, n).await
+        }
+        async fn abandon_processing(&self, k: &str) -> Result<(), StoreError> {
+            self.0.abandon_processing(k).await
+        }
+        async fn stale_pending(&self, b: i64, l: usize) -> Result<Vec<Stale>, StoreError> {
+            self.0.stale_pending(b, l).await
+        }
+        async fn extend_lock(&self, k: &str, l: i64, s: u32) -> Result<(), StoreError> {
+            self.0.extend_lock(k, l, s).await
+        }
+        async fn load_state(&self, id: &str) -> Result<Option<(StateRecord, u64)>, StoreError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.load_state(id).await
+        }
+        async fn save_state(
+            &self,
+            id: &str,
+            s: &StateRecord,
+            v: Option<u64>,
+            e: i64,
+        ) -> Result<bool, StoreError> {
+            self.0.save_state(id, s, v, e).await
+        }
+        async fn load_consent(&self, s: &str) -> Result<Option<(ConsentLedger, u64)>, StoreError> {
+            self.0.load_consent(s).await
+        }
+        async fn save_consent(
+            &self,
+            s: &str,
+            l: &ConsentLedger,
+            v: Option<u64>,
+        ) -> Result<bool, StoreError> {
+            self.0.save_consent(s, l, v).await
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn round_trips_two_then_one_and_queue_first_one_for_new_and_duplicate_alike() {
+    for queue_first in [false, true] {
+        let store = Arc::new(MemoryStore::default());
+        let queue = Arc::new(MemoryQueue::default());
+        let p = Pipeline::new(
+            Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
+            Arc::new(slow::Store(store.clone(), Default::default())),
+            Arc::new(slow::Queue(queue.clone())),
+            ReplyPolicy::default(),
+            Settings::default(),
+        )
+        .with_queue_first(queue_first);
+        let mut trips = Vec::new();
+        for _ in 0..2 {
+            let started = tokio::time::Instant::now();
+            assert_eq!(p.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await.status, 200);
+            trips.push(started.elapsed().as_millis() / slow::TRIP.as_millis());
+        }
+        let want = if queue_first { [1, 1] } else { [2, 1] };
+        assert_eq!(trips, want, "queue first: {queue_first}");
+    }
+}
+
+#[tokio::test]
+async fn an_inbound_message_creates_its_state_without_reading_it_first() {
+    let store = Arc::new(slow::Store(
+        Arc::new(MemoryStore::default()),
+        Default::default(),
+    ));
+    let queue = Arc::new(MemoryQueue::default());
+    let p = Pipeline::new(
+        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
+        store.clone(),
+        queue.clone(),
+        ReplyPolicy::default(),
+        Settings::default(),
+    )
+    .with_queue_first(true);
+    let worker =
+        Worker::new(store.clone(), queue.clone(), WorkerSettings::default()).with_queue_first(true);
+    let reads = || store.1.load(Ordering::SeqCst);
+    p.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    p.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
+    let (first, copy) = (queue.pop().unwrap(), queue.pop().unwrap());
+    assert_eq!(worker.process(&first).await.unwrap(), Outcome::Processed);
+    assert_eq!(reads(), 0, "created without a read");
+    // The copy's job: the create fails, the read finds it applied.
+    assert_eq!(worker.process(&copy).await.unwrap(), Outcome::Skipped);
+    assert_eq!(reads(), 1);
+    // A status callback reads first: its record usually exists.
+    let status = signed_request(
+        TEST_AUTH_TOKEN,
+        "https://hooks.example.com/status",
+        &samples::message_status(CALL_SID, "sent", None),
+    );
+    p.handle(Endpoint::Status, &status).await;
+    worker.process(&queue.pop().unwrap()).await.unwrap();
+    assert_eq!(reads(), 2);
 }
