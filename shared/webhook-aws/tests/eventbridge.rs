@@ -3,9 +3,7 @@
 //!
 //! Its own moto server (moto.rs has its own), started on a free loopback port.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use aws_config::SdkConfig;
 use aws_sdk_sqs::types::QueueAttributeName;
@@ -22,43 +20,6 @@ use webhook_pipeline::{Pipeline, ReplyPolicy, Settings, Worker};
 use webhook_testkit::memory::{MemoryQueue, MemoryStore};
 use webhook_testkit::samples::{self, CALL_SID, MESSAGE_SID, TEST_AUTH_TOKEN, signed_request};
 
-const MOTO: &str = r#"
-import sys
-from moto.server import ThreadedMotoServer
-s = ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False)
-s.start()
-print("ready", flush=True)
-sys.stdin.read()
-s.stop()
-"#;
-
-fn moto() -> &'static str {
-    static MOTO_SERVER: OnceLock<(String, Mutex<Child>)> = OnceLock::new();
-    &MOTO_SERVER
-        .get_or_init(|| {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-            let mut child = Command::new(python)
-                .args(["-c", MOTO, &port.to_string()])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("python3 with moto[server] installed");
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            assert_eq!(line.trim(), "ready", "moto did not start");
-            (format!("http://127.0.0.1:{port}"), Mutex::new(child))
-        })
-        .0
-}
-
 async fn sdk() -> SdkConfig {
     // SAFETY: every test sets the same values before any client reads them.
     unsafe {
@@ -68,7 +29,9 @@ async fn sdk() -> SdkConfig {
         std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     }
     let base = webhook_aws::aws_config().await.expect("SDK config");
-    base.into_builder().endpoint_url(moto()).build()
+    base.into_builder()
+        .endpoint_url(webhook_testkit::moto::endpoint())
+        .build()
 }
 
 /// A fresh bus whose rule (every `twilio.webhooks` event) feeds a fresh queue: (bus, queue URL).

@@ -5,10 +5,8 @@
 //! table and queues, so tests never share state.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use aws_config::SdkConfig;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
@@ -26,55 +24,6 @@ use webhook_pipeline::store::{ClaimTimes, Job};
 use webhook_pipeline::worker::{Outcome, WorkerSettings};
 use webhook_pipeline::{Clock, EventStore, Pipeline, ReplyPolicy, Settings, Worker};
 use webhook_testkit::samples::{self, CALL_SID, MESSAGE_SID, TEST_AUTH_TOKEN, signed_request};
-
-const MOTO: &str = r#"
-import sys
-from moto.server import ThreadedMotoServer
-s = ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False)
-s.start()
-print("ready", flush=True)
-sys.stdin.read()
-s.stop()
-"#;
-
-struct Moto {
-    endpoint: String,
-    _child: Option<Mutex<Child>>,
-}
-
-fn moto() -> &'static Moto {
-    static MOTO_SERVER: OnceLock<Moto> = OnceLock::new();
-    MOTO_SERVER.get_or_init(|| {
-        if let Ok(endpoint) = std::env::var("MOTO_ENDPOINT") {
-            return Moto {
-                endpoint,
-                _child: None,
-            };
-        }
-        let port = free_port();
-        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        let mut child = Command::new(python)
-            .args(["-c", MOTO, &port.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 with moto[server] installed (pip install 'moto[server]')");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(
-            line.trim(),
-            "ready",
-            "moto did not start (pip install 'moto[server]')"
-        );
-        Moto {
-            endpoint: format!("http://127.0.0.1:{port}"),
-            _child: Some(Mutex::new(child)),
-        }
-    })
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -106,7 +55,7 @@ struct Aws {
 
 /// A fresh table (same design as template.yaml) and a queue with a DLQ after `max_receives`.
 async fn setup(max_receives: u32) -> Aws {
-    let sdk = sdk(&moto().endpoint).await;
+    let sdk = sdk(webhook_testkit::moto::endpoint()).await;
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -671,7 +620,7 @@ async fn the_sample_worker_events_drive_the_worker_function() {
 /// request, logged once), told apart from a failed read (init fails and is retried).
 #[tokio::test]
 async fn a_blank_token_in_secrets_manager_is_a_configuration_error() {
-    let sdk = sdk(&moto().endpoint).await;
+    let sdk = sdk(webhook_testkit::moto::endpoint()).await;
     let sm = aws_sdk_secretsmanager::Client::new(&sdk);
     let n = uuid::Uuid::new_v4();
     let mut arns = HashMap::new();
@@ -817,7 +766,7 @@ async fn a_token_rotated_mid_stream_is_picked_up_and_forgeries_cost_one_read_per
     use webhook_pipeline::rotation::SecretSource;
 
     let aws = setup(5).await;
-    let sdk = sdk(&moto().endpoint).await;
+    let sdk = sdk(webhook_testkit::moto::endpoint()).await;
     let arn = create_secret(&sdk, &format!(r#"{{"auth_token":"{OLD_TOKEN}"}}"#)).await;
     let inner = webhook_aws::SecretsManagerSource::new(&sdk, &arn);
     let cold_start = inner.read().await.unwrap();
@@ -973,7 +922,7 @@ async fn a_token_rotated_mid_stream_is_picked_up_and_forgeries_cost_one_read_per
 #[tokio::test]
 async fn the_webhook_function_reads_its_secret_again_unless_refresh_is_off() {
     let aws = setup(5).await;
-    let sdk = sdk(&moto().endpoint).await;
+    let sdk = sdk(webhook_testkit::moto::endpoint()).await;
     let arn = create_secret(&sdk, &format!(r#"{{"auth_token":"{OLD_TOKEN}"}}"#)).await;
     let app = |refresh: &'static str| {
         // SAFETY: no other test reads these variables.

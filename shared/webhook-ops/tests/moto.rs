@@ -4,10 +4,8 @@
 //! `MOTO_ENDPOINT`), fresh tables and queues per test.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::{
@@ -27,55 +25,6 @@ use webhook_pipeline::worker::{Outcome, WorkerSettings};
 use webhook_pipeline::{Clock, EventStore, Pipeline, ReplyPolicy, Settings, Worker};
 use webhook_testkit::samples::{self, TEST_AUTH_TOKEN, signed_request};
 
-const MOTO: &str = r#"
-import sys
-from moto.server import ThreadedMotoServer
-s = ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False)
-s.start()
-print("ready", flush=True)
-sys.stdin.read()
-s.stop()
-"#;
-
-struct Moto {
-    endpoint: String,
-    _child: Option<Mutex<Child>>,
-}
-
-fn moto() -> &'static Moto {
-    static MOTO_SERVER: OnceLock<Moto> = OnceLock::new();
-    MOTO_SERVER.get_or_init(|| {
-        if let Ok(endpoint) = std::env::var("MOTO_ENDPOINT") {
-            return Moto {
-                endpoint,
-                _child: None,
-            };
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        let mut child = Command::new(python)
-            .args(["-c", MOTO, &port.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 with moto[server] installed (pip install 'moto[server]')");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "moto did not start");
-        Moto {
-            endpoint: format!("http://127.0.0.1:{port}"),
-            _child: Some(Mutex::new(child)),
-        }
-    })
-}
-
 async fn sdk() -> SdkConfig {
     // SAFETY: every test sets the same values before any client reads them.
     unsafe {
@@ -85,7 +34,9 @@ async fn sdk() -> SdkConfig {
         std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     }
     let base = webhook_aws::aws_config().await.expect("SDK config");
-    base.into_builder().endpoint_url(&moto().endpoint).build()
+    base.into_builder()
+        .endpoint_url(webhook_testkit::moto::endpoint())
+        .build()
 }
 
 fn unique() -> String {

@@ -4,9 +4,11 @@
 //! - [`contract`]: the store contract suite every `EventStore` adapter must pass;
 //! - [`memory`]: in-memory store and queue adapters (with failure injection);
 //! - [`samples`]: sample webhooks of every kind, signed requests;
-//! - [`events`]: the signed API Gateway / Function URL / SQS events of `events/`.
+//! - [`events`]: the signed API Gateway / Function URL / SQS events of `events/`;
+//! - [`moto`]: the AWS emulator the moto-backed tests share.
 
 pub mod contract;
 pub mod events;
 pub mod memory;
+pub mod moto;
 pub mod samples;
