@@ -7,14 +7,24 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
+/// moto checks a write's condition and then writes, with other request threads free to run in
+/// between: two concurrent conditional writes could both pass, where DynamoDB applies one.
+/// So the server answers one call at a time (the chaos harness does the same), and a test of
+/// concurrent claims tests the code, not moto. No test long-polls SQS for more than 1 s.
 const MOTO: &str = r#"
-import sys
-from moto.server import ThreadedMotoServer
-s = ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False)
-s.start()
+import sys, threading
+from werkzeug.serving import make_server
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+app = DomainDispatcherApplication(create_backend_app)
+lock = threading.Lock()
+def one_at_a_time(environ, start_response):
+    with lock:
+        return list(app(environ, start_response))
+server = make_server("127.0.0.1", int(sys.argv[1]), one_at_a_time, threaded=True)
+threading.Thread(target=server.serve_forever, daemon=True).start()
 print("ready", flush=True)
 sys.stdin.read()
-s.stop()
+server.shutdown()
 "#;
 
 /// The server's endpoint URL (`http://127.0.0.1:PORT`), started on first use.
