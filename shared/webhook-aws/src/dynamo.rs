@@ -167,6 +167,64 @@ fn update_failed(e: &UpdateItemError) -> Option<Option<Item>> {
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 
+/// State and consent records: a JSON attribute and a `version` for optimistic concurrency.
+impl DynamoStore {
+    async fn load_versioned<T: serde::de::DeserializeOwned>(
+        &self,
+        key: String,
+        attribute: &str,
+    ) -> Result<Option<(T, u64)>, StoreError> {
+        let r = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        let Some(item) = r.item() else {
+            return Ok(None);
+        };
+        let value = serde_json::from_str(get_s(item, attribute).unwrap_or("{}"))
+            .map_err(StoreError::new)?;
+        Ok(Some((value, get_n(item, "version").unwrap_or(0) as u64)))
+    }
+
+    /// Writes version `expected + 1` if the stored version is still `expected` (`None`: no
+    /// record yet); `false` when another writer came first.
+    async fn save_versioned<T: serde::Serialize>(
+        &self,
+        key: String,
+        attribute: &str,
+        value: &T,
+        expected: Option<u64>,
+        expires_at_s: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(value).map_err(StoreError::new)?;
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item(PK, s(key))
+            .item(attribute, s(json))
+            .item("version", n(expected.unwrap_or(0) + 1));
+        if let Some(at) = expires_at_s {
+            put = put.item(TTL_ATTRIBUTE, n(at));
+        }
+        put = match expected {
+            None => put.condition_expression("attribute_not_exists(pk)"),
+            Some(v) => put
+                .condition_expression("version = :v")
+                .expression_attribute_values(":v", n(v)),
+        };
+        Ok(matches!(
+            conditional(put.send().await, put_failed)?,
+            Conditional::Done(_)
+        ))
+    }
+}
+
 #[async_trait]
 impl EventStore for DynamoStore {
     async fn claim(
@@ -406,21 +464,7 @@ impl EventStore for DynamoStore {
     }
 
     async fn load_state(&self, id: &str) -> Result<Option<(StateRecord, u64)>, StoreError> {
-        let r = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(PK, s(format!("state#{id}")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(sdk_error)?;
-        let Some(item) = r.item() else {
-            return Ok(None);
-        };
-        let state =
-            serde_json::from_str(get_s(item, "state").unwrap_or("{}")).map_err(StoreError::new)?;
-        Ok(Some((state, get_n(item, "version").unwrap_or(0) as u64)))
+        self.load_versioned(format!("state#{id}"), "state").await
     }
 
     async fn save_state(
@@ -430,46 +474,17 @@ impl EventStore for DynamoStore {
         expected: Option<u64>,
         expires_at_s: i64,
     ) -> Result<bool, StoreError> {
-        let json = serde_json::to_string(state).map_err(StoreError::new)?;
-        let mut put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item(PK, s(format!("state#{id}")))
-            .item("state", s(json))
-            .item("version", n(expected.unwrap_or(0) + 1))
-            .item(TTL_ATTRIBUTE, n(expires_at_s));
-        put = match expected {
-            None => put.condition_expression("attribute_not_exists(pk)"),
-            Some(v) => put
-                .condition_expression("version = :v")
-                .expression_attribute_values(":v", n(v)),
-        };
-        Ok(matches!(
-            conditional(put.send().await, put_failed)?,
-            Conditional::Done(_)
-        ))
+        let key = format!("state#{id}");
+        self.save_versioned(key, "state", state, expected, Some(expires_at_s))
+            .await
     }
 
     async fn load_consent(
         &self,
         subscriber: &str,
     ) -> Result<Option<(ConsentLedger, u64)>, StoreError> {
-        let r = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(PK, s(consent_key(subscriber)))
-            .consistent_read(true)
-            .send()
+        self.load_versioned(consent_key(subscriber), "consent")
             .await
-            .map_err(sdk_error)?;
-        let Some(item) = r.item() else {
-            return Ok(None);
-        };
-        let ledger = serde_json::from_str(get_s(item, "consent").unwrap_or("{}"))
-            .map_err(StoreError::new)?;
-        Ok(Some((ledger, get_n(item, "version").unwrap_or(0) as u64)))
     }
 
     async fn save_consent(
@@ -478,25 +493,10 @@ impl EventStore for DynamoStore {
         ledger: &ConsentLedger,
         expected: Option<u64>,
     ) -> Result<bool, StoreError> {
-        let json = serde_json::to_string(ledger).map_err(StoreError::new)?;
         // No `expires_at`: TTL never deletes a consent record.
-        let mut put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item(PK, s(consent_key(subscriber)))
-            .item("consent", s(json))
-            .item("version", n(expected.unwrap_or(0) + 1));
-        put = match expected {
-            None => put.condition_expression("attribute_not_exists(pk)"),
-            Some(v) => put
-                .condition_expression("version = :v")
-                .expression_attribute_values(":v", n(v)),
-        };
-        Ok(matches!(
-            conditional(put.send().await, put_failed)?,
-            Conditional::Done(_)
-        ))
+        let key = consent_key(subscriber);
+        self.save_versioned(key, "consent", ledger, expected, None)
+            .await
     }
 }
 
