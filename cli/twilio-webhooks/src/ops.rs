@@ -23,7 +23,7 @@ use webhook_aws::dynamo::DynamoStore;
 use webhook_aws::sqs::SqsQueue;
 use webhook_local::{Database, SqliteQueue, SqliteStore};
 use webhook_ops::{DynamoReplay, redrive};
-use webhook_pipeline::EventStore;
+use webhook_pipeline::Store;
 use webhook_pipeline::consent::ConsentLedger;
 use webhook_pipeline::replay::{self, ReplayFilter, ReplayReport, ReplaySource, format_rfc3339};
 use webhook_pipeline::store::WorkQueue;
@@ -393,7 +393,7 @@ async fn consent_async(args: ConsentArgs) -> CliResult {
     if subscriber.is_empty() {
         return Err("give the subscriber's number".into());
     }
-    let store: Arc<dyn EventStore> = match (&args.aws.stack, &args.table) {
+    let store: Arc<dyn Store> = match (&args.aws.stack, &args.table) {
         (Some(stack), _) => {
             let outputs = stack_outputs(stack, "--table").await?;
             let sdk = sdk(args.aws.endpoint_url.as_deref()).await;

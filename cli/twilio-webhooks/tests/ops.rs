@@ -5,8 +5,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use webhook_local::{Database, SqliteQueue, SqliteStore};
+use webhook_pipeline::ConsentStore;
 use webhook_pipeline::store::ClaimTimes;
-use webhook_pipeline::{EventStore, Outbox};
 use webhook_testkit::contract::sample_event;
 
 const BIN: &str = env!("CARGO_BIN_EXE_twilio-webhooks");

@@ -642,15 +642,12 @@ fn records() -> Vec<(webhook_pipeline::EventRecord, StateRecord)> {
     for sample in samples::all() {
         let queue = Arc::new(MemoryQueue::default());
         let pipeline = Pipeline::new(
-            Validator::new(token()),
-            Arc::new(MemoryStore::default()),
-            queue.clone(),
+            Validator::new(token()), std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(Arc::new(MemoryStore::default()), queue.clone())),
             ReplyPolicy {
                 sms_auto_reply: Some("Thanks!".into()),
                 ..ReplyPolicy::default()
             },
-            Settings::default(),
-        );
+            Settings::default());
         let url = webhook_testkit::events::http_api_url(sample.endpoint);
         let req = samples::signed_request(TEST_AUTH_TOKEN, &url, &sample.params);
         let reply = rt.block_on(pipeline.handle(sample.endpoint, &req));

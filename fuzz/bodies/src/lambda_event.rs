@@ -54,12 +54,9 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 /// A fresh app per input (so no input depends on the ones before it), with a fixed clock.
 fn app(base: Option<PublicBaseUrl>) -> WebhookApp {
     let pipeline = Pipeline::new(
-        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).expect("not blank")),
-        Arc::new(MemoryStore::default()),
-        Arc::new(MemoryQueue::default()),
+        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).expect("not blank")), std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(Arc::new(MemoryStore::default()), Arc::new(MemoryQueue::default()))),
         ReplyPolicy::default(),
-        Settings::default(),
-    )
+        Settings::default())
     .with_clock(Arc::new(|| 1_795_788_000_000));
     WebhookApp { pipeline, base }
 }

@@ -25,8 +25,8 @@ use twilio_webhook::FormParams;
 use twilio_webhook::payload::Endpoint;
 use webhook_local::{Database, SqliteQueue, SqliteStore};
 use webhook_pipeline::state::StateRecord;
-use webhook_pipeline::store::{ClaimTimes, StaleEvent};
-use webhook_pipeline::{Claim, EventRecord, EventStore, Job, Reply};
+use webhook_pipeline::store::ClaimTimes;
+use webhook_pipeline::{Claim, ErrorKind, EventLog, EventRecord, Job, Reply, StateStore};
 
 use crate::Fields;
 
@@ -235,16 +235,16 @@ pub fn run(data: &[u8]) {
             for st in stale {
                 assert_eq!(st.key, key, "sweeper key");
                 match st.event {
-                    StaleEvent::Readable(rec) => {
+                    Ok(rec) => {
                         assert_eq!(Some(&*rec), planted_event().as_ref(), "sweeper record")
                     }
-                    StaleEvent::Corrupt(_) => {
+                    Err(e) if e.kind() == ErrorKind::Permanent => {
                         assert!(
                             planted_event().is_none(),
                             "a readable record listed as corrupt"
                         )
                     }
-                    StaleEvent::ReadFailed(_) => {}
+                    Err(_) => {}
                 }
             }
         }

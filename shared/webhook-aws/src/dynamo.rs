@@ -17,9 +17,11 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use webhook_pipeline::consent::ConsentLedger;
+use webhook_pipeline::lifecycle::{self, Cond, Params, RecordFields};
 use webhook_pipeline::state::StateRecord;
 use webhook_pipeline::store::{
-    Claim, ClaimTimes, EventRecord, EventStore, Processing, Stale, StaleEvent, StoreError,
+    Claim, ClaimTimes, ConsentStore, EventLog, EventRecord, Leases, PortError, Processing, Stale,
+    StateStore,
 };
 
 pub const PK: &str = "pk";
@@ -39,7 +41,7 @@ pub struct DynamoStore {
 
 impl DynamoStore {
     /// The record under `key` if it is still unprocessed (strongly consistent read).
-    async fn pending_record(&self, key: &str) -> Result<Option<Item>, StoreError> {
+    async fn pending_record(&self, key: &str) -> Result<Option<Item>, PortError> {
         let r = self
             .client
             .get_item()
@@ -89,17 +91,10 @@ fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
 }
 
 #[doc(hidden)] // pub for the fuzz targets (fuzz/bodies/src/stored_json.rs)
-pub fn event_of(item: &Item) -> Result<EventRecord, StoreError> {
-    let json = get_s(item, "event").ok_or_else(|| StoreError("record without event".into()))?;
+pub fn event_of(item: &Item) -> Result<EventRecord, PortError> {
+    let json = get_s(item, "event").ok_or_else(|| PortError::permanent("record without event"))?;
     // Not serde's message: it may quote the stored event (phone numbers, bodies).
-    let mut event: EventRecord = serde_json::from_str(json).map_err(|e| {
-        StoreError(format!(
-            "unreadable event ({:?} error at line {} column {})",
-            e.classify(),
-            e.line(),
-            e.column()
-        ))
-    })?;
+    let mut event: EventRecord = serde_json::from_str(json).map_err(|e| unreadable("event", &e))?;
     // The key is the item's `pk`, not repeated in the stored JSON (see `stored_event`).
     if event.key.is_empty()
         && let Some(pk) = get_s(item, PK)
@@ -109,14 +104,25 @@ pub fn event_of(item: &Item) -> Result<EventRecord, StoreError> {
     Ok(event)
 }
 
+/// A stored JSON attribute serde cannot read: a permanent failure, described by position only
+/// (serde's message may quote the stored personal data).
+fn unreadable(what: &str, e: &serde_json::Error) -> PortError {
+    PortError::permanent(format!(
+        "unreadable {what} ({:?} error at line {} column {})",
+        e.classify(),
+        e.line(),
+        e.column()
+    ))
+}
+
 /// The event as stored in its item: its JSON without the key, which is the item's `pk` (every
 /// byte counts: a record over 1 KB costs two write units per write).
-fn stored_event(event: &EventRecord) -> Result<String, StoreError> {
+fn stored_event(event: &EventRecord) -> Result<String, PortError> {
     let keyless = EventRecord {
         key: String::new(),
         ..event.clone()
     };
-    serde_json::to_string(&keyless).map_err(StoreError::new)
+    serde_json::to_string(&keyless).map_err(PortError::permanent)
 }
 
 /// A conditional write that failed: the item as it was, when DynamoDB returned it.
@@ -128,9 +134,9 @@ enum Conditional<T> {
 fn conditional<T, E>(
     r: Result<T, SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>>,
     old: impl FnOnce(&E) -> Option<Option<Item>>,
-) -> Result<Conditional<T>, StoreError>
+) -> Result<Conditional<T>, PortError>
 where
-    E: std::error::Error + Send + Sync + 'static,
+    E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + Send + Sync + 'static,
 {
     match r {
         Ok(v) => Ok(Conditional::Done(v)),
@@ -142,12 +148,57 @@ where
     }
 }
 
-/// An SDK failure with its whole cause chain (the top-level message alone is "service error").
-fn sdk_error(e: impl std::error::Error) -> StoreError {
-    StoreError(format!(
-        "DynamoDB: {}",
-        aws_sdk_dynamodb::error::DisplayErrorContext(e)
-    ))
+fn sdk_error<E, R>(e: SdkError<E, R>) -> PortError
+where
+    E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug,
+{
+    crate::sdk_error("DynamoDB", e)
+}
+
+/// The fields [`lifecycle`] reads, from an event item (`pending` present: unprocessed).
+fn fields_of(item: &Item) -> RecordFields<'_> {
+    RecordFields {
+        processed: !item.contains_key(PENDING),
+        lock_until_ms: get_n(item, LOCK_UNTIL).unwrap_or(0),
+        lease_until_ms: get_n(item, "lease_until").unwrap_or(0),
+        expires_at_s: get_n(item, TTL_ATTRIBUTE).unwrap_or(i64::MAX),
+        attempt: get_s(item, "attempt").unwrap_or(""),
+        lease_owner: get_s(item, "lease_owner"),
+        sweeps: get_n(item, "sweeps").map_or(0, |n| n as u32),
+    }
+}
+
+/// A lifecycle rule as a `ConditionExpression` ([`lifecycle::Cond::dynamo`]) and exactly the
+/// expression values it uses (DynamoDB refuses unused ones).
+pub fn condition(rule: Cond, p: &Params<'_>) -> (String, Vec<(&'static str, AttributeValue)>) {
+    let rendered = rule.dynamo();
+    let u = rendered.uses;
+    let values = [
+        (u.now_ms, ":now_ms", n(p.now_ms)),
+        (u.now_s, ":now_s", n(p.now_ms.div_euclid(1000))),
+        (u.attempt, ":attempt", s(p.attempt)),
+        (
+            u.lease_owner,
+            ":lease_owner",
+            s(p.lease_owner.unwrap_or("")),
+        ),
+        (u.sweeps_read, ":sweeps_read", n(p.sweeps_read)),
+    ];
+    let used = values.into_iter().filter(|v| v.0).map(|(_, k, v)| (k, v));
+    (rendered.expression, used.collect())
+}
+
+/// Set the condition of `rule` ([`condition`]) on a request builder.
+macro_rules! with_rule {
+    ($call:expr, $rule:expr, $p:expr) => {{
+        let (expression, values) = condition($rule, $p);
+        let mut call = $call.condition_expression(expression);
+        for (name, value) in values {
+            call = call.expression_attribute_values(name, value);
+        }
+        call
+    }};
 }
 
 fn put_failed(e: &PutItemError) -> Option<Option<Item>> {
@@ -173,7 +224,7 @@ impl DynamoStore {
         &self,
         key: String,
         attribute: &str,
-    ) -> Result<Option<(T, u64)>, StoreError> {
+    ) -> Result<Option<(T, u64)>, PortError> {
         let r = self
             .client
             .get_item()
@@ -187,7 +238,7 @@ impl DynamoStore {
             return Ok(None);
         };
         let value = serde_json::from_str(get_s(item, attribute).unwrap_or("{}"))
-            .map_err(StoreError::new)?;
+            .map_err(|e| unreadable(attribute, &e))?;
         Ok(Some((value, get_n(item, "version").unwrap_or(0) as u64)))
     }
 
@@ -200,8 +251,8 @@ impl DynamoStore {
         value: &T,
         expected: Option<u64>,
         expires_at_s: Option<i64>,
-    ) -> Result<bool, StoreError> {
-        let json = serde_json::to_string(value).map_err(StoreError::new)?;
+    ) -> Result<bool, PortError> {
+        let json = serde_json::to_string(value).map_err(PortError::permanent)?;
         let mut put = self
             .client
             .put_item()
@@ -226,13 +277,13 @@ impl DynamoStore {
 }
 
 #[async_trait]
-impl EventStore for DynamoStore {
+impl EventLog for DynamoStore {
     async fn claim(
         &self,
         event: &EventRecord,
         attempt: &str,
         t: ClaimTimes,
-    ) -> Result<Claim, StoreError> {
+    ) -> Result<Claim, PortError> {
         let json = stored_event(event)?;
         let mut put = self
             .client
@@ -248,43 +299,35 @@ impl EventStore for DynamoStore {
                 .item(PENDING, s("1"))
                 .item("sweeps", n(0));
         }
-        let r = put
-            // RecordTimes::is_live, negated (the one claim rule): new, expired (TTL deletes
-            // late), or never processed with both its attempt's lock and any lease ended.
-            .condition_expression(
-                "attribute_not_exists(pk) OR expires_at <= :now_s \
-                 OR (attribute_exists(pending) AND lock_until <= :now_ms \
-                     AND (attribute_not_exists(lease_until) OR lease_until <= :now_ms))",
-            )
-            .expression_attribute_values(":now_s", n(t.now_ms.div_euclid(1000)))
-            .expression_attribute_values(":now_ms", n(t.now_ms))
+        let p = Params {
+            now_ms: t.now_ms,
+            attempt,
+            ..Params::default()
+        };
+        let r = with_rule!(put, lifecycle::CLAIM, &p)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match conditional(r, put_failed)? {
             Conditional::Done(_) => Ok(Claim::New),
-            // Our own write: the put took effect, its answer was lost, and the SDK's retry
-            // met the record it had just written. The event is new and must be enqueued.
+            // Queue first, records carry nothing for a worker (no `pending`: they read as
+            // processed), so the rule's own-attempt clause cannot apply: the put took
+            // effect, its answer was lost, and the SDK's retry met the record it had written.
             Conditional::Failed(Some(old))
-                if get_s(&old, "attempt") == Some(attempt)
-                    && (self.queue_first
-                        || (old.contains_key(PENDING)
-                            && get_n(&old, "lease_until").unwrap_or(0) <= t.now_ms)) =>
+                if self.queue_first && get_s(&old, "attempt") == Some(attempt) =>
             {
                 Ok(Claim::New)
             }
-            Conditional::Failed(Some(old)) => Ok(Claim::Duplicate {
-                reply: event_of(&old)?.reply,
-                processed: !old.contains_key(PENDING),
-            }),
-            // Should not happen (ALL_OLD), but the record exists: treat as a duplicate of itself.
-            Conditional::Failed(None) => Err(StoreError(
-                "conditional put failed without the old item".into(),
+            Conditional::Failed(Some(old)) => {
+                lifecycle::claim_outcome(Some(&fields_of(&old)), &p, || Ok(event_of(&old)?.reply))
+            }
+            Conditional::Failed(None) => Err(PortError::retryable(
+                "conditional put failed without the old item",
             )),
         }
     }
 
-    async fn release(&self, key: &str, attempt: &str) -> Result<(), StoreError> {
+    async fn release(&self, key: &str, attempt: &str) -> Result<(), PortError> {
         if self.queue_first {
             // Queue first, the record was written without anything for the sweeper. Its job
             // did not go out: hand the record to the sweeper (pending, lock ended), whoever
@@ -303,82 +346,18 @@ impl EventStore for DynamoStore {
                 .await;
             return conditional(r, update_failed).map(|_| ());
         }
-        let r = self
+        let p = Params {
+            attempt,
+            ..Params::default()
+        };
+        let update = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(PK, s(key))
             .update_expression("SET lock_until = :zero")
-            .condition_expression("attempt = :a AND attribute_exists(pending)")
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":a", s(attempt))
-            .send()
-            .await;
-        conditional(r, update_failed).map(|_| ())
-    }
-
-    async fn begin_processing(
-        &self,
-        key: &str,
-        now_ms: i64,
-        lease_until_ms: i64,
-    ) -> Result<Processing, StoreError> {
-        // The lease names its taker, so that an SDK retry of this very call (the lease was
-        // taken, the answer lost) recognises its own lease instead of reporting Busy.
-        let owner = uuid::Uuid::new_v4().to_string();
-        let r = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(PK, s(key))
-            .update_expression("SET lease_until = :until, lease_owner = :owner")
-            .condition_expression(
-                "attribute_exists(pending) AND (attribute_not_exists(lease_until) OR lease_until <= :now)",
-            )
-            .expression_attribute_values(":until", n(lease_until_ms))
-            .expression_attribute_values(":owner", s(&owner))
-            .expression_attribute_values(":now", n(now_ms))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        Ok(match conditional(r, update_failed)? {
-            Conditional::Done(_) => Processing::Ready,
-            Conditional::Failed(None) => Processing::Missing,
-            Conditional::Failed(Some(old)) if !old.contains_key(PENDING) => Processing::AlreadyDone,
-            Conditional::Failed(Some(old))
-                if get_s(&old, "lease_owner") == Some(owner.as_str()) =>
-            {
-                Processing::Ready
-            }
-            Conditional::Failed(Some(_)) => Processing::Busy,
-        })
-    }
-
-    async fn finish_processing(&self, key: &str, now_ms: i64) -> Result<(), StoreError> {
-        let r = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(PK, s(key))
-            .update_expression("SET processed_at = :now REMOVE pending, lease_until")
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":now", n(now_ms))
-            .send()
-            .await;
-        conditional(r, update_failed).map(|_| ())
-    }
-
-    async fn abandon_processing(&self, key: &str) -> Result<(), StoreError> {
-        let r = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(PK, s(key))
-            .update_expression("SET lease_until = :zero")
-            .condition_expression("attribute_exists(pending)")
-            .expression_attribute_values(":zero", n(0))
-            .send()
-            .await;
+            .expression_attribute_values(":zero", n(0));
+        let r = with_rule!(update, lifecycle::RELEASE, &p).send().await;
         conditional(r, update_failed).map(|_| ())
     }
 
@@ -386,7 +365,7 @@ impl EventStore for DynamoStore {
         &self,
         lock_before_ms: i64,
         limit: usize,
-    ) -> Result<Vec<Stale>, StoreError> {
+    ) -> Result<Vec<Stale>, PortError> {
         let mut out = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -418,15 +397,12 @@ impl EventStore for DynamoStore {
                         key: key.to_owned(),
                         // The consistent read's count, which `extend_lock` compares against.
                         sweeps: get_n(&item, "sweeps").map_or(sweeps_in_index, |n| n as u32),
-                        event: match event_of(&item) {
-                            Ok(event) => StaleEvent::Readable(Box::new(event)),
-                            Err(e) => StaleEvent::Corrupt(e.to_string()),
-                        },
+                        event: event_of(&item).map(Box::new),
                     },
                     Err(e) => Stale {
                         key: key.to_owned(),
                         sweeps: sweeps_in_index,
-                        event: StaleEvent::ReadFailed(e),
+                        event: Err(e),
                     },
                 };
                 out.push(stale);
@@ -443,27 +419,94 @@ impl EventStore for DynamoStore {
         key: &str,
         lock_until_ms: i64,
         sweeps_read: u32,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), PortError> {
         // A SET to the value read plus one, on condition it is still the value read: an SDK
         // retry of a call whose answer was lost fails the condition instead of counting twice.
-        let r = self
+        let p = Params {
+            sweeps_read,
+            ..Params::default()
+        };
+        let update = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(PK, s(key))
             .update_expression("SET lock_until = :l, sweeps = :next")
-            .condition_expression(
-                "attribute_exists(pending) AND (sweeps = :read OR attribute_not_exists(sweeps))",
-            )
             .expression_attribute_values(":l", n(lock_until_ms))
-            .expression_attribute_values(":next", n(u64::from(sweeps_read) + 1))
-            .expression_attribute_values(":read", n(sweeps_read))
+            .expression_attribute_values(":next", n(u64::from(sweeps_read) + 1));
+        let r = with_rule!(update, lifecycle::EXTEND_LOCK, &p).send().await;
+        conditional(r, update_failed).map(|_| ())
+    }
+}
+
+#[async_trait]
+impl Leases for DynamoStore {
+    async fn begin_processing(
+        &self,
+        key: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Processing, PortError> {
+        // The lease names its taker, so that an SDK retry of this very call (the lease was
+        // taken, the answer lost) recognises its own lease instead of reporting Busy.
+        let owner = uuid::Uuid::new_v4().to_string();
+        let p = Params {
+            now_ms,
+            lease_owner: Some(&owner),
+            ..Params::default()
+        };
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, s(key))
+            .update_expression("SET lease_until = :until, lease_owner = :lease_owner")
+            .expression_attribute_values(":until", n(lease_until_ms));
+        let r = with_rule!(update, lifecycle::TAKE_LEASE, &p)
+            .expression_attribute_values(":lease_owner", s(&owner))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        Ok(match conditional(r, update_failed)? {
+            Conditional::Done(_) => Processing::Ready,
+            Conditional::Failed(old) => {
+                lifecycle::lease_outcome(old.as_ref().map(fields_of).as_ref(), &p)
+            }
+        })
+    }
+
+    async fn finish_processing(&self, key: &str, now_ms: i64) -> Result<(), PortError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, s(key))
+            .update_expression("SET processed_at = :processed_at REMOVE pending, lease_until")
+            .expression_attribute_values(":processed_at", n(now_ms));
+        let r = with_rule!(update, lifecycle::FINISH, &Params::default())
             .send()
             .await;
         conditional(r, update_failed).map(|_| ())
     }
 
-    async fn load_state(&self, id: &str) -> Result<Option<(StateRecord, u64)>, StoreError> {
+    async fn abandon_processing(&self, key: &str) -> Result<(), PortError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, s(key))
+            .update_expression("SET lease_until = :zero")
+            .expression_attribute_values(":zero", n(0));
+        let r = with_rule!(update, lifecycle::ABANDON, &Params::default())
+            .send()
+            .await;
+        conditional(r, update_failed).map(|_| ())
+    }
+}
+
+#[async_trait]
+impl StateStore for DynamoStore {
+    async fn load_state(&self, id: &str) -> Result<Option<(StateRecord, u64)>, PortError> {
         self.load_versioned(format!("state#{id}"), "state").await
     }
 
@@ -473,16 +516,19 @@ impl EventStore for DynamoStore {
         state: &StateRecord,
         expected: Option<u64>,
         expires_at_s: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, PortError> {
         let key = format!("state#{id}");
         self.save_versioned(key, "state", state, expected, Some(expires_at_s))
             .await
     }
+}
 
+#[async_trait]
+impl ConsentStore for DynamoStore {
     async fn load_consent(
         &self,
         subscriber: &str,
-    ) -> Result<Option<(ConsentLedger, u64)>, StoreError> {
+    ) -> Result<Option<(ConsentLedger, u64)>, PortError> {
         self.load_versioned(consent_key(subscriber), "consent")
             .await
     }
@@ -492,7 +538,7 @@ impl EventStore for DynamoStore {
         subscriber: &str,
         ledger: &ConsentLedger,
         expected: Option<u64>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, PortError> {
         // No `expires_at`: TTL never deletes a consent record.
         let key = consent_key(subscriber);
         self.save_versioned(key, "consent", ledger, expected, None)

@@ -33,7 +33,9 @@ use webhook_pipeline::rotation::{SecretSource, SecretSourceError};
 use webhook_pipeline::store::Job;
 use webhook_pipeline::summary::{JobOutcome, JobSummary, RequestSummary};
 use webhook_pipeline::worker::{JobReport, SlowWork, WorkerSettings};
-use webhook_pipeline::{Pipeline, PipelineError, ReplyPolicy, Worker};
+use webhook_pipeline::{
+    ClaimThenSend, ErrorKind, Pipeline, PipelineError, PortError, ReplyPolicy, Worker,
+};
 
 use crate::config::{EVENT_TABLE, TWILIO_AUTH_TOKEN_SECRET_ARN, WORK_QUEUE_URL, required};
 use crate::dynamo::DynamoStore;
@@ -70,6 +72,54 @@ pub async fn aws_config() -> Result<SdkConfig, ConfigError> {
         .into_builder()
         .service_config(BlankIsUnset(sdk))
         .build())
+}
+
+/// An AWS SDK failure as a [`PortError`], with its whole cause chain (the top-level message
+/// alone is "service error") and its kind: a missing table or queue is
+/// [`ErrorKind::NotFound`], a request AWS refuses as such (validation, size, access) is
+/// [`ErrorKind::Permanent`], anything else (throttling, 5xx, timeouts, network) retryable.
+pub fn sdk_error<E, R>(service: &str, e: aws_sdk_dynamodb::error::SdkError<E, R>) -> PortError
+where
+    E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_dynamodb::error::SdkError;
+    let kind = match &e {
+        SdkError::ServiceError(se) => error_kind_of(se.err().code()),
+        SdkError::ConstructionFailure(_) => ErrorKind::Permanent,
+        _ => ErrorKind::Retryable,
+    };
+    PortError::new(
+        kind,
+        format!(
+            "{service}: {}",
+            aws_sdk_dynamodb::error::DisplayErrorContext(e)
+        ),
+    )
+}
+
+/// The [`ErrorKind`] of an AWS error code (DynamoDB's and SQS's).
+pub fn error_kind_of(code: Option<&str>) -> ErrorKind {
+    match code {
+        Some(
+            "ResourceNotFoundException"
+            | "QueueDoesNotExist"
+            | "AWS.SimpleQueueService.NonExistentQueue",
+        ) => ErrorKind::NotFound,
+        Some(
+            "ValidationException"
+            | "ItemCollectionSizeLimitExceededException"
+            | "SerializationException"
+            | "AccessDeniedException"
+            | "AccessDenied"
+            | "UnrecognizedClientException"
+            | "InvalidParameterValue"
+            | "InvalidMessageContents"
+            | "MessageTooLong"
+            | "InvalidAddress",
+        ) => ErrorKind::Permanent,
+        _ => ErrorKind::Retryable,
+    }
 }
 
 fn endpoint_url_is_blank() -> bool {
@@ -214,15 +264,14 @@ impl WebhookApp {
             default = validator.has_default(),
             "auth secret read"
         );
+        let intake = ClaimThenSend::new(Arc::new(store), Arc::new(queue)).queue_first(queue_first);
         let mut pipeline = Pipeline::new(
             validator,
-            Arc::new(store),
-            Arc::new(queue),
+            Arc::new(intake),
             ReplyPolicy::from_env(),
             Settings::from_env()?,
         )
         .with_log_pii(webhook_pipeline::config::log_pii())
-        .with_queue_first(queue_first)
         .with_basic_auth(basic_auth)
         .with_metrics(Metrics::stdout_from_env());
         if let Some(arn) = var(TWILIO_AUTH_TOKEN_SECRET_ARN) {

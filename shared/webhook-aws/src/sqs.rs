@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
-use webhook_pipeline::store::{Job, StoreError, WorkQueue};
+use webhook_pipeline::store::{Job, PortError, WorkQueue};
 
 pub struct SqsQueue {
     client: Client,
@@ -21,20 +21,15 @@ impl SqsQueue {
 
 #[async_trait]
 impl WorkQueue for SqsQueue {
-    async fn enqueue(&self, job: &Job) -> Result<(), StoreError> {
-        let body = serde_json::to_string(job).map_err(StoreError::new)?;
+    async fn enqueue(&self, job: &Job) -> Result<(), PortError> {
+        let body = serde_json::to_string(job).map_err(PortError::permanent)?;
         self.client
             .send_message()
             .queue_url(&self.url)
             .message_body(body)
             .send()
             .await
-            .map_err(|e| {
-                StoreError(format!(
-                    "SQS: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(e)
-                ))
-            })?;
+            .map_err(|e| crate::sdk_error("SQS", e))?;
         Ok(())
     }
 }

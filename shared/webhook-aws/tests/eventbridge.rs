@@ -175,8 +175,10 @@ async fn put_once_with_forward_url() {
     let queue = Arc::new(MemoryQueue::default());
     let pipeline = Pipeline::new(
         Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        store.clone(),
-        queue.clone(),
+        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
+            store.clone(),
+            queue.clone(),
+        )),
         ReplyPolicy::default(),
         Settings::default(),
     );
@@ -252,8 +254,10 @@ async fn refused_entry_fails_the_job() {
     let queue = Arc::new(MemoryQueue::default());
     let pipeline = Pipeline::new(
         Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        store.clone(),
-        queue.clone(),
+        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
+            store.clone(),
+            queue.clone(),
+        )),
         ReplyPolicy::default(),
         Settings::default(),
     );

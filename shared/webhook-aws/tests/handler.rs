@@ -135,8 +135,10 @@ fn harness() -> Harness {
     let queue = Arc::new(MemoryQueue::default());
     let pipeline = Pipeline::new(
         Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        Arc::new(MemoryStore::default()),
-        queue.clone(),
+        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
+            Arc::new(MemoryStore::default()),
+            queue.clone(),
+        )),
         ReplyPolicy::default(),
         Settings::default(),
     );
@@ -735,8 +737,10 @@ async fn a_batch_stops_starting_records_when_the_deadline_is_near() {
     let queue = Arc::new(MemoryQueue::default());
     let pipeline = Pipeline::new(
         Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        store.clone(),
-        queue.clone(),
+        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
+            store.clone(),
+            queue.clone(),
+        )),
         ReplyPolicy::default(),
         Settings::default(),
     );
@@ -814,8 +818,10 @@ async fn basic_auth_challenges_then_accepts_twilios_second_try() {
         let queue = Arc::new(MemoryQueue::default());
         let pipeline = Pipeline::new(
             secret_validator(),
-            Arc::new(MemoryStore::default()),
-            queue.clone(),
+            std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
+                Arc::new(MemoryStore::default()),
+                queue.clone(),
+            )),
             ReplyPolicy::default(),
             Settings::default(),
         )
@@ -920,8 +926,10 @@ async fn a_record_that_outlives_its_budget_is_cut_off_before_the_deadline() {
     let queue = Arc::new(MemoryQueue::default());
     let pipeline = Pipeline::new(
         Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        store.clone(),
-        queue.clone(),
+        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
+            store.clone(),
+            queue.clone(),
+        )),
         ReplyPolicy::default(),
         Settings::default(),
     );

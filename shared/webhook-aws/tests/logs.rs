@@ -128,8 +128,10 @@ fn harness() -> Harness {
     let queue = Arc::new(MemoryQueue::default());
     let pipeline = Pipeline::new(
         Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        store.clone(),
-        queue.clone(),
+        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
+            store.clone(),
+            queue.clone(),
+        )),
         ReplyPolicy::default(),
         Settings::default(),
     );

@@ -22,7 +22,7 @@ use webhook_aws::dynamo::DynamoStore;
 use webhook_aws::sqs::SqsQueue;
 use webhook_pipeline::store::{ClaimTimes, Job};
 use webhook_pipeline::worker::{Outcome, WorkerSettings};
-use webhook_pipeline::{Clock, EventStore, Pipeline, ReplyPolicy, Settings, Worker};
+use webhook_pipeline::{Clock, EventLog, Pipeline, ReplyPolicy, Settings, StateStore, Worker};
 use webhook_testkit::samples::{self, CALL_SID, MESSAGE_SID, TEST_AUTH_TOKEN, signed_request};
 
 fn free_port() -> u16 {
@@ -150,8 +150,10 @@ impl Aws {
     fn pipeline(&self, clock: Clock) -> Pipeline {
         Pipeline::new(
             Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-            self.store(),
-            self.queue(),
+            std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
+                self.store(),
+                self.queue(),
+            )),
             ReplyPolicy {
                 sms_auto_reply: Some("Got it".into()),
                 ..Default::default()
@@ -327,11 +329,13 @@ async fn dynamodb_unreachable_is_5xx_and_nothing_is_half_written() {
     let dead = sdk(&format!("http://127.0.0.1:{}", free_port())).await;
     let p = Pipeline::new(
         Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        Arc::new(DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(&dead),
-            &aws.table,
+        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
+            Arc::new(DynamoStore::new(
+                aws_sdk_dynamodb::Client::new(&dead),
+                &aws.table,
+            )),
+            aws.queue(),
         )),
-        aws.queue(),
         ReplyPolicy::default(),
         Settings::default(),
     );
@@ -360,10 +364,12 @@ async fn sqs_send_failure_is_5xx_and_the_retry_succeeds() {
     let (clock, _) = fixed_clock();
     let broken = Pipeline::new(
         Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        aws.store(),
-        Arc::new(SqsQueue::new(
-            aws.sqs.clone(),
-            format!("{}-missing", aws.queue_url),
+        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
+            aws.store(),
+            Arc::new(SqsQueue::new(
+                aws.sqs.clone(),
+                format!("{}-missing", aws.queue_url),
+            )),
         )),
         ReplyPolicy::default(),
         Settings::default(),
@@ -778,8 +784,10 @@ async fn a_token_rotated_mid_stream_is_picked_up_and_forgeries_cost_one_read_per
     let pipeline = Arc::new(
         Pipeline::new(
             cold_start.validator,
-            aws.store(),
-            aws.queue(),
+            std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
+                aws.store(),
+                aws.queue(),
+            )),
             ReplyPolicy::default(),
             Settings::default(),
         )
@@ -961,16 +969,16 @@ async fn queue_first_writes_one_small_record_and_only_the_state_record_after_it(
     let store = Arc::new(DynamoStore::new(aws.ddb.clone(), &aws.table).queue_first(true));
     let p = Pipeline::new(
         Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        store.clone(),
-        aws.queue(),
+        std::sync::Arc::new(
+            webhook_pipeline::ClaimThenSend::new(store.clone(), aws.queue()).queue_first(true),
+        ),
         ReplyPolicy {
             sms_auto_reply: Some("Got it".into()),
             ..Default::default()
         },
         Settings::default(),
     )
-    .with_clock(clock.clone())
-    .with_queue_first(true);
+    .with_clock(clock.clone());
     let first = p.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
     assert_eq!(first.status, 200);
     assert_eq!(p.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await, first);
@@ -1024,13 +1032,13 @@ async fn queue_first_a_record_whose_send_failed_is_sent_once_by_the_sweeper() {
     ));
     let p = Pipeline::new(
         Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        store.clone(),
-        broken,
+        std::sync::Arc::new(
+            webhook_pipeline::ClaimThenSend::new(store.clone(), broken).queue_first(true),
+        ),
         ReplyPolicy::default(),
         Settings::default(),
     )
-    .with_clock(clock.clone())
-    .with_queue_first(true);
+    .with_clock(clock.clone());
     assert_eq!(p.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await.status, 503);
     let key = format!("sms#{MESSAGE_SID}");
     assert!(aws.item(&key).await.unwrap().contains_key("pending"));

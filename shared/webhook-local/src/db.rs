@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, params};
-use webhook_pipeline::StoreError;
+use webhook_pipeline::{ErrorKind, PortError};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "webhooks.db";
@@ -91,11 +91,39 @@ pub enum DbError {
     Commit(String),
     #[error("the database thread has stopped")]
     Closed,
+    /// A row the same transaction saw a moment ago is gone (cannot happen inside one
+    /// transaction; answered as retryable all the same).
+    #[error("the record changed during the call")]
+    Vanished,
 }
 
-impl From<DbError> for StoreError {
+impl DbError {
+    /// What a caller may do about it: a busy, locked or full database, an I/O error or a
+    /// rolled-back transaction may pass; a row SQLite or serde cannot read never will.
+    pub fn kind(&self) -> ErrorKind {
+        use rusqlite::ErrorCode as C;
+        match self {
+            Self::Json(_) | Self::Corrupt(_) => ErrorKind::Permanent,
+            Self::Sqlite(
+                rusqlite::Error::FromSqlConversionFailure(..)
+                | rusqlite::Error::IntegralValueOutOfRange(..)
+                | rusqlite::Error::InvalidColumnType(..),
+            ) => ErrorKind::Permanent,
+            Self::Sqlite(e) => match e.sqlite_error_code() {
+                Some(C::DatabaseCorrupt | C::NotADatabase | C::ConstraintViolation) => {
+                    ErrorKind::Permanent
+                }
+                Some(C::CannotOpen) => ErrorKind::NotFound,
+                _ => ErrorKind::Retryable,
+            },
+            Self::Join(_) | Self::Commit(_) | Self::Closed | Self::Vanished => ErrorKind::Retryable,
+        }
+    }
+}
+
+impl From<DbError> for PortError {
     fn from(e: DbError) -> Self {
-        StoreError::new(e)
+        PortError::new(e.kind(), e)
     }
 }
 

@@ -11,11 +11,11 @@ use webhook_pipeline::consent::ConsentUpdate;
 use webhook_pipeline::state::StateUpdate;
 use webhook_pipeline::store::ClaimTimes;
 use webhook_pipeline::{
-    Claim, Clock, EventRecord, Folded, Job, Outbox, StoreError, WorkQueue, system_clock,
+    Claim, Clock, EventRecord, Intake, IntakeError, Job, PortError, WorkQueue, system_clock,
 };
 
 use crate::db::{Database, DbError};
-use crate::store::{ClaimRow, claim_outcome, fold_in_tx};
+use crate::store::{ClaimRow, Folded, claim_outcome, fold_in_tx};
 
 /// Row id of a job in the `jobs` table.
 pub type JobId = i64;
@@ -99,7 +99,7 @@ impl SqliteQueue {
         &self,
         limit: usize,
         visibility: Duration,
-    ) -> Result<Vec<(JobId, Job)>, StoreError> {
+    ) -> Result<Vec<(JobId, Job)>, PortError> {
         let now = (self.clock)();
         let invisible_until = now.saturating_add(visibility.as_millis() as i64);
         let max = i64::from(self.settings.max_receives);
@@ -171,7 +171,7 @@ impl SqliteQueue {
         state_ttl: Duration,
         busy_delay: Duration,
         name_processed: bool,
-    ) -> Result<FoldReport, StoreError> {
+    ) -> Result<FoldReport, PortError> {
         let now = (self.clock)();
         let state_expires_at_s = now.div_euclid(1000) + state_ttl.as_secs() as i64;
         let busy_until = now.saturating_add(busy_delay.as_millis() as i64);
@@ -283,7 +283,7 @@ impl SqliteQueue {
     /// now, and is taken as a job from then on (retries, backoff, dead letters). What a worker
     /// does when [`SqliteQueue::fold_ready`] fails, so that one bad record cannot stop the
     /// others. Returns how many were handed over.
-    pub async fn set_aside_records(&self, limit: usize) -> Result<usize, StoreError> {
+    pub async fn set_aside_records(&self, limit: usize) -> Result<usize, PortError> {
         if !self.records_are_jobs {
             return Ok(0);
         }
@@ -307,13 +307,13 @@ impl SqliteQueue {
     }
 
     /// The job is done: it is never received again.
-    pub async fn ack(&self, id: JobId) -> Result<(), StoreError> {
+    pub async fn ack(&self, id: JobId) -> Result<(), PortError> {
         let now = (self.clock)();
         Ok(self.db.call(move |c| ack_in_tx(c, id, now)).await?)
     }
 
     /// [`SqliteQueue::ack`] for many jobs in one call (the worker settles a batch at once).
-    pub async fn ack_many(&self, ids: Vec<JobId>) -> Result<(), StoreError> {
+    pub async fn ack_many(&self, ids: Vec<JobId>) -> Result<(), PortError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -326,7 +326,7 @@ impl SqliteQueue {
 
     /// The job failed: visible again after a backoff that grows with its receives, or
     /// dead-lettered if it used up its receives.
-    pub async fn nack(&self, id: JobId, reason: &str) -> Result<(), StoreError> {
+    pub async fn nack(&self, id: JobId, reason: &str) -> Result<(), PortError> {
         let now = (self.clock)();
         let s = self.settings;
         let reason = reason.to_owned();
@@ -356,9 +356,35 @@ impl SqliteQueue {
         Ok(())
     }
 
+    /// The job can never succeed (a permanent failure): to the dead-letter table now, without
+    /// burning its remaining receives.
+    pub async fn dead_letter(&self, id: JobId, reason: &str) -> Result<(), PortError> {
+        let now = (self.clock)();
+        let reason = reason.to_owned();
+        let logged = reason.clone();
+        let moved = self
+            .db
+            .call(move |tx| {
+                let live: Option<i64> = tx
+                    .prepare_cached("SELECT id FROM jobs WHERE id = ?1 AND done = 0")?
+                    .query_row([id], |r| r.get(0))
+                    .optional()?;
+                if live.is_none() {
+                    return Ok(false);
+                }
+                dead_letter(tx, id, now, &reason)?;
+                Ok(true)
+            })
+            .await?;
+        if moved {
+            log_dead_letter(id, &logged);
+        }
+        Ok(())
+    }
+
     /// Put a received job back without counting the receive (not the job's fault: shutdown,
     /// another worker holds the record), visible after `delay`.
-    pub async fn defer(&self, id: JobId, delay: Duration) -> Result<(), StoreError> {
+    pub async fn defer(&self, id: JobId, delay: Duration) -> Result<(), PortError> {
         let at = (self.clock)().saturating_add(delay.as_millis() as i64);
         Ok(self
             .db
@@ -374,7 +400,7 @@ impl SqliteQueue {
     }
 
     /// Unix ms at which the next not-yet-visible job becomes visible, if any.
-    pub async fn next_visible_at(&self) -> Result<Option<i64>, StoreError> {
+    pub async fn next_visible_at(&self) -> Result<Option<i64>, PortError> {
         Ok(self
             .db
             .call(|c| {
@@ -388,7 +414,7 @@ impl SqliteQueue {
     }
 
     /// Jobs not yet acknowledged, and dead jobs.
-    pub async fn counts(&self) -> Result<QueueCounts, StoreError> {
+    pub async fn counts(&self) -> Result<QueueCounts, PortError> {
         Ok(self
             .db
             .call(|c| {
@@ -408,7 +434,7 @@ impl SqliteQueue {
     }
 
     /// Delete acknowledged jobs older than [`QueueSettings::keep_done`].
-    pub async fn prune_done(&self) -> Result<usize, StoreError> {
+    pub async fn prune_done(&self) -> Result<usize, PortError> {
         let before = (self.clock)() - self.settings.keep_done.as_millis() as i64;
         Ok(self
             .db
@@ -573,16 +599,32 @@ fn log_dead_letter(id: JobId, reason: &str) {
     tracing::error!(job = id, %reason, "job moved to the dead-letter table");
 }
 
-/// The request path's one call: the record and its job in one transaction. This queue's
-/// database holds the store's tables too (one file, see `Database`).
+/// The request path's one call (the transactional outbox): the record and its job in one
+/// transaction, so there is no moment where a record is claimed but not enqueued, and one
+/// database call per webhook instead of two. This queue's database holds the store's tables
+/// too (one file, see `Database`).
 #[async_trait]
-impl Outbox for SqliteQueue {
-    async fn claim_and_enqueue(
+impl Intake for SqliteQueue {
+    async fn record(
         &self,
         event: &EventRecord,
         attempt: &str,
         t: ClaimTimes,
-    ) -> Result<Claim, StoreError> {
+    ) -> Result<Claim, IntakeError> {
+        self.claim_and_enqueue(event, attempt, t)
+            .await
+            .map_err(IntakeError::Store)
+    }
+}
+
+impl SqliteQueue {
+    /// [`Intake::record`] with the store's error: the record and its job in one transaction.
+    pub async fn claim_and_enqueue(
+        &self,
+        event: &EventRecord,
+        attempt: &str,
+        t: ClaimTimes,
+    ) -> Result<Claim, PortError> {
         let row = ClaimRow::new(event, attempt, t)?;
         let records_are_jobs = self.records_are_jobs;
         let stored = self
@@ -608,8 +650,8 @@ impl Outbox for SqliteQueue {
 
 #[async_trait]
 impl WorkQueue for SqliteQueue {
-    async fn enqueue(&self, job: &Job) -> Result<(), StoreError> {
-        let body = serde_json::to_string(job).map_err(StoreError::new)?;
+    async fn enqueue(&self, job: &Job) -> Result<(), PortError> {
+        let body = serde_json::to_string(job).map_err(PortError::permanent)?;
         let key = job.event.key.clone();
         let now = (self.clock)();
         self.db

@@ -178,19 +178,17 @@ impl Server {
             queue = queue.with_records_as_jobs();
         }
         let queue = Arc::new(queue);
+        // The queue records an event and its job in one transaction (its `Intake`).
         let pipeline = Pipeline::new(
             config.secret.validator,
-            store.clone(),
             queue.clone(),
             config.policy,
             config.settings,
         )
-        .with_outbox(queue.clone())
         .with_log_pii(config.log_pii)
         .with_basic_auth(config.secret.basic_auth);
         let worker = config.slow_work.into_iter().fold(
-            Worker::new(store.clone(), queue.clone(), config.worker)
-                .with_fold_in_one(store.clone()),
+            Worker::new(store.clone(), queue.clone(), config.worker),
             |w, work| w.with_work(work),
         );
         let mut loop_settings = config.worker_loop;

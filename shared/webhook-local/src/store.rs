@@ -1,5 +1,6 @@
-//! [`SqliteStore`]: the [`EventStore`] on SQLite, with the semantics of
-//! `webhook_testkit::memory::MemoryStore` (checked by `webhook_testkit::contract`).
+//! [`SqliteStore`]: the store ports on SQLite. Every transition of an event record reads the
+//! record's fields and asks [`lifecycle`] inside the database thread's transaction, so it is
+//! atomic and follows the one rule (checked by `webhook_testkit::contract`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,11 +9,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 use webhook_pipeline::consent::{ConsentLedger, ConsentUpdate};
+use webhook_pipeline::lifecycle::{self, Params, RecordFields};
 use webhook_pipeline::replay::{Candidate, ReplayFilter, ReplaySource};
 use webhook_pipeline::state::{StateRecord, StateUpdate};
-use webhook_pipeline::store::{ClaimTimes, Stale, StaleEvent};
+use webhook_pipeline::store::{ClaimTimes, Stale};
 use webhook_pipeline::{
-    Claim, EventRecord, EventStore, FoldInOne, Folded, Processing, Reply, StoreError,
+    Claim, ConsentStore, EventLog, EventRecord, Leases, PortError, Processing, Reply, StateStore,
 };
 
 use crate::db::{Database, DbError, OpenError};
@@ -51,7 +53,7 @@ impl SqliteStore {
     /// WHERE expires_at_s <= now` read both tables whole: 0.4 s at 500k events, every minute,
     /// with every webhook waiting; an index on the expiry cost every new event 2 µs of the
     /// writer.) Claims never see an expired record anyway: they check the expiry.
-    pub async fn purge_expired(&self, now_ms: i64) -> Result<usize, StoreError> {
+    pub async fn purge_expired(&self, now_ms: i64) -> Result<usize, PortError> {
         const CHUNK: i64 = 1000;
         let now_s = now_ms.div_euclid(1000);
         let mut purged = 0;
@@ -121,13 +123,13 @@ impl ClaimRow {
         event: &EventRecord,
         attempt: &str,
         t: ClaimTimes,
-    ) -> Result<Self, StoreError> {
+    ) -> Result<Self, PortError> {
         Ok(Self {
             key: event.key.clone(),
             kind: event.kind.clone(),
             received_at: event.received_at,
-            event_json: serde_json::to_string(event).map_err(StoreError::new)?,
-            reply_json: serde_json::to_string(&event.reply).map_err(StoreError::new)?,
+            event_json: serde_json::to_string(event).map_err(PortError::permanent)?,
+            reply_json: serde_json::to_string(&event.reply).map_err(PortError::permanent)?,
             attempt: attempt.to_owned(),
             t,
         })
@@ -137,34 +139,22 @@ impl ClaimRow {
         &self.key
     }
 
-    /// Insert the record unless a live one has its key; `Some((reply, processed))` of the live
-    /// one if so.
+    /// Insert the record unless a live one has its key ([`lifecycle::CLAIM`]);
+    /// `Some((reply, processed))` of the live one if so.
     pub(crate) fn claim(
         &self,
         c: &rusqlite::Connection,
     ) -> Result<Option<(String, bool)>, DbError> {
         let t = self.t;
-        // One statement for a new event (most claims): the insert, or the replacement of a
-        // record that is no longer live (expired, or its lock passed unprocessed). Only when
-        // a live record kept its place is it read back.
-        let written = c
+        // One statement for a new event (most claims); the record in the way, if any, is
+        // read and judged by the rule, and replaced if the rule allows.
+        let inserted = c
             .prepare_cached(
                 "INSERT INTO events
                  (key, kind, received_at, event, reply, attempt, lock_until_ms, expires_at_s,
                   processed, processed_at_ms, lease_until_ms, sweeps)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, NULL, 0, 0)
-                 ON CONFLICT (key) DO UPDATE SET
-                     kind = excluded.kind, received_at = excluded.received_at,
-                     event = excluded.event, reply = excluded.reply, attempt = excluded.attempt,
-                     lock_until_ms = excluded.lock_until_ms,
-                     expires_at_s = excluded.expires_at_s, processed = 0,
-                     processed_at_ms = NULL, lease_until_ms = 0, sweeps = 0
-                 -- RecordTimes::is_live, negated: the one claim rule (or this attempt's own).
-                 WHERE NOT (events.expires_at_s * 1000 > ?9
-                            AND (events.processed = 1 OR events.lock_until_ms > ?9
-                                 OR events.lease_until_ms > ?9))
-                       OR (events.attempt = ?6 AND events.processed = 0
-                           AND events.lease_until_ms <= ?9)",
+                 ON CONFLICT (key) DO NOTHING",
             )?
             .execute(params![
                 self.key,
@@ -175,66 +165,142 @@ impl ClaimRow {
                 self.attempt,
                 t.lock_until_ms,
                 t.expires_at_s,
-                t.now_ms
             ])?;
-        if written == 1 {
+        if inserted == 1 {
             return Ok(None);
         }
-        Ok(Some(
-            c.prepare_cached("SELECT reply, processed FROM events WHERE key = ?1")?
-                .query_row([&self.key], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
-                })?,
-        ))
+        let Some(found) = read_record(c, &self.key)? else {
+            return Err(DbError::Vanished);
+        };
+        let p = Params {
+            now_ms: t.now_ms,
+            attempt: &self.attempt,
+            ..Params::default()
+        };
+        if !lifecycle::CLAIM.holds(Some(&found.fields()), &p) {
+            let reply: String = c
+                .prepare_cached("SELECT reply FROM events WHERE rowid = ?1")?
+                .query_row([found.rowid], |r| r.get(0))?;
+            return Ok(Some((reply, found.processed)));
+        }
+        c.prepare_cached(
+            "UPDATE events SET
+                 kind = ?2, received_at = ?3, event = ?4, reply = ?5, attempt = ?6,
+                 lock_until_ms = ?7, expires_at_s = ?8, processed = 0, processed_at_ms = NULL,
+                 lease_until_ms = 0, sweeps = 0
+             WHERE rowid = ?1",
+        )?
+        .execute(params![
+            found.rowid,
+            self.kind,
+            self.received_at,
+            self.event_json,
+            self.reply_json,
+            self.attempt,
+            t.lock_until_ms,
+            t.expires_at_s,
+        ])?;
+        Ok(None)
+    }
+}
+
+/// The lifecycle fields of an event record, and its rowid (for the write that follows: no
+/// second walk of the key index).
+pub(crate) struct StoredRecord {
+    rowid: i64,
+    processed: bool,
+    lock_until_ms: i64,
+    lease_until_ms: i64,
+    expires_at_s: i64,
+    attempt: String,
+    sweeps: u32,
+}
+
+impl StoredRecord {
+    fn fields(&self) -> RecordFields<'_> {
+        RecordFields {
+            processed: self.processed,
+            lock_until_ms: self.lock_until_ms,
+            lease_until_ms: self.lease_until_ms,
+            expires_at_s: self.expires_at_s,
+            attempt: &self.attempt,
+            lease_owner: None,
+            sweeps: self.sweeps,
+        }
+    }
+}
+
+/// The record under `key`, inside the caller's transaction.
+fn read_record(c: &rusqlite::Connection, key: &str) -> Result<Option<StoredRecord>, DbError> {
+    Ok(c.prepare_cached(
+        "SELECT rowid, processed, lock_until_ms, lease_until_ms, expires_at_s, attempt, sweeps
+         FROM events WHERE key = ?1",
+    )?
+    .query_row([key], |r| {
+        Ok(StoredRecord {
+            rowid: r.get(0)?,
+            processed: r.get(1)?,
+            lock_until_ms: r.get(2)?,
+            lease_until_ms: r.get(3)?,
+            expires_at_s: r.get(4)?,
+            attempt: r.get(5)?,
+            sweeps: r.get(6)?,
+        })
+    })
+    .optional()?)
+}
+
+/// The record under `key` if `rule` allows the transition now, inside the caller's
+/// transaction.
+fn allowed(
+    c: &rusqlite::Connection,
+    key: &str,
+    rule: lifecycle::Cond,
+    p: &Params<'_>,
+) -> Result<Option<StoredRecord>, DbError> {
+    Ok(read_record(c, key)?.filter(|r| rule.holds(Some(&r.fields()), p)))
+}
+
+fn at(now_ms: i64) -> Params<'static> {
+    Params {
+        now_ms,
+        ..Params::default()
     }
 }
 
 /// The [`Claim`] for what [`ClaimRow::claim`] found, parsed off the database thread.
-pub(crate) fn claim_outcome(stored: Option<(String, bool)>) -> Result<Claim, StoreError> {
+pub(crate) fn claim_outcome(stored: Option<(String, bool)>) -> Result<Claim, PortError> {
     match stored {
         None => Ok(Claim::New),
         Some((reply, processed)) => Ok(Claim::Duplicate {
             reply: serde_json::from_str::<Reply>(&reply)
-                .map_err(|e| StoreError::new(DbError::Json(e)))?,
+                .map_err(|e| PortError::permanent(DbError::Json(e)))?,
             processed,
         }),
     }
 }
 
-/// Whether the worker may process the record now (`Ready`), as `begin_processing` and
-/// `process_in_one` both decide it, and the record's rowid (for the writes that follow: no
-/// second walk of the key index).
+/// What a worker asking for the lease gets now ([`lifecycle::lease_outcome`]), and the
+/// record's rowid.
 fn record_status(
     c: &rusqlite::Connection,
     key: &str,
     now_ms: i64,
 ) -> Result<(Processing, i64), DbError> {
-    let row = c
-        .prepare_cached("SELECT rowid, processed, lease_until_ms FROM events WHERE key = ?1")?
-        .query_row([key], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, bool>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })
-        .optional()?;
-    Ok(match row {
-        None => (Processing::Missing, 0),
-        Some((rowid, true, _)) => (Processing::AlreadyDone, rowid),
-        Some((rowid, false, lease)) if lease > now_ms => (Processing::Busy, rowid),
-        Some((rowid, _, _)) => (Processing::Ready, rowid),
-    })
+    let found = read_record(c, key)?;
+    let outcome =
+        lifecycle::lease_outcome(found.as_ref().map(|r| r.fields()).as_ref(), &at(now_ms));
+    Ok((outcome, found.map_or(0, |r| r.rowid)))
 }
 
 #[async_trait]
-impl EventStore for SqliteStore {
+impl EventLog for SqliteStore {
     async fn claim(
         &self,
         event: &EventRecord,
         attempt: &str,
         t: ClaimTimes,
-    ) -> Result<Claim, StoreError> {
+    ) -> Result<Claim, PortError> {
         let row = ClaimRow::new(event, attempt, t)?;
         // Each call is atomic on the database thread (see `Database::call`): the check and the
         // insert cannot interleave with another claim.
@@ -242,61 +308,19 @@ impl EventStore for SqliteStore {
         claim_outcome(stored)
     }
 
-    async fn release(&self, key: &str, attempt: &str) -> Result<(), StoreError> {
+    async fn release(&self, key: &str, attempt: &str) -> Result<(), PortError> {
         let (key, attempt) = (key.to_owned(), attempt.to_owned());
         Ok(self
             .db
             .call_for_request(move |c| {
-                c.prepare_cached(
-                    "UPDATE events SET lock_until_ms = 0 WHERE key = ?1 AND attempt = ?2",
-                )?
-                .execute(params![key, attempt])?;
-                Ok(())
-            })
-            .await?)
-    }
-
-    async fn begin_processing(
-        &self,
-        key: &str,
-        now_ms: i64,
-        lease_until_ms: i64,
-    ) -> Result<Processing, StoreError> {
-        let key = key.to_owned();
-        Ok(self
-            .db
-            .call(move |c| {
-                let (outcome, rowid) = record_status(c, &key, now_ms)?;
-                if outcome == Processing::Ready {
-                    c.prepare_cached("UPDATE events SET lease_until_ms = ?2 WHERE rowid = ?1")?
-                        .execute(params![rowid, lease_until_ms])?;
+                let p = Params {
+                    attempt: &attempt,
+                    ..Params::default()
+                };
+                if let Some(r) = allowed(c, &key, lifecycle::RELEASE, &p)? {
+                    c.prepare_cached("UPDATE events SET lock_until_ms = 0 WHERE rowid = ?1")?
+                        .execute([r.rowid])?;
                 }
-                Ok(outcome)
-            })
-            .await?)
-    }
-
-    async fn finish_processing(&self, key: &str, now_ms: i64) -> Result<(), StoreError> {
-        let key = key.to_owned();
-        Ok(self
-            .db
-            .call(move |c| {
-                c.prepare_cached(
-                    "UPDATE events SET processed = 1, processed_at_ms = ?2 WHERE key = ?1",
-                )?
-                .execute(params![key, now_ms])?;
-                Ok(())
-            })
-            .await?)
-    }
-
-    async fn abandon_processing(&self, key: &str) -> Result<(), StoreError> {
-        let key = key.to_owned();
-        Ok(self
-            .db
-            .call(move |c| {
-                c.prepare_cached("UPDATE events SET lease_until_ms = 0 WHERE key = ?1")?
-                    .execute([&key])?;
                 Ok(())
             })
             .await?)
@@ -306,7 +330,7 @@ impl EventStore for SqliteStore {
         &self,
         lock_before_ms: i64,
         limit: usize,
-    ) -> Result<Vec<Stale>, StoreError> {
+    ) -> Result<Vec<Stale>, PortError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .db
@@ -333,14 +357,14 @@ impl EventStore for SqliteStore {
                 key,
                 sweeps,
                 event: match serde_json::from_str(&event) {
-                    Ok(event) => StaleEvent::Readable(Box::new(event)),
+                    Ok(event) => Ok(Box::new(event)),
                     // Not serde's message: it may quote stored personal data.
-                    Err(e) => StaleEvent::Corrupt(format!(
+                    Err(e) => Err(PortError::permanent(format!(
                         "unreadable event ({:?} error at line {} column {})",
                         e.classify(),
                         e.line(),
                         e.column()
-                    )),
+                    ))),
                 },
             })
             .collect())
@@ -351,22 +375,83 @@ impl EventStore for SqliteStore {
         key: &str,
         lock_until_ms: i64,
         sweeps_read: u32,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), PortError> {
         let key = key.to_owned();
         Ok(self
             .db
             .call(move |c| {
-                c.prepare_cached(
-                    "UPDATE events SET lock_until_ms = ?2, sweeps = sweeps + 1
-                     WHERE key = ?1 AND processed = 0 AND sweeps = ?3",
-                )?
-                .execute(params![key, lock_until_ms, sweeps_read])?;
+                let p = Params {
+                    sweeps_read,
+                    ..Params::default()
+                };
+                if let Some(r) = allowed(c, &key, lifecycle::EXTEND_LOCK, &p)? {
+                    c.prepare_cached(
+                        "UPDATE events SET lock_until_ms = ?2, sweeps = sweeps + 1 WHERE rowid = ?1",
+                    )?
+                    .execute(params![r.rowid, lock_until_ms])?;
+                }
+                Ok(())
+            })
+            .await?)
+    }
+}
+
+#[async_trait]
+impl Leases for SqliteStore {
+    async fn begin_processing(
+        &self,
+        key: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Processing, PortError> {
+        let key = key.to_owned();
+        Ok(self
+            .db
+            .call(move |c| {
+                let (outcome, rowid) = record_status(c, &key, now_ms)?;
+                if outcome == Processing::Ready {
+                    c.prepare_cached("UPDATE events SET lease_until_ms = ?2 WHERE rowid = ?1")?
+                        .execute(params![rowid, lease_until_ms])?;
+                }
+                Ok(outcome)
+            })
+            .await?)
+    }
+
+    async fn finish_processing(&self, key: &str, now_ms: i64) -> Result<(), PortError> {
+        let key = key.to_owned();
+        Ok(self
+            .db
+            .call(move |c| {
+                if let Some(r) = allowed(c, &key, lifecycle::FINISH, &at(now_ms))? {
+                    c.prepare_cached(
+                        "UPDATE events SET processed = 1, processed_at_ms = ?2 WHERE rowid = ?1",
+                    )?
+                    .execute(params![r.rowid, now_ms])?;
+                }
                 Ok(())
             })
             .await?)
     }
 
-    async fn load_state(&self, id: &str) -> Result<Option<(StateRecord, u64)>, StoreError> {
+    async fn abandon_processing(&self, key: &str) -> Result<(), PortError> {
+        let key = key.to_owned();
+        Ok(self
+            .db
+            .call(move |c| {
+                if let Some(r) = allowed(c, &key, lifecycle::ABANDON, &at(0))? {
+                    c.prepare_cached("UPDATE events SET lease_until_ms = 0 WHERE rowid = ?1")?
+                        .execute([r.rowid])?;
+                }
+                Ok(())
+            })
+            .await?)
+    }
+}
+
+#[async_trait]
+impl StateStore for SqliteStore {
+    async fn load_state(&self, id: &str) -> Result<Option<(StateRecord, u64)>, PortError> {
         let id = id.to_owned();
         Ok(self
             .db
@@ -391,9 +476,9 @@ impl EventStore for SqliteStore {
         state: &StateRecord,
         expected: Option<u64>,
         expires_at_s: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, PortError> {
         let id = id.to_owned();
-        let json = serde_json::to_string(state).map_err(StoreError::new)?;
+        let json = serde_json::to_string(state).map_err(PortError::permanent)?;
         let saved = self
             .db
             .call(move |c| -> Result<usize, DbError> {
@@ -415,11 +500,14 @@ impl EventStore for SqliteStore {
             .await?;
         Ok(saved == 1)
     }
+}
 
+#[async_trait]
+impl ConsentStore for SqliteStore {
     async fn load_consent(
         &self,
         subscriber: &str,
-    ) -> Result<Option<(ConsentLedger, u64)>, StoreError> {
+    ) -> Result<Option<(ConsentLedger, u64)>, PortError> {
         let subscriber = subscriber.to_owned();
         Ok(self
             .db
@@ -432,7 +520,7 @@ impl EventStore for SqliteStore {
         subscriber: &str,
         ledger: &ConsentLedger,
         expected: Option<u64>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, PortError> {
         let subscriber = subscriber.to_owned();
         let ledger = ledger.clone();
         Ok(self
@@ -442,40 +530,23 @@ impl EventStore for SqliteStore {
     }
 }
 
-/// The worker's whole job for an event without slow work, in one transaction: the record is
-/// checked as `begin_processing` checks it, the state folded, the record marked processed.
-/// No lease is needed: nothing else runs inside the transaction.
-#[async_trait]
-impl FoldInOne for SqliteStore {
-    async fn process_in_one(
-        &self,
-        event: &EventRecord,
-        now_ms: i64,
-        state_expires_at_s: i64,
-    ) -> Result<Folded, StoreError> {
-        let key = event.key.clone();
-        let update = event.state_update.clone();
-        let consent = event.consent.clone();
-        let received_at = event.received_at;
-        Ok(self
-            .db
-            .call(move |c| {
-                fold_in_tx(
-                    c,
-                    &key,
-                    received_at,
-                    update.as_ref(),
-                    consent.as_ref(),
-                    now_ms,
-                    state_expires_at_s,
-                )
-            })
-            .await?)
-    }
+/// What [`fold_in_tx`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Folded {
+    /// Folded by this call and marked processed.
+    Processed,
+    /// Already processed: acknowledge the job.
+    AlreadyDone,
+    /// A worker holds a live lease: retry later.
+    Busy,
+    /// No record (expired): nothing to do.
+    Missing,
 }
 
-/// [`FoldInOne::process_in_one`] inside the caller's transaction (also used by
-/// [`crate::SqliteQueue::fold_ready`]).
+/// The worker's whole job for an event without slow work, inside the caller's transaction
+/// ([`crate::SqliteQueue::fold_ready`]): the record is checked as for a lease
+/// ([`lifecycle::lease_outcome`]), the state and ledger folded, the record marked processed.
+/// No lease is taken: nothing else runs inside the transaction.
 pub(crate) fn fold_in_tx(
     c: &rusqlite::Connection,
     key: &str,
@@ -583,7 +654,7 @@ impl ReplaySource for SqliteStore {
         &self,
         filter: &ReplayFilter,
         now_ms: i64,
-    ) -> Result<(Vec<Candidate>, usize), StoreError> {
+    ) -> Result<(Vec<Candidate>, usize), PortError> {
         let (since, kind) = (filter.since_ms, filter.kind.clone());
         let rows = self
             .db
@@ -620,7 +691,7 @@ impl ReplaySource for SqliteStore {
         Ok((out, unreadable))
     }
 
-    async fn reopen(&self, key: &str, now_ms: i64, lock_until_ms: i64) -> Result<bool, StoreError> {
+    async fn reopen(&self, key: &str, now_ms: i64, lock_until_ms: i64) -> Result<bool, PortError> {
         let key = key.to_owned();
         let n = self
             .db
@@ -628,13 +699,15 @@ impl ReplaySource for SqliteStore {
                 // `sweeps = 1`: the record goes through the job queue (the replay sends it a
                 // job), never also as a record that is its own job. A processed record's
                 // lease is over whatever `lease_until_ms` still says.
+                let Some(r) = allowed(c, &key, lifecycle::REOPEN, &at(now_ms))? else {
+                    return Ok(0);
+                };
                 Ok(c.prepare_cached(
                     "UPDATE events SET processed = 0, processed_at_ms = NULL, lease_until_ms = 0,
-                         sweeps = 1, lock_until_ms = ?3
-                     WHERE key = ?1 AND expires_at_s * 1000 > ?2
-                       AND (processed = 1 OR lease_until_ms <= ?2)",
+                         sweeps = 1, lock_until_ms = ?2
+                     WHERE rowid = ?1",
                 )?
-                .execute(params![key, now_ms, lock_until_ms])?)
+                .execute(params![r.rowid, lock_until_ms])?)
             })
             .await?;
         Ok(n == 1)

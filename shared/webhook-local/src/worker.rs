@@ -189,7 +189,7 @@ impl WorkerLoop {
     }
 
     /// One [`SqliteQueue::fold_ready`] call; how many jobs it took.
-    async fn fold_ready(&self) -> Result<usize, webhook_pipeline::StoreError> {
+    async fn fold_ready(&self) -> Result<usize, webhook_pipeline::PortError> {
         let s = &self.settings;
         let report = self
             .queue
@@ -267,6 +267,7 @@ async fn handle(
     let result = match result {
         Ok(_) => return Some(id),
         Err(WorkerError::Busy(_)) => queue.defer(id, busy_delay).await,
+        Err(e) if e.is_permanent() => queue.dead_letter(id, &e.to_string()).await,
         Err(e) => queue.nack(id, &e.to_string()).await,
     };
     if let Err(e) = result {

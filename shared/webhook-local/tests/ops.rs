@@ -13,7 +13,7 @@ use webhook_pipeline::replay::{self, ReplayFilter};
 use webhook_pipeline::store::ClaimTimes;
 use webhook_pipeline::worker::{Outcome, WorkError, WorkerSettings};
 use webhook_pipeline::{
-    Claim, Clock, EventRecord, EventStore, FoldInOne, Folded, Outbox, SlowWork, Worker,
+    Claim, Clock, ConsentStore, EventRecord, SlowWork, StateStore, WorkQueue, Worker,
 };
 use webhook_testkit::contract::sample_event;
 
@@ -90,16 +90,16 @@ async fn both_one_call_folds_apply_consent_latest_first_and_once() {
     assert_eq!(e.source_message_sid.as_deref(), Some("SMstart"));
     assert_eq!(v, 1, "the older STOP wrote nothing");
 
-    // One transaction per event (FoldInOne): a HELP keeps consent and records its time.
+    // A HELP keeps consent and records its time.
     let help = message("help", T0 + 7_000, Some(ConsentAction::Help));
-    store.claim(&help, "a", times(T0 + 7_000)).await.unwrap();
-    assert_eq!(
-        store
-            .process_in_one(&help, T0 + 7_000, T0 / 1000 + 3600)
-            .await
-            .unwrap(),
-        Folded::Processed
-    );
+    q.claim_and_enqueue(&help, "a", times(T0 + 7_000))
+        .await
+        .unwrap();
+    let folded = q
+        .fold_ready(64, ttl, Duration::from_secs(1), false)
+        .await
+        .unwrap();
+    assert_eq!(folded.processed, 1);
     let (ledger, v) = store.load_consent(SUBSCRIBER).await.unwrap().unwrap();
     assert_eq!(ledger.get(OURS).unwrap().last_help_at_ms, Some(T0 + 7_000));
     assert_eq!(
@@ -107,13 +107,17 @@ async fn both_one_call_folds_apply_consent_latest_first_and_once() {
         Some(ConsentStatus::OptedIn)
     );
     assert_eq!(v, 2);
-    assert_eq!(
-        store
-            .process_in_one(&help, T0 + 8_000, T0 / 1000 + 3600)
-            .await
-            .unwrap(),
-        Folded::AlreadyDone
-    );
+    // Its job again (a redelivery) finds it processed and folds nothing.
+    q.enqueue(&webhook_pipeline::Job {
+        event: help.clone(),
+    })
+    .await
+    .unwrap();
+    let again = q
+        .fold_ready(64, ttl, Duration::from_secs(1), false)
+        .await
+        .unwrap();
+    assert_eq!((again.taken, again.processed), (1, 0));
     // The ledger has no TTL: a purge long after leaves it.
     store.purge_expired(T0 + 365 * 86_400_000).await.unwrap();
     assert!(store.load_consent(SUBSCRIBER).await.unwrap().is_some());

@@ -16,8 +16,8 @@ use webhook_local::{
 use webhook_pipeline::store::ClaimTimes;
 use webhook_pipeline::worker::WorkerSettings;
 use webhook_pipeline::{
-    Claim, Clock, EventStore, FoldInOne, Folded, Job, Outbox, Pipeline, ReplyPolicy, Settings,
-    WorkQueue, Worker,
+    Claim, Clock, EventLog, Job, Leases, Pipeline, ReplyPolicy, Settings, StateStore, WorkQueue,
+    Worker,
 };
 use webhook_testkit::contract::sample_event;
 use webhook_testkit::samples::{self, TEST_AUTH_TOKEN};
@@ -318,63 +318,6 @@ async fn outbox_claims_and_enqueues_in_one_call_and_the_job_carries_the_record()
     assert_eq!(q.counts().await.unwrap().pending, 0);
 }
 
-#[tokio::test]
-async fn fold_in_one_processes_once_and_respects_a_live_lease() {
-    let dir = TempDir::new();
-    let store = SqliteStore::new(Database::open_dir(&dir.0).unwrap());
-    let now = 1_800_000_000_000;
-    let t = claim_times(now);
-    let event = sample_event("fold");
-    let id = event.state_update.as_ref().unwrap().id.clone();
-    store.claim(&event, "a", t).await.unwrap();
-    assert_eq!(
-        store
-            .process_in_one(&event, now + 1, now / 1000 + 3600)
-            .await
-            .unwrap(),
-        Folded::Processed
-    );
-    let (state, version) = store.load_state(&id).await.unwrap().expect("state folded");
-    assert_eq!((state.latest_status.as_str(), version), ("received", 1));
-    // Processed once: a redelivery does nothing, and the record is no longer pending.
-    assert_eq!(
-        store
-            .process_in_one(&event, now + 2, now / 1000 + 3600)
-            .await
-            .unwrap(),
-        Folded::AlreadyDone
-    );
-    assert_eq!(store.load_state(&id).await.unwrap().unwrap().1, 1);
-    assert_eq!(
-        store
-            .begin_processing(&event.key, now + 3, now + 60_000)
-            .await
-            .unwrap(),
-        webhook_pipeline::Processing::AlreadyDone
-    );
-    // A record leased by a worker with slow work is left to it; a missing one is skipped.
-    let leased = sample_event("leased");
-    store.claim(&leased, "a", t).await.unwrap();
-    store
-        .begin_processing(&leased.key, now, now + 60_000)
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .process_in_one(&leased, now + 1, now / 1000 + 3600)
-            .await
-            .unwrap(),
-        Folded::Busy
-    );
-    assert_eq!(
-        store
-            .process_in_one(&sample_event("gone"), now, now / 1000 + 3600)
-            .await
-            .unwrap(),
-        Folded::Missing
-    );
-}
-
 /// Run SQL on the data directory's database with a plain connection (the server's writer
 /// thread is another connection: WAL lets both in).
 fn sql(dir: &std::path::Path, sql: &str) {
@@ -612,10 +555,11 @@ async fn a_job_that_fails_to_fold_is_retried_alone_and_the_others_are_processed(
         &dir.0,
         &format!("INSERT INTO states VALUES ('{bad}', 'corrupt', 1, 9999999999)"),
     );
-    let worker = Arc::new(
-        Worker::new(store.clone(), queue.clone(), WorkerSettings::default())
-            .with_fold_in_one(store.clone()),
-    );
+    let worker = Arc::new(Worker::new(
+        store.clone(),
+        queue.clone(),
+        WorkerSettings::default(),
+    ));
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(
         WorkerLoop::new(worker, queue.clone())
@@ -630,10 +574,7 @@ async fn a_job_that_fails_to_fold_is_retried_alone_and_the_others_are_processed(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let processed = strings(&dir.0, "SELECT key FROM events WHERE processed = 1");
-        let nacked = strings(
-            &dir.0,
-            "SELECT key FROM jobs WHERE receive_count = 1 AND done = 0",
-        );
+        let nacked = strings(&dir.0, "SELECT key FROM dead_jobs");
         if processed.len() == 2 && nacked == [events[1].key.clone()] {
             assert!(!processed.contains(&events[1].key), "{processed:?}");
             break;
@@ -649,10 +590,10 @@ async fn a_job_that_fails_to_fold_is_retried_alone_and_the_others_are_processed(
     assert_eq!(
         queue.counts().await.unwrap(),
         webhook_local::QueueCounts {
-            pending: 1,
-            dead: 0
+            pending: 0,
+            dead: 1
         },
-        "the bad job waits for its retry"
+        "an unreadable state record is a permanent failure: dead-lettered at once, not retried"
     );
 }
 
@@ -791,8 +732,10 @@ async fn the_worker_loop_processes_what_the_pipeline_accepts_and_stops_cleanly()
     let queue = Arc::new(SqliteQueue::new(db));
     let pipeline = Pipeline::new(
         Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        store.clone(),
-        queue.clone(),
+        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
+            store.clone(),
+            queue.clone(),
+        )),
         ReplyPolicy::default(),
         Settings::default(),
     );

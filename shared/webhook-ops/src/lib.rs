@@ -9,11 +9,12 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
-use webhook_aws::dynamo::{PENDING, PK, TTL_ATTRIBUTE, event_of};
-use webhook_pipeline::StoreError;
+use webhook_aws::dynamo::{PENDING, PK, TTL_ATTRIBUTE, condition, event_of};
+use webhook_pipeline::PortError;
+use webhook_pipeline::lifecycle::{self, Params};
 use webhook_pipeline::replay::{Candidate, ReplayFilter, ReplaySource};
 
 type Item = HashMap<String, AttributeValue>;
@@ -50,7 +51,7 @@ impl ReplaySource for DynamoReplay {
         &self,
         filter: &ReplayFilter,
         now_ms: i64,
-    ) -> Result<(Vec<Candidate>, usize), StoreError> {
+    ) -> Result<(Vec<Candidate>, usize), PortError> {
         let now_s = now_ms.div_euclid(1000);
         let mut out = Vec::new();
         let mut unreadable = 0;
@@ -69,7 +70,7 @@ impl ReplaySource for DynamoReplay {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| StoreError(format!("DynamoDB: {}", DisplayErrorContext(e))))?;
+                .map_err(|e| webhook_aws::sdk_error("DynamoDB", e))?;
             for item in page.items() {
                 match event_of(item) {
                     Ok(event) if filter.matches(&event) => out.push(Candidate {
@@ -92,7 +93,7 @@ impl ReplaySource for DynamoReplay {
         Ok((out, unreadable))
     }
 
-    async fn reopen(&self, key: &str, now_ms: i64, lock_until_ms: i64) -> Result<bool, StoreError> {
+    async fn reopen(&self, key: &str, now_ms: i64, lock_until_ms: i64) -> Result<bool, PortError> {
         let r = self
             .client
             .update_item()
@@ -102,18 +103,19 @@ impl ReplaySource for DynamoReplay {
                 "SET pending = :one, lock_until = :lock, sweeps = :zero \
                  REMOVE processed_at, lease_until, lease_owner",
             )
-            .condition_expression(
-                "attribute_exists(pk) AND expires_at > :now_s \
-                 AND (attribute_not_exists(pending) OR attribute_not_exists(lease_until) \
-                      OR lease_until <= :now_ms)",
-            )
             .expression_attribute_values(":one", s("1"))
             .expression_attribute_values(":lock", n(lock_until_ms))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":now_s", n(now_ms.div_euclid(1000)))
-            .expression_attribute_values(":now_ms", n(now_ms))
-            .send()
-            .await;
+            .expression_attribute_values(":zero", n(0));
+        let p = Params {
+            now_ms,
+            ..Params::default()
+        };
+        let (expression, values) = condition(lifecycle::REOPEN, &p);
+        let mut r = r.condition_expression(expression);
+        for (name, value) in values {
+            r = r.expression_attribute_values(name, value);
+        }
+        let r = r.send().await;
         match r {
             Ok(_) => Ok(true),
             Err(SdkError::ServiceError(e))
@@ -121,7 +123,7 @@ impl ReplaySource for DynamoReplay {
             {
                 Ok(false)
             }
-            Err(e) => Err(StoreError(format!("DynamoDB: {}", DisplayErrorContext(e)))),
+            Err(e) => Err(webhook_aws::sdk_error("DynamoDB", e)),
         }
     }
 }

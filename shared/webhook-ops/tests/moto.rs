@@ -22,7 +22,7 @@ use webhook_pipeline::consent::ConsentStatus;
 use webhook_pipeline::replay::{self, ReplayFilter};
 use webhook_pipeline::store::Job;
 use webhook_pipeline::worker::{Outcome, WorkerSettings};
-use webhook_pipeline::{Clock, EventStore, Pipeline, ReplyPolicy, Settings, Worker};
+use webhook_pipeline::{Clock, ConsentStore, Pipeline, ReplyPolicy, Settings, StateStore, Worker};
 use webhook_testkit::samples::{self, TEST_AUTH_TOKEN, signed_request};
 
 async fn sdk() -> SdkConfig {
@@ -266,8 +266,10 @@ async fn rig() -> Rig {
     };
     let pipeline = Pipeline::new(
         Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        store.clone(),
-        queue.clone(),
+        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
+            store.clone(),
+            queue.clone(),
+        )),
         ReplyPolicy::default(),
         Settings::default(),
     )

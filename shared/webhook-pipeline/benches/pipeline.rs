@@ -39,8 +39,10 @@ const URL: &str = "https://abc123.execute-api.us-east-1.amazonaws.com/sms";
 fn pipeline() -> Pipeline {
     Pipeline::new(
         Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        Arc::new(MemoryStore::default()),
-        Arc::new(MemoryQueue::default()),
+        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
+            Arc::new(MemoryStore::default()),
+            Arc::new(MemoryQueue::default()),
+        )),
         ReplyPolicy {
             sms_auto_reply: Some("Thanks, we got your message.".into()),
             ..Default::default()

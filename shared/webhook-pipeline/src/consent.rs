@@ -27,7 +27,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use twilio_webhook::payload::{FallbackOriginal, InboundMessage, OptOutType, Webhook};
 
-use crate::store::{EventStore, StoreError};
+use crate::store::{ConsentStore, PortError};
 
 /// The error code of a message sent to a recipient who opted out.
 pub const OPTED_OUT_ERROR: u32 = 21610;
@@ -264,16 +264,16 @@ impl ConsentLedger {
 /// [`crate::Worker::consents`] and keep it in the work).
 #[derive(Clone)]
 pub struct Consents {
-    store: Arc<dyn EventStore>,
+    store: Arc<dyn ConsentStore>,
 }
 
 impl Consents {
-    pub fn new(store: Arc<dyn EventStore>) -> Self {
+    pub fn new(store: Arc<dyn ConsentStore>) -> Self {
         Self { store }
     }
 
     /// Every pair of `subscriber`.
-    pub async fn ledger(&self, subscriber: &str) -> Result<ConsentLedger, StoreError> {
+    pub async fn ledger(&self, subscriber: &str) -> Result<ConsentLedger, PortError> {
         Ok(self
             .store
             .load_consent(subscriber)
@@ -287,12 +287,12 @@ impl Consents {
         &self,
         ours: &str,
         subscriber: &str,
-    ) -> Result<Option<ConsentEntry>, StoreError> {
+    ) -> Result<Option<ConsentEntry>, PortError> {
         Ok(self.ledger(subscriber).await?.pairs.remove(ours))
     }
 
     /// Whether `subscriber` opted out from `ours` (the safe answer for sending).
-    pub async fn is_opted_out(&self, ours: &str, subscriber: &str) -> Result<bool, StoreError> {
+    pub async fn is_opted_out(&self, ours: &str, subscriber: &str) -> Result<bool, PortError> {
         Ok(self
             .get(ours, subscriber)
             .await?

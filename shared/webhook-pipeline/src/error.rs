@@ -12,8 +12,9 @@ use twilio_webhook::payload::PayloadError;
 use twilio_webhook::signature::SignatureError;
 use twilio_webhook::url::UrlError;
 
+use crate::intake::IntakeError;
 use crate::reply::Reply;
-use crate::store::StoreError;
+use crate::store::PortError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -29,12 +30,21 @@ pub enum PipelineError {
     #[error("request body is not valid: {0}")]
     BadRequest(String),
     #[error("event store failed: {0}")]
-    Store(StoreError),
+    Store(PortError),
     #[error("work queue failed: {0}")]
-    Queue(StoreError),
+    Queue(PortError),
     /// The function's configuration cannot check requests (logged once at cold start).
     #[error("misconfigured: see the cold start log")]
     Misconfigured,
+}
+
+impl From<IntakeError> for PipelineError {
+    fn from(e: IntakeError) -> Self {
+        match e {
+            IntakeError::Store(e) => Self::Store(e),
+            IntakeError::Queue(e) => Self::Queue(e),
+        }
+    }
 }
 
 impl PipelineError {

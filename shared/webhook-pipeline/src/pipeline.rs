@@ -6,7 +6,7 @@ use std::time::Duration;
 use arc_swap::Guard;
 use bytes::Bytes;
 use http::HeaderMap;
-use tracing::{debug, error, warn};
+use tracing::error;
 use twilio_webhook::Validator;
 use twilio_webhook::basic::{BasicAuth, BasicAuthError};
 use twilio_webhook::payload::{Endpoint, Webhook};
@@ -17,12 +17,13 @@ use twilio_webhook::signature::{
 use crate::config::Settings;
 use crate::consent::ConsentUpdate;
 use crate::error::PipelineError;
+use crate::intake::Intake;
 use crate::metrics::{Metrics, Unit};
 use crate::redact::url_for_log;
 use crate::reply::{Reply, ReplyPolicy};
 use crate::rotation::{Credentials, Rotating, SecretSource};
 use crate::state::StateUpdate;
-use crate::store::{Claim, ClaimTimes, EventRecord, EventStore, Job, Outbox, WorkQueue};
+use crate::store::{Claim, ClaimTimes, EventRecord};
 use crate::summary::{EventFacts, RequestSummary};
 
 /// Unix milliseconds; injectable so tests can move time (lock and TTL expiry).
@@ -100,12 +101,8 @@ pub struct IncomingRequest {
 pub struct Pipeline {
     /// The validator and Basic credentials, replaced when the secret is read again.
     credentials: Rotating,
-    store: Arc<dyn EventStore>,
-    queue: Arc<dyn WorkQueue>,
-    /// When set, used instead of `store.claim` + `queue.enqueue`.
-    outbox: Option<Arc<dyn Outbox>>,
-    /// Claim and enqueue at once, every copy ([`Pipeline::with_queue_first`]).
-    queue_first: bool,
+    /// Where accepted events go.
+    intake: Arc<dyn Intake>,
     policy: ReplyPolicy,
     settings: Settings,
     clock: Clock,
@@ -159,10 +156,11 @@ impl Outcome {
 }
 
 impl Pipeline {
+    /// A pipeline checking requests with `validator`, recording accepted events in `intake`
+    /// and answering by `policy`.
     pub fn new(
         validator: Validator,
-        store: Arc<dyn EventStore>,
-        queue: Arc<dyn WorkQueue>,
+        intake: Arc<dyn Intake>,
         policy: ReplyPolicy,
         settings: Settings,
     ) -> Self {
@@ -171,10 +169,7 @@ impl Pipeline {
                 validator,
                 basic_auth: None,
             }),
-            store,
-            queue,
-            outbox: None,
-            queue_first: false,
+            intake,
             policy,
             settings,
             clock: system_clock(),
@@ -215,27 +210,9 @@ impl Pipeline {
         self.log_pii
     }
 
-    /// Record and enqueue new events with one [`Outbox`] call (the store and queue must be the
-    /// outbox's own: the worker and the sweeper still use them).
-    pub fn with_outbox(mut self, outbox: Arc<dyn Outbox>) -> Self {
-        self.outbox = Some(outbox);
-        self
-    }
-
+    /// Read the time from `clock` (tests move it).
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
-        self
-    }
-
-    /// Queue first (`QUEUE_FIRST`): the claim and the job's send run at once, for every copy,
-    /// so the queue holds every accepted event and the answer waits for one round trip, new or
-    /// duplicate. A 2xx needs both; a failed send is a 503, and the record goes to the sweeper
-    /// ([`EventStore::release`]) in case no retry or fallback comes. The store must write
-    /// records that no sweeper re-sends until then, and the worker must fold by the state
-    /// record alone ([`crate::Worker::with_queue_first`]): a job can come without its record,
-    /// or twice.
-    pub fn with_queue_first(mut self, on: bool) -> Self {
-        self.queue_first = on;
         self
     }
 
@@ -412,8 +389,7 @@ impl Pipeline {
         Ok((webhook, event))
     }
 
-    /// Record once and enqueue: 2 sequential round trips for a new event, 1 for a duplicate
-    /// (1 and 1 with an [`Outbox`]).
+    /// Record once and hand to the worker ([`Intake`]).
     async fn record(&self, event: &EventRecord) -> Result<(Reply, Outcome), PipelineError> {
         let now = (self.clock)();
         let attempt = uuid::Uuid::new_v4().to_string();
@@ -422,31 +398,8 @@ impl Pipeline {
             lock_until_ms: now + self.settings.lock.as_millis() as i64,
             expires_at_s: now / 1000 + self.settings.event_ttl.as_secs() as i64,
         };
-        if self.queue_first {
-            return self.record_queue_first(event, &attempt, times).await;
-        }
-        let claim = match &self.outbox {
-            Some(outbox) => outbox.claim_and_enqueue(event, &attempt, times).await,
-            None => self.store.claim(event, &attempt, times).await,
-        };
-        let claim = match claim {
-            Ok(claim) => claim,
-            Err(e) => {
-                // The write may have landed with its answer lost. Free it (only if this
-                // attempt wrote it), so that Twilio's retry claims it at once instead of
-                // finding it locked and unsent until the sweeper comes by.
-                let release = self.store.release(&event.key, &attempt);
-                match tokio::time::timeout(std::time::Duration::from_secs(1), release).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        debug!(key = %event.key, error = %e, "could not release a failed claim")
-                    }
-                    Err(_) => debug!(key = %event.key, "releasing a failed claim timed out"),
-                }
-                return Err(PipelineError::Store(e));
-            }
-        };
-        match claim {
+        match self.intake.record(event, &attempt, times).await? {
+            Claim::New => Ok((event.reply.clone(), Outcome::Accepted)),
             Claim::Duplicate { reply, processed } => Ok((
                 reply,
                 if processed {
@@ -455,61 +408,6 @@ impl Pipeline {
                     Outcome::InProgress
                 },
             )),
-            Claim::New if self.outbox.is_some() => Ok((event.reply.clone(), Outcome::Accepted)),
-            Claim::New => {
-                let job = Job {
-                    event: event.clone(),
-                };
-                if let Err(e) = self.queue.enqueue(&job).await {
-                    // Free the record so Twilio's retry (or the fallback, or the sweeper) redoes
-                    // it now; if even that fails the lock simply expires.
-                    if let Err(release) = self.store.release(&event.key, &attempt).await {
-                        warn!(key = %event.key, error = %release, "could not release the claim");
-                    }
-                    return Err(PipelineError::Queue(e));
-                }
-                Ok((event.reply.clone(), Outcome::Accepted))
-            }
-        }
-    }
-
-    /// The claim and the send at once: one round trip for a new event and for a duplicate.
-    async fn record_queue_first(
-        &self,
-        event: &EventRecord,
-        attempt: &str,
-        times: ClaimTimes,
-    ) -> Result<(Reply, Outcome), PipelineError> {
-        let job = Job {
-            event: event.clone(),
-        };
-        let (claim, sent) = tokio::join!(
-            self.store.claim(event, attempt, times),
-            self.queue.enqueue(&job)
-        );
-        match (claim, sent) {
-            (Ok(Claim::New), Ok(())) => Ok((event.reply.clone(), Outcome::Accepted)),
-            (Ok(Claim::Duplicate { reply, .. }), Ok(())) => Ok((reply, Outcome::Duplicate)),
-            // The job went out: the event will be folded (once), but the record may be
-            // missing, so the answer is the usual 503 and Twilio's retry gets the reply.
-            (Err(e), Ok(())) => Err(PipelineError::Store(e)),
-            (_, Err(e)) => {
-                // No job: the record (this attempt's, an earlier copy's, or a failed claim's
-                // that landed with its answer lost) goes to the sweeper, in case no retry or
-                // fallback ever comes; a copy that does come sends its own job first. Without
-                // a record this changes nothing. Bounded: the store may be what is failing.
-                let release = self.store.release(&event.key, attempt);
-                match tokio::time::timeout(std::time::Duration::from_secs(1), release).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(release)) => {
-                        warn!(key = %event.key, error = %release, "could not hand the record to the sweeper")
-                    }
-                    Err(_) => {
-                        warn!(key = %event.key, "handing the record to the sweeper timed out")
-                    }
-                }
-                Err(PipelineError::Queue(e))
-            }
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use async_trait::async_trait;
 
-use crate::store::{EventRecord, Job, StoreError, WorkQueue};
+use crate::store::{EventRecord, Job, PortError, WorkQueue};
 
 /// What to replay.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,13 +71,13 @@ pub trait ReplaySource: Send + Sync {
         &self,
         filter: &ReplayFilter,
         now_ms: i64,
-    ) -> Result<(Vec<Candidate>, usize), StoreError>;
+    ) -> Result<(Vec<Candidate>, usize), PortError>;
 
     /// Make the record unprocessed again, with a fresh sweep count and its lock until
     /// `lock_until_ms` (the sweeper re-sends it after that if the replayed job is lost), unless
     /// it expired or a worker holds a live lease on it (an unprocessed record whose lease has
     /// not ended): `Ok(false)` then.
-    async fn reopen(&self, key: &str, now_ms: i64, lock_until_ms: i64) -> Result<bool, StoreError>;
+    async fn reopen(&self, key: &str, now_ms: i64, lock_until_ms: i64) -> Result<bool, PortError>;
 }
 
 /// How long a reopened record waits before the sweeper may re-send it: the replayed job
@@ -94,7 +94,7 @@ pub async fn replay(
     dry_run: bool,
     now_ms: i64,
     progress: &mut (dyn FnMut(usize, usize) + Send),
-) -> Result<ReplayReport, StoreError> {
+) -> Result<ReplayReport, PortError> {
     let (candidates, unreadable) = source.candidates(filter, now_ms).await?;
     let mut report = ReplayReport {
         failed: unreadable,

@@ -1,5 +1,18 @@
-//! The two ports of the pipeline. Adapters: DynamoDB + SQS (`webhook-aws`), SQLite
-//! (`webhook-local`), in-memory (`webhook_testkit::memory`). All pass `webhook_testkit::contract`.
+//! The ports of the pipeline, one per concern, and what crosses them:
+//!
+//! | port | used by | methods |
+//! |---|---|---|
+//! | [`EventLog`] | request path, sweeper | claim, release, stale_pending, extend_lock |
+//! | [`Leases`] | worker | begin_processing, finish_processing, abandon_processing |
+//! | [`StateStore`] | worker | load_state, save_state |
+//! | [`ConsentStore`] | worker, `consent` | load_consent, save_consent |
+//! | [`WorkQueue`] | request path, sweeper, replay | enqueue |
+//!
+//! [`Store`] is the four store ports together, as one adapter implements them. Adapters:
+//! DynamoDB + SQS (`webhook-aws`), SQLite (`webhook-local`), in-memory
+//! (`webhook_testkit::memory`). Which transitions of an event record each call may make is
+//! decided in one place, [`crate::lifecycle`], and `webhook_testkit::contract` holds every
+//! adapter to it.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -10,15 +23,63 @@ use crate::consent::{ConsentLedger, ConsentUpdate};
 use crate::reply::Reply;
 use crate::state::{StateRecord, StateUpdate};
 
-/// An adapter failure (network, throttling, corrupt row...). Always retryable from Twilio's
-/// point of view, so the pipeline answers 5xx.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
+/// What kind of failure a [`PortError`] is: what a caller may do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Transient (network, timeout, throttling, a busy database): the same call may succeed
+    /// later. The request path answers 503 so Twilio retries or calls the fallback.
+    Retryable,
+    /// The call can never succeed as it is (an unreadable stored record, a value the backend
+    /// refuses): retrying only burns attempts. The sweeper parks such a record; the local
+    /// queue dead-letters such a job at once.
+    Permanent,
+    /// The table, queue or database itself does not exist (a deployment or configuration
+    /// error, not a missing record: those are `Option`s and outcomes).
+    NotFound,
+}
 
-impl StoreError {
-    pub fn new(e: impl std::fmt::Display) -> Self {
-        Self(e.to_string())
+/// A failure of an adapter behind a port (store or queue), with its [`ErrorKind`]. The
+/// message never holds stored personal data (no serde message quoting a record).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct PortError {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl PortError {
+    /// A failure of the given kind.
+    pub fn new(kind: ErrorKind, message: impl std::fmt::Display) -> Self {
+        Self {
+            kind,
+            message: message.to_string(),
+        }
+    }
+
+    /// A transient failure ([`ErrorKind::Retryable`]).
+    pub fn retryable(message: impl std::fmt::Display) -> Self {
+        Self::new(ErrorKind::Retryable, message)
+    }
+
+    /// A failure that retrying cannot fix ([`ErrorKind::Permanent`]).
+    pub fn permanent(message: impl std::fmt::Display) -> Self {
+        Self::new(ErrorKind::Permanent, message)
+    }
+
+    /// The resource behind the port does not exist ([`ErrorKind::NotFound`]).
+    pub fn not_found(message: impl std::fmt::Display) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+
+    /// What kind of failure it is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        self.kind == ErrorKind::Retryable
     }
 }
 
@@ -60,7 +121,7 @@ pub struct Job {
     pub event: EventRecord,
 }
 
-/// Outcome of [`EventStore::claim`].
+/// Outcome of [`EventLog::claim`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// The record was written by this attempt, which must now enqueue it.
@@ -69,10 +130,10 @@ pub enum Claim {
     Duplicate { reply: Reply, processed: bool },
 }
 
-/// Outcome of [`EventStore::begin_processing`].
+/// Outcome of [`Leases::begin_processing`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Processing {
-    /// This worker holds the lease; do the work, then [`EventStore::finish_processing`].
+    /// This worker holds the lease; do the work, then [`Leases::finish_processing`].
     Ready,
     /// Already processed: acknowledge the message.
     AlreadyDone,
@@ -96,102 +157,79 @@ pub struct ClaimTimes {
 /// A record the sweeper found: unprocessed, its lock ended.
 #[derive(Debug)]
 pub struct Stale {
+    /// Its dedup key.
     pub key: String,
     /// How many times the sweeper already re-sent it, as read.
     pub sweeps: u32,
-    pub event: StaleEvent,
+    /// Its event; an [`ErrorKind::Permanent`] error if it cannot be decoded (it never will:
+    /// park it), a retryable one if reading it failed (try again at the next sweep).
+    pub event: Result<Box<EventRecord>, PortError>,
 }
 
-/// The event of a [`Stale`] record, if it could be read.
-#[derive(Debug)]
-pub enum StaleEvent {
-    Readable(Box<EventRecord>),
-    /// The stored event cannot be decoded: it never will be (park it).
-    Corrupt(String),
-    /// Reading it failed (a timeout, a throttle): try again at the next sweep.
-    ReadFailed(StoreError),
-}
-
-/// The fields of a stored event record that decide whether a new copy may take it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecordTimes {
-    pub processed: bool,
-    /// Until when the attempt that wrote it owns it (unix ms).
-    pub lock_until_ms: i64,
-    /// Until when a worker holds it (unix ms; 0: nobody).
-    pub lease_until_ms: i64,
-    /// Unix seconds; the record no longer counts after it.
-    pub expires_at_s: i64,
-}
-
-impl RecordTimes {
-    /// **The claim rule**, the one every adapter implements (the memory adapter calls this;
-    /// SQLite and DynamoDB state it in their own condition languages, and the contract suite
-    /// holds all three to it): a record is *live*, and a new copy of its event is a duplicate,
-    /// unless it expired, or it was never processed while both the lock of the attempt that
-    /// wrote it and any worker's lease have ended. A live lease is never overwritten: that
-    /// would let the event be processed twice at the same moment.
-    pub fn is_live(&self, now_ms: i64) -> bool {
-        let expired = self.expires_at_s.saturating_mul(1000) <= now_ms;
-        !expired && (self.processed || self.lock_until_ms > now_ms || self.lease_until_ms > now_ms)
-    }
-}
-
-/// Durable record of events, dedup, worker leases and per-message/call state.
+/// The event log: one record per event key, written once per live copy. Request path and
+/// sweeper.
 #[async_trait]
-pub trait EventStore: Send + Sync {
-    /// Write `event` unless a live record has its key ([`RecordTimes::is_live`]; expiry is
-    /// checked here, TTL deletes late). `attempt` identifies the writer: a record this same
-    /// attempt already wrote (a retried call whose first answer was lost) is `New`, not a
-    /// duplicate of itself.
+pub trait EventLog: Send + Sync {
+    /// Write `event` if [`crate::lifecycle::CLAIM`] allows it (no live record has its key;
+    /// expiry is checked here, TTL deletes late), else the live record's reply. `attempt`
+    /// identifies the writer: a retried call whose first answer was lost finds its own record
+    /// and is [`Claim::New`], not a duplicate of itself.
     async fn claim(
         &self,
         event: &EventRecord,
         attempt: &str,
         t: ClaimTimes,
-    ) -> Result<Claim, StoreError>;
+    ) -> Result<Claim, PortError>;
 
-    /// Give up a claim after a failed enqueue, only if `attempt` still owns it: its lock ends
+    /// Give up a claim after a failed enqueue ([`crate::lifecycle::RELEASE`]): its lock ends
     /// now, so a retry, the fallback or the sweeper redoes it at once. (A queue-first record,
     /// which nothing sweeps, goes to the sweeper whoever wrote it: see `webhook-aws`.)
-    async fn release(&self, key: &str, attempt: &str) -> Result<(), StoreError>;
-
-    /// Worker: take a lease on an unprocessed record.
-    async fn begin_processing(
-        &self,
-        key: &str,
-        now_ms: i64,
-        lease_until_ms: i64,
-    ) -> Result<Processing, StoreError>;
-
-    /// Worker: mark processed (no longer pending for the sweeper).
-    async fn finish_processing(&self, key: &str, now_ms: i64) -> Result<(), StoreError>;
-
-    /// Worker: drop the lease after a failure so the next delivery can retry at once.
-    async fn abandon_processing(&self, key: &str) -> Result<(), StoreError>;
+    async fn release(&self, key: &str, attempt: &str) -> Result<(), PortError>;
 
     /// Sweeper: unprocessed records whose lock ended before `lock_before_ms`, oldest first.
-    /// A record that cannot be read is listed too ([`StaleEvent::Corrupt`] or
-    /// [`StaleEvent::ReadFailed`]), never an error for the whole list: one bad record must
-    /// not stop the sweep of the others.
+    /// A record that cannot be read is listed too (its [`Stale::event`] is the error), never
+    /// an error for the whole list: one bad record must not stop the sweep of the others.
     async fn stale_pending(
         &self,
         lock_before_ms: i64,
         limit: usize,
-    ) -> Result<Vec<Stale>, StoreError>;
+    ) -> Result<Vec<Stale>, PortError>;
 
     /// Sweeper: push the lock of a re-sent (or parked) record forward so it is not re-sent
-    /// every sweep, and count the sweep: `sweeps` becomes `sweeps_read + 1` only if it still
-    /// is `sweeps_read`, so a retried call (its first answer lost) cannot count twice.
+    /// every sweep, and count the sweep ([`crate::lifecycle::EXTEND_LOCK`]): `sweeps` becomes
+    /// `sweeps_read + 1` only if it still is `sweeps_read`.
     async fn extend_lock(
         &self,
         key: &str,
         lock_until_ms: i64,
         sweeps_read: u32,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), PortError>;
+}
 
-    /// Per-message / per-call state, with a version for optimistic concurrency.
-    async fn load_state(&self, id: &str) -> Result<Option<(StateRecord, u64)>, StoreError>;
+/// Worker leases on event records.
+#[async_trait]
+pub trait Leases: Send + Sync {
+    /// Take the lease on an unprocessed record ([`crate::lifecycle::TAKE_LEASE`];
+    /// [`crate::lifecycle::lease_outcome`] says what a refusal means).
+    async fn begin_processing(
+        &self,
+        key: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Processing, PortError>;
+
+    /// Mark processed: no longer pending for the sweeper, a duplicate from now on.
+    async fn finish_processing(&self, key: &str, now_ms: i64) -> Result<(), PortError>;
+
+    /// Drop the lease after a failure so the next delivery can retry at once.
+    async fn abandon_processing(&self, key: &str) -> Result<(), PortError>;
+}
+
+/// Per-message / per-call state records, with a version for optimistic concurrency.
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// The state record and its version.
+    async fn load_state(&self, id: &str) -> Result<Option<(StateRecord, u64)>, PortError>;
 
     /// Save if the stored version is still `expected` (`None`: must not exist). `Ok(false)` on
     /// a lost race: reload and fold again.
@@ -201,13 +239,17 @@ pub trait EventStore: Send + Sync {
         state: &StateRecord,
         expected: Option<u64>,
         expires_at_s: i64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, PortError>;
+}
 
-    /// The opt-out ledger of one subscriber ([`crate::consent`]), with its version.
+/// The opt-out ledger ([`crate::consent`]), one record per subscriber, versioned.
+#[async_trait]
+pub trait ConsentStore: Send + Sync {
+    /// The ledger of one subscriber, with its version.
     async fn load_consent(
         &self,
         subscriber: &str,
-    ) -> Result<Option<(ConsentLedger, u64)>, StoreError>;
+    ) -> Result<Option<(ConsentLedger, u64)>, PortError>;
 
     /// Save if the stored version is still `expected` (`None`: must not exist); `Ok(false)` on
     /// a lost race. Never expires: consent is a compliance record.
@@ -216,54 +258,17 @@ pub trait EventStore: Send + Sync {
         subscriber: &str,
         ledger: &ConsentLedger,
         expected: Option<u64>,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, PortError>;
 }
+
+/// The four store ports, as one adapter implements them (what the worker is given).
+pub trait Store: EventLog + Leases + StateStore + ConsentStore {}
+
+impl<T: EventLog + Leases + StateStore + ConsentStore + ?Sized> Store for T {}
 
 /// Hands accepted events to the worker.
 #[async_trait]
 pub trait WorkQueue: Send + Sync {
-    async fn enqueue(&self, job: &Job) -> Result<(), StoreError>;
-}
-
-/// Optional third port: claim and, if new, enqueue in one atomic call (the transactional
-/// outbox). For adapters whose store and queue live in one database (SQLite): one call instead
-/// of two on the request path, and no moment where a record is claimed but not enqueued. With
-/// DynamoDB + SQS the pipeline calls [`EventStore::claim`] then [`WorkQueue::enqueue`].
-#[async_trait]
-pub trait Outbox: Send + Sync {
-    /// [`EventStore::claim`]; on [`Claim::New`] the event's job is already enqueued.
-    async fn claim_and_enqueue(
-        &self,
-        event: &EventRecord,
-        attempt: &str,
-        t: ClaimTimes,
-    ) -> Result<Claim, StoreError>;
-}
-
-/// What [`FoldInOne::process_in_one`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Folded {
-    /// Processed by this call: state folded, record marked processed.
-    Processed,
-    /// Already processed: acknowledge the message.
-    AlreadyDone,
-    /// Another worker holds a live lease: retry later.
-    Busy,
-    /// No record (expired): nothing to do.
-    Missing,
-}
-
-/// Optional port: process an event whose only work is its state fold in one atomic call:
-/// the checks of [`EventStore::begin_processing`], the fold, and
-/// [`EventStore::finish_processing`], with no lease in between. For stores with transactions
-/// (SQLite): one call instead of four. The worker uses it only when no slow work is configured
-/// (slow work must run between a lease and the finish).
-#[async_trait]
-pub trait FoldInOne: Send + Sync {
-    async fn process_in_one(
-        &self,
-        event: &EventRecord,
-        now_ms: i64,
-        state_expires_at_s: i64,
-    ) -> Result<Folded, StoreError>;
+    /// Send one job; the queue delivers it at least once.
+    async fn enqueue(&self, job: &Job) -> Result<(), PortError>;
 }

@@ -11,10 +11,7 @@ use crate::consent::{ConsentLedger, Consents};
 use crate::metrics::{Metrics, Unit};
 use crate::pipeline::{Clock, system_clock};
 use crate::state::StateRecord;
-use crate::store::{
-    EventRecord, EventStore, FoldInOne, Folded, Job, Processing, Stale, StaleEvent, StoreError,
-    WorkQueue,
-};
+use crate::store::{ErrorKind, EventRecord, Job, PortError, Processing, Stale, Store, WorkQueue};
 
 /// Slow work a user adds, run once per accepted event (after the state fold). Return an
 /// error to have the job retried (and, after the queue's max receives, dead-lettered).
@@ -41,7 +38,7 @@ pub struct WorkError(pub String);
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("store: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] PortError),
     #[error("another worker is processing {0}")]
     Busy(String),
     #[error("{work} failed: {error}")]
@@ -53,6 +50,14 @@ pub enum WorkerError {
     Contention(String),
     #[error("QUEUE_FIRST with slow work: the slow work needs a lease and a processed mark")]
     QueueFirstWithSlowWork,
+}
+
+impl WorkerError {
+    /// Whether retrying the job cannot help: a store call failed for good (an unreadable
+    /// state record...). The local queue dead-letters such a job at once; SQS counts receives.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Store(e) if e.kind() == ErrorKind::Permanent)
+    }
 }
 
 /// What a job did besides its outcome, for its summary line.
@@ -108,11 +113,9 @@ impl Default for WorkerSettings {
 }
 
 pub struct Worker {
-    store: Arc<dyn EventStore>,
+    store: Arc<dyn Store>,
     queue: Arc<dyn WorkQueue>,
     work: Vec<Arc<dyn SlowWork>>,
-    /// Used instead of lease → fold → finish while there is no slow work.
-    fold_in_one: Option<Arc<dyn FoldInOne>>,
     /// Fold by the state record alone ([`Worker::with_queue_first`]).
     queue_first: bool,
     settings: WorkerSettings,
@@ -121,16 +124,12 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(
-        store: Arc<dyn EventStore>,
-        queue: Arc<dyn WorkQueue>,
-        settings: WorkerSettings,
-    ) -> Self {
+    /// A worker over `store`; the sweeper re-sends to `queue`.
+    pub fn new(store: Arc<dyn Store>, queue: Arc<dyn WorkQueue>, settings: WorkerSettings) -> Self {
         Self {
             store,
             queue,
             work: Vec::new(),
-            fold_in_one: None,
             queue_first: false,
             settings,
             clock: system_clock(),
@@ -144,14 +143,7 @@ impl Worker {
         self
     }
 
-    /// Process events with one [`FoldInOne`] call while no slow work is configured (it must
-    /// be the worker's own store).
-    pub fn with_fold_in_one(mut self, store: Arc<dyn FoldInOne>) -> Self {
-        self.fold_in_one = Some(store);
-        self
-    }
-
-    /// Queue first (`QUEUE_FIRST`, [`crate::Pipeline::with_queue_first`]): every accepted
+    /// Queue first (`QUEUE_FIRST`, [`crate::ClaimThenSend::queue_first`]): every accepted
     /// event is a job, its record only the webhook's reply cache. A job is folded into its
     /// state and consent records and nothing else is written: no lease, no processed mark.
     /// The sweeper only sees records whose send failed; once it has re-sent one it takes it
@@ -244,17 +236,6 @@ impl Worker {
                 debug!(%key, kind = %job.event.kind, "event processed");
                 Outcome::Processed
             });
-        }
-        if let Some(store) = self.fold_in_one.as_ref().filter(|_| self.work.is_empty()) {
-            let expires = now / 1000 + self.settings.event_ttl.as_secs() as i64;
-            return match store.process_in_one(&job.event, now, expires).await? {
-                Folded::Processed => {
-                    debug!(%key, kind = %job.event.kind, "event processed");
-                    Ok(Outcome::Processed)
-                }
-                Folded::AlreadyDone | Folded::Missing => Ok(Outcome::Skipped),
-                Folded::Busy => Err(WorkerError::Busy(key.clone())),
-            };
         }
         let lease_until = now + self.settings.lease.as_millis() as i64;
         match self.store.begin_processing(key, now, lease_until).await? {
@@ -378,7 +359,7 @@ impl Worker {
     /// record and the enqueue, or the message was lost). Each record is handled on its own: a
     /// failed read, enqueue or lock extension is counted and logged, and the sweep goes on.
     /// `Err` only when the stale records could not be listed at all.
-    pub async fn sweep(&self) -> Result<SweepReport, StoreError> {
+    pub async fn sweep(&self) -> Result<SweepReport, PortError> {
         let now = (self.clock)();
         let grace = self.settings.sweep_grace.as_millis() as i64;
         let stale = self.store.stale_pending(now - grace, 100).await?;
@@ -386,8 +367,8 @@ impl Worker {
         let park_until = now + self.settings.event_ttl.as_millis() as i64;
         for Stale { key, sweeps, event } in stale {
             let event = match event {
-                StaleEvent::Readable(event) => *event,
-                StaleEvent::Corrupt(why) => {
+                Ok(event) => *event,
+                Err(why) if why.kind() == ErrorKind::Permanent => {
                     // It never will be readable: park it so it stops blocking the sweep.
                     error!(%key, error = %why, "unreadable event record parked");
                     match self.store.extend_lock(&key, park_until, sweeps).await {
@@ -396,7 +377,7 @@ impl Worker {
                     }
                     continue;
                 }
-                StaleEvent::ReadFailed(e) => {
+                Err(e) => {
                     report.fail(&key, "read", &e);
                     continue;
                 }
@@ -459,7 +440,7 @@ pub struct SweepReport {
 }
 
 impl SweepReport {
-    fn fail(&mut self, key: &str, what: &str, e: &StoreError) {
+    fn fail(&mut self, key: &str, what: &str, e: &PortError) {
         error!(%key, error = %e, "sweeper could not {what} a record; it is tried again at the next sweep");
         self.failed += 1;
     }

@@ -65,8 +65,10 @@ fn rig() -> Rig {
     };
     let pipeline = Pipeline::new(
         Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        store.clone(),
-        queue.clone(),
+        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
+            store.clone(),
+            queue.clone(),
+        )),
         ReplyPolicy::default(),
         Settings::default(),
     )
@@ -277,7 +279,7 @@ async fn a_redelivered_stop_changes_nothing() {
 
 impl Rig {
     async fn store_consent(&self) -> (webhook_pipeline::consent::ConsentLedger, u64) {
-        use webhook_pipeline::EventStore;
+        use webhook_pipeline::ConsentStore;
         self.store.load_consent(SUBSCRIBER).await.unwrap().unwrap()
     }
 }
@@ -293,7 +295,7 @@ async fn replay_runs_the_slow_work_again_for_processed_events_and_folds_nothing_
     assert_eq!(rig.drain().await, 3);
     assert_eq!(rig.recorder.runs.load(Ordering::SeqCst), 3);
     let state_before = {
-        use webhook_pipeline::EventStore;
+        use webhook_pipeline::StateStore;
         rig.store
             .load_state(&format!("msg#{}", sid(1)))
             .await
@@ -358,7 +360,7 @@ async fn replay_runs_the_slow_work_again_for_processed_events_and_folds_nothing_
     assert_eq!(rig.recorder.runs.load(Ordering::SeqCst), 6);
 
     // The state and the ledger saw each event once.
-    use webhook_pipeline::EventStore;
+    use webhook_pipeline::StateStore;
     assert_eq!(
         rig.store
             .load_state(&format!("msg#{}", sid(1)))
@@ -378,7 +380,7 @@ async fn replay_leaves_a_record_a_worker_holds() {
     let rig = rig();
     rig.sms(&sid(1), "hello", &[], T0).await;
     let key = format!("sms#{}", sid(1));
-    use webhook_pipeline::EventStore;
+    use webhook_pipeline::Leases;
     // A worker is on it right now.
     rig.store
         .begin_processing(&key, T0, T0 + 60_000)

@@ -9,8 +9,8 @@ use twilio_webhook::{AuthToken, Validator};
 use webhook_pipeline::store::ClaimTimes;
 use webhook_pipeline::worker::{Outcome, WorkerSettings};
 use webhook_pipeline::{
-    Claim, Clock, EventRecord, EventStore, FoldInOne, Folded, Job, Outbox, Pipeline, ReplyPolicy,
-    Settings, SlowWork, StoreError, WorkQueue, Worker,
+    Claim, Clock, EventLog, EventRecord, Intake, IntakeError, Job, Pipeline, PortError,
+    ReplyPolicy, Settings, SlowWork, StateStore, WorkQueue, Worker,
 };
 use webhook_testkit::memory::{MemoryQueue, MemoryStore};
 use webhook_testkit::samples::{self, CALL_SID, MESSAGE_SID, TEST_AUTH_TOKEN, signed_request};
@@ -35,8 +35,10 @@ fn rig(policy: ReplyPolicy) -> Rig {
     };
     let pipeline = Pipeline::new(
         Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        store.clone(),
-        queue.clone(),
+        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
+            store.clone(),
+            queue.clone(),
+        )),
         policy,
         Settings::default(),
     )
@@ -63,13 +65,14 @@ fn queue_first_rig(policy: ReplyPolicy) -> Rig {
     Rig {
         pipeline: Pipeline::new(
             Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-            r.store.clone(),
-            r.queue.clone(),
+            std::sync::Arc::new(
+                webhook_pipeline::ClaimThenSend::new(r.store.clone(), r.queue.clone())
+                    .queue_first(true),
+            ),
             policy,
             Settings::default(),
         )
-        .with_clock(clock.clone())
-        .with_queue_first(true),
+        .with_clock(clock.clone()),
         worker: Worker::new(r.store.clone(), r.queue.clone(), WorkerSettings::default())
             .with_clock(clock)
             .with_queue_first(true),
@@ -494,8 +497,9 @@ async fn memory_store_passes_the_contract() {
     webhook_testkit::contract::run_all(Arc::new(MemoryStore::default())).await;
 }
 
-/// An [`Outbox`] over the memory adapters that counts its calls and can be made to fail.
-struct CountingOutbox {
+/// An [`Intake`] of its own (as `webhook-local` has) over the memory adapters, that counts its
+/// calls and can be made to fail.
+struct CountingIntake {
     store: Arc<MemoryStore>,
     queue: Arc<MemoryQueue>,
     calls: std::sync::atomic::AtomicUsize,
@@ -503,34 +507,39 @@ struct CountingOutbox {
 }
 
 #[async_trait::async_trait]
-impl Outbox for CountingOutbox {
-    async fn claim_and_enqueue(
+impl Intake for CountingIntake {
+    async fn record(
         &self,
         event: &EventRecord,
         attempt: &str,
         t: ClaimTimes,
-    ) -> Result<Claim, StoreError> {
+    ) -> Result<Claim, IntakeError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.fail.load(Ordering::SeqCst) {
-            return Err(StoreError::new("database is locked"));
+            return Err(IntakeError::Store(PortError::retryable(
+                "database is locked",
+            )));
         }
-        let claim = self.store.claim(event, attempt, t).await?;
+        let claim = self
+            .store
+            .claim(event, attempt, t)
+            .await
+            .map_err(IntakeError::Store)?;
         if claim == Claim::New {
-            self.queue
-                .enqueue(&Job {
-                    event: event.clone(),
-                })
-                .await?;
+            let job = Job {
+                event: event.clone(),
+            };
+            self.queue.enqueue(&job).await.map_err(IntakeError::Queue)?;
         }
         Ok(claim)
     }
 }
 
 #[tokio::test]
-async fn with_an_outbox_a_new_event_is_one_call_and_duplicates_are_not_enqueued() {
+async fn with_its_own_intake_a_new_event_is_one_call_and_duplicates_are_not_enqueued() {
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::default());
-    let outbox = Arc::new(CountingOutbox {
+    let outbox = Arc::new(CountingIntake {
         store: store.clone(),
         queue: queue.clone(),
         calls: Default::default(),
@@ -538,12 +547,10 @@ async fn with_an_outbox_a_new_event_is_one_call_and_duplicates_are_not_enqueued(
     });
     let pipeline = Pipeline::new(
         Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        store.clone(),
-        queue.clone(),
+        outbox.clone(),
         ReplyPolicy::default(),
         Settings::default(),
-    )
-    .with_outbox(outbox.clone());
+    );
     let first = pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
     assert_eq!(first.status, 200);
     assert_eq!(outbox.calls.load(Ordering::SeqCst), 1);
@@ -553,7 +560,7 @@ async fn with_an_outbox_a_new_event_is_one_call_and_duplicates_are_not_enqueued(
         first
     );
     assert_eq!(queue.len(), 1, "a duplicate is never enqueued");
-    // The outbox failing is a store failure: 503, so Twilio retries.
+    // The intake failing is a store failure: 503, so Twilio retries.
     outbox.fail.store(true, Ordering::SeqCst);
     let other = "SM00000000000000000000000000000002";
     assert_eq!(
@@ -561,55 +568,6 @@ async fn with_an_outbox_a_new_event_is_one_call_and_duplicates_are_not_enqueued(
         503
     );
     assert_eq!((store.len(), queue.len()), (1, 1));
-}
-
-/// A [`FoldInOne`] that only counts its calls and answers `Processed`.
-#[derive(Default)]
-struct CountingFold(std::sync::atomic::AtomicUsize);
-
-#[async_trait::async_trait]
-impl FoldInOne for CountingFold {
-    async fn process_in_one(&self, _: &EventRecord, _: i64, _: i64) -> Result<Folded, StoreError> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(Folded::Processed)
-    }
-}
-
-struct NoopWork;
-
-#[async_trait::async_trait]
-impl SlowWork for NoopWork {
-    fn name(&self) -> &'static str {
-        "noop"
-    }
-    async fn run(&self, _: &EventRecord) -> Result<(), webhook_pipeline::worker::WorkError> {
-        Ok(())
-    }
-}
-
-#[tokio::test]
-async fn the_one_call_fold_is_used_only_without_slow_work() {
-    let r = rig(ReplyPolicy::default());
-    r.pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
-    let job = r.queue.pop().unwrap();
-    let fold = Arc::new(CountingFold::default());
-    let plain = Worker::new(r.store.clone(), r.queue.clone(), WorkerSettings::default())
-        .with_fold_in_one(fold.clone());
-    assert_eq!(plain.process(&job).await.unwrap(), Outcome::Processed);
-    assert_eq!(fold.0.load(Ordering::SeqCst), 1);
-    // Slow work must run under a lease: the worker takes the lease path instead.
-    let slow = Worker::new(r.store.clone(), r.queue.clone(), WorkerSettings::default())
-        .with_fold_in_one(fold.clone())
-        .with_work(Arc::new(NoopWork));
-    assert_eq!(slow.process(&job).await.unwrap(), Outcome::Processed);
-    assert_eq!(fold.0.load(Ordering::SeqCst), 1);
-    assert_eq!(
-        r.store
-            .begin_processing(&job.event.key, 0, 1)
-            .await
-            .unwrap(),
-        webhook_pipeline::Processing::AlreadyDone
-    );
 }
 
 /// Trust issue, item 12: an event first accepted at `/fallback` got no state record.
@@ -789,8 +747,10 @@ mod accounts_and_rotation {
         let secret = Secret::parse(secret, "S").unwrap();
         Pipeline::new(
             secret.validator,
-            store.clone(),
-            queue.clone(),
+            std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
+                store.clone(),
+                queue.clone(),
+            )),
             ReplyPolicy::default(),
             Settings::default(),
         )
@@ -1128,7 +1088,9 @@ mod slow {
     use webhook_pipeline::consent::ConsentLedger;
     use webhook_pipeline::state::StateRecord;
     use webhook_pipeline::store::{ClaimTimes, Processing, Stale};
-    use webhook_pipeline::{Claim, EventRecord, EventStore, Job, StoreError, WorkQueue};
+    use webhook_pipeline::{
+        Claim, ConsentStore, EventLog, EventRecord, Job, Leases, PortError, StateStore, WorkQueue,
+    };
 
     pub const TRIP: Duration = Duration::from_millis(100);
 
@@ -1141,47 +1103,45 @@ mod slow {
 
     #[async_trait]
     impl WorkQueue for Queue {
-        async fn enqueue(&self, job: &Job) -> Result<(), StoreError> {
+        async fn enqueue(&self, job: &Job) -> Result<(), PortError> {
             tokio::time::sleep(TRIP).await;
             self.0.enqueue(job).await
         }
     }
 
     #[async_trait]
-    impl EventStore for Store {
-        async fn claim(
-            &self,
-            e: &EventRecord,
-            a: &str,
-            t: ClaimTimes,
-        ) -> Result<Claim, StoreError> {
+    impl EventLog for Store {
+        async fn claim(&self, e: &EventRecord, a: &str, t: ClaimTimes) -> Result<Claim, PortError> {
             tokio::time::sleep(TRIP).await;
             self.0.claim(e, a, t).await
         }
-        async fn release(&self, k: &str, a: &str) -> Result<(), StoreError> {
+        async fn release(&self, k: &str, a: &str) -> Result<(), PortError> {
             self.0.release(k, a).await
         }
-        async fn begin_processing(
-            &self,
-            k: &str,
-            n: i64,
-            l: i64,
-        ) -> Result<Processing, StoreError> {
-            self.0.begin_processing(k, n, l).await
-        }
-        async fn finish_processing(&self, k: &str, n: i64) -> Result<(), StoreError> {
-            self.0.finish_processing(k, n).await
-        }
-        async fn abandon_processing(&self, k: &str) -> Result<(), StoreError> {
-            self.0.abandon_processing(k).await
-        }
-        async fn stale_pending(&self, b: i64, l: usize) -> Result<Vec<Stale>, StoreError> {
+        async fn stale_pending(&self, b: i64, l: usize) -> Result<Vec<Stale>, PortError> {
             self.0.stale_pending(b, l).await
         }
-        async fn extend_lock(&self, k: &str, l: i64, s: u32) -> Result<(), StoreError> {
+        async fn extend_lock(&self, k: &str, l: i64, s: u32) -> Result<(), PortError> {
             self.0.extend_lock(k, l, s).await
         }
-        async fn load_state(&self, id: &str) -> Result<Option<(StateRecord, u64)>, StoreError> {
+    }
+
+    #[async_trait]
+    impl Leases for Store {
+        async fn begin_processing(&self, k: &str, n: i64, l: i64) -> Result<Processing, PortError> {
+            self.0.begin_processing(k, n, l).await
+        }
+        async fn finish_processing(&self, k: &str, n: i64) -> Result<(), PortError> {
+            self.0.finish_processing(k, n).await
+        }
+        async fn abandon_processing(&self, k: &str) -> Result<(), PortError> {
+            self.0.abandon_processing(k).await
+        }
+    }
+
+    #[async_trait]
+    impl StateStore for Store {
+        async fn load_state(&self, id: &str) -> Result<Option<(StateRecord, u64)>, PortError> {
             self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.0.load_state(id).await
         }
@@ -1191,10 +1151,14 @@ mod slow {
             s: &StateRecord,
             v: Option<u64>,
             e: i64,
-        ) -> Result<bool, StoreError> {
+        ) -> Result<bool, PortError> {
             self.0.save_state(id, s, v, e).await
         }
-        async fn load_consent(&self, s: &str) -> Result<Option<(ConsentLedger, u64)>, StoreError> {
+    }
+
+    #[async_trait]
+    impl ConsentStore for Store {
+        async fn load_consent(&self, s: &str) -> Result<Option<(ConsentLedger, u64)>, PortError> {
             self.0.load_consent(s).await
         }
         async fn save_consent(
@@ -1202,7 +1166,7 @@ mod slow {
             s: &str,
             l: &ConsentLedger,
             v: Option<u64>,
-        ) -> Result<bool, StoreError> {
+        ) -> Result<bool, PortError> {
             self.0.save_consent(s, l, v).await
         }
     }
@@ -1215,12 +1179,16 @@ async fn round_trips_two_then_one_and_queue_first_one_for_new_and_duplicate_alik
         let queue = Arc::new(MemoryQueue::default());
         let p = Pipeline::new(
             Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-            Arc::new(slow::Store(store.clone(), Default::default())),
-            Arc::new(slow::Queue(queue.clone())),
+            std::sync::Arc::new(
+                webhook_pipeline::ClaimThenSend::new(
+                    Arc::new(slow::Store(store.clone(), Default::default())),
+                    Arc::new(slow::Queue(queue.clone())),
+                )
+                .queue_first(queue_first),
+            ),
             ReplyPolicy::default(),
             Settings::default(),
-        )
-        .with_queue_first(queue_first);
+        );
         let mut trips = Vec::new();
         for _ in 0..2 {
             let started = tokio::time::Instant::now();
@@ -1241,12 +1209,12 @@ async fn an_inbound_message_creates_its_state_without_reading_it_first() {
     let queue = Arc::new(MemoryQueue::default());
     let p = Pipeline::new(
         Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        store.clone(),
-        queue.clone(),
+        std::sync::Arc::new(
+            webhook_pipeline::ClaimThenSend::new(store.clone(), queue.clone()).queue_first(true),
+        ),
         ReplyPolicy::default(),
         Settings::default(),
-    )
-    .with_queue_first(true);
+    );
     let worker =
         Worker::new(store.clone(), queue.clone(), WorkerSettings::default()).with_queue_first(true);
     let reads = || store.1.load(Ordering::SeqCst);

@@ -1,5 +1,7 @@
-//! The store contract: one suite every [`EventStore`] adapter must pass (in-memory, SQLite,
-//! DynamoDB against moto), so the adapters cannot drift apart. Keys are unique per run, so a
+//! The store contract: one suite every [`Store`] adapter must pass (in-memory, SQLite,
+//! DynamoDB against moto), so the adapters cannot drift apart. [`transitions_follow_the_rules`]
+//! drives every lifecycle transition from every record state and compares each answer with
+//! [`webhook_pipeline::lifecycle`], the one definition. Keys are unique per run, so a
 //! long-lived store (a moto server) can be reused.
 
 use std::sync::Arc;
@@ -7,11 +9,10 @@ use std::sync::Arc;
 use twilio_webhook::payload::Endpoint;
 
 use webhook_pipeline::consent::{ConsentAction, ConsentLedger, ConsentUpdate, ConsentVia};
+use webhook_pipeline::lifecycle::{self, Params, RecordFields};
 use webhook_pipeline::reply::Reply;
 use webhook_pipeline::state::{StateRecord, StateUpdate};
-use webhook_pipeline::store::{
-    Claim, ClaimTimes, EventRecord, EventStore, Processing, Stale, StaleEvent,
-};
+use webhook_pipeline::store::{Claim, ClaimTimes, EventRecord, Processing, Stale, Store};
 
 const NOW: i64 = 1_800_000_000_000;
 
@@ -57,7 +58,7 @@ fn times(now: i64) -> ClaimTimes {
 }
 
 /// Run every contract case against `store`.
-pub async fn run_all(store: Arc<dyn EventStore>) {
+pub async fn run_all(store: Arc<dyn Store>) {
     claim_is_once_and_duplicates_get_the_stored_reply(&*store).await;
     expired_records_do_not_block(&*store).await;
     abandoned_claims_can_be_redone(&*store).await;
@@ -65,13 +66,15 @@ pub async fn run_all(store: Arc<dyn EventStore>) {
     processing_lease(&*store).await;
     a_claim_never_wipes_a_live_lease(&*store).await;
     a_retried_claim_recognises_its_own_record(&*store).await;
+    transitions_follow_the_rules(&*store).await;
+    a_late_worker_cannot_reopen_a_processed_record(&*store).await;
     sweeper_view(&*store).await;
     state_is_optimistic(&*store).await;
     consent_is_optimistic(&*store).await;
     concurrent_claims_make_one_winner(store.clone()).await;
 }
 
-pub async fn claim_is_once_and_duplicates_get_the_stored_reply(store: &dyn EventStore) {
+pub async fn claim_is_once_and_duplicates_get_the_stored_reply(store: &dyn Store) {
     let e = sample_event("once");
     assert_eq!(store.claim(&e, "a1", times(NOW)).await.unwrap(), Claim::New);
     let mut again = e.clone();
@@ -94,13 +97,13 @@ pub async fn claim_is_once_and_duplicates_get_the_stored_reply(store: &dyn Event
         .find(|r| r.key == e.key)
         .expect("pending record");
     match &found.event {
-        StaleEvent::Readable(event) => assert_eq!(**event, e),
+        Ok(event) => assert_eq!(**event, e),
         other => panic!("the record reads back: {other:?}"),
     }
     assert_eq!(found.sweeps, 0);
 }
 
-pub async fn expired_records_do_not_block(store: &dyn EventStore) {
+pub async fn expired_records_do_not_block(store: &dyn Store) {
     let e = sample_event("expiry");
     let t = ClaimTimes {
         now_ms: NOW,
@@ -127,7 +130,7 @@ pub async fn expired_records_do_not_block(store: &dyn EventStore) {
     );
 }
 
-pub async fn abandoned_claims_can_be_redone(store: &dyn EventStore) {
+pub async fn abandoned_claims_can_be_redone(store: &dyn Store) {
     let e = sample_event("abandon");
     assert_eq!(store.claim(&e, "a1", times(NOW)).await.unwrap(), Claim::New);
     assert!(matches!(
@@ -151,7 +154,7 @@ pub async fn abandoned_claims_can_be_redone(store: &dyn EventStore) {
     }
 }
 
-pub async fn release_only_by_owner(store: &dyn EventStore) {
+pub async fn release_only_by_owner(store: &dyn Store) {
     let e = sample_event("release");
     store.claim(&e, "owner", times(NOW)).await.unwrap();
     store.release(&e.key, "someone-else").await.unwrap();
@@ -166,7 +169,7 @@ pub async fn release_only_by_owner(store: &dyn EventStore) {
     );
 }
 
-pub async fn processing_lease(store: &dyn EventStore) {
+pub async fn processing_lease(store: &dyn Store) {
     let e = sample_event("lease");
     assert_eq!(
         store.begin_processing(&e.key, NOW, NOW + 1).await.unwrap(),
@@ -208,7 +211,7 @@ pub async fn processing_lease(store: &dyn EventStore) {
 /// Trust issue, item 6: after a release (an SQS send that timed out but was delivered) or a
 /// late duplicate, a re-claim rewrote the record and wiped the worker's live lease, so the
 /// event was processed twice at the same moment.
-pub async fn a_claim_never_wipes_a_live_lease(store: &dyn EventStore) {
+pub async fn a_claim_never_wipes_a_live_lease(store: &dyn Store) {
     let e = sample_event("lease-wipe");
     assert_eq!(store.claim(&e, "a1", times(NOW)).await.unwrap(), Claim::New);
     assert_eq!(
@@ -260,7 +263,7 @@ pub async fn a_claim_never_wipes_a_live_lease(store: &dyn EventStore) {
 
 /// Trust issue, item 14: a claim retried by the same attempt (its first answer was lost)
 /// finds the record it wrote; that is this attempt's own new event, not a duplicate.
-pub async fn a_retried_claim_recognises_its_own_record(store: &dyn EventStore) {
+pub async fn a_retried_claim_recognises_its_own_record(store: &dyn Store) {
     let e = sample_event("own");
     assert_eq!(store.claim(&e, "a1", times(NOW)).await.unwrap(), Claim::New);
     assert_eq!(
@@ -274,7 +277,7 @@ pub async fn a_retried_claim_recognises_its_own_record(store: &dyn EventStore) {
     ));
 }
 
-pub async fn sweeper_view(store: &dyn EventStore) {
+pub async fn sweeper_view(store: &dyn Store) {
     let e = sample_event("sweep");
     store.claim(&e, "a", times(NOW)).await.unwrap();
     let find = |v: &[Stale]| v.iter().find(|r| r.key == e.key).map(|r| r.sweeps);
@@ -314,7 +317,7 @@ pub async fn sweeper_view(store: &dyn EventStore) {
     );
 }
 
-pub async fn state_is_optimistic(store: &dyn EventStore) {
+pub async fn state_is_optimistic(store: &dyn Store) {
     let id = format!("msg#SM{}", uuid::Uuid::new_v4().simple());
     assert!(store.load_state(&id).await.unwrap().is_none());
     let mut s = StateRecord {
@@ -363,7 +366,7 @@ pub async fn state_is_optimistic(store: &dyn EventStore) {
     );
 }
 
-pub async fn consent_is_optimistic(store: &dyn EventStore) {
+pub async fn consent_is_optimistic(store: &dyn Store) {
     let subscriber = format!("+1555{}", uuid::Uuid::new_v4().as_u128() % 10_000_000);
     assert!(store.load_consent(&subscriber).await.unwrap().is_none());
     let mut ledger = ConsentLedger::default();
@@ -407,7 +410,7 @@ pub async fn consent_is_optimistic(store: &dyn EventStore) {
     );
 }
 
-pub async fn concurrent_claims_make_one_winner(store: Arc<dyn EventStore>) {
+pub async fn concurrent_claims_make_one_winner(store: Arc<dyn Store>) {
     let e = sample_event("race");
     let tasks: Vec<_> = (0..20)
         .map(|i| {
@@ -424,4 +427,152 @@ pub async fn concurrent_claims_make_one_winner(store: Arc<dyn EventStore>) {
         }
     }
     assert_eq!(new, 1, "exactly one of 20 concurrent claims wins");
+}
+
+/// A record state the test builds through the ports, and the fields it must then have.
+#[derive(Debug, Clone, Copy)]
+enum Built {
+    /// Claimed by `a1`, its lock running.
+    Locked,
+    /// Claimed, then released by `a1`: no lock.
+    Released,
+    /// Claimed, a worker's lease running.
+    Leased,
+    /// Claimed, leased, then released (a send that timed out but was delivered).
+    LeasedReleased,
+    /// Claimed, leased, then the lease abandoned after a failure.
+    Abandoned,
+    /// Claimed, leased, finished.
+    Processed,
+}
+
+const LOCK: i64 = 30_000;
+const LEASE: i64 = 60_000;
+
+async fn build(store: &dyn Store, state: Built, tag: &str) -> (EventRecord, RecordFields<'static>) {
+    let e = sample_event(tag);
+    assert_eq!(store.claim(&e, "a1", times(NOW)).await.unwrap(), Claim::New);
+    let mut f = RecordFields {
+        processed: false,
+        lock_until_ms: NOW + LOCK,
+        lease_until_ms: 0,
+        expires_at_s: NOW / 1000 + 3600,
+        attempt: "a1",
+        lease_owner: None,
+        sweeps: 0,
+    };
+    match state {
+        Built::Locked => {}
+        Built::Released => {
+            store.release(&e.key, "a1").await.unwrap();
+            f.lock_until_ms = 0;
+        }
+        Built::Leased => {
+            lease(store, &e.key).await;
+            f.lease_until_ms = NOW + LEASE;
+        }
+        Built::LeasedReleased => {
+            lease(store, &e.key).await;
+            store.release(&e.key, "a1").await.unwrap();
+            f.lease_until_ms = NOW + LEASE;
+            f.lock_until_ms = 0;
+        }
+        Built::Abandoned => {
+            lease(store, &e.key).await;
+            store.abandon_processing(&e.key).await.unwrap();
+        }
+        Built::Processed => {
+            lease(store, &e.key).await;
+            store.finish_processing(&e.key, NOW + 2).await.unwrap();
+            f.processed = true;
+            f.lease_until_ms = NOW + LEASE;
+        }
+    }
+    (e, f)
+}
+
+async fn lease(store: &dyn Store, key: &str) {
+    let taken = store.begin_processing(key, NOW + 1, NOW + LEASE).await;
+    assert_eq!(taken.unwrap(), Processing::Ready);
+}
+
+/// From every state, at a moment inside the lock, after the lock, and after the lease: a
+/// claim by another attempt, a claim by the writing attempt, and a lease request each get
+/// the answer [`lifecycle`] gives for the record's fields.
+pub async fn transitions_follow_the_rules(store: &dyn Store) {
+    let states = [
+        Built::Locked,
+        Built::Released,
+        Built::Leased,
+        Built::LeasedReleased,
+        Built::Abandoned,
+        Built::Processed,
+    ];
+    for state in states {
+        for at in [NOW + 10, NOW + LOCK + 1, NOW + LEASE + 1] {
+            for attempt in ["a2", "a1"] {
+                let (e, f) = build(store, state, "rules").await;
+                let p = Params {
+                    now_ms: at,
+                    attempt,
+                    ..Params::default()
+                };
+                let expected =
+                    lifecycle::claim_outcome(Some(&f), &p, || Ok::<_, ()>(e.reply.clone()))
+                        .unwrap();
+                let got = store.claim(&e, attempt, times(at)).await.unwrap();
+                assert_eq!(
+                    got,
+                    expected,
+                    "claim by {attempt} of a {state:?} record at +{} ms",
+                    at - NOW
+                );
+            }
+            let (e, f) = build(store, state, "rules-lease").await;
+            let expected = lifecycle::lease_outcome(
+                Some(&f),
+                &Params {
+                    now_ms: at,
+                    ..Params::default()
+                },
+            );
+            let got = store
+                .begin_processing(&e.key, at, at + LEASE)
+                .await
+                .unwrap();
+            assert_eq!(
+                got,
+                expected,
+                "lease of a {state:?} record at +{} ms",
+                at - NOW
+            );
+        }
+    }
+}
+
+/// A worker whose lease ran out, finishing or abandoning late, must not make a processed
+/// record pending again, and a release by its writer changes nothing once it is processed.
+pub async fn a_late_worker_cannot_reopen_a_processed_record(store: &dyn Store) {
+    let (e, _) = build(store, Built::Processed, "late").await;
+    store.abandon_processing(&e.key).await.unwrap();
+    store.release(&e.key, "a1").await.unwrap();
+    assert_eq!(
+        store
+            .begin_processing(&e.key, NOW + 10, NOW + LEASE)
+            .await
+            .unwrap(),
+        Processing::AlreadyDone
+    );
+    assert!(matches!(
+        store.claim(&e, "a2", times(NOW + 10)).await.unwrap(),
+        Claim::Duplicate {
+            processed: true,
+            ..
+        }
+    ));
+    let stale = store.stale_pending(i64::MAX / 2, 1000).await.unwrap();
+    assert!(
+        stale.iter().all(|s| s.key != e.key),
+        "processed is not pending"
+    );
 }

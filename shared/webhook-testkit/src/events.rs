@@ -102,8 +102,10 @@ fn worker_sqs_event() -> Value {
     let req = samples::signed_request(TEST_AUTH_TOKEN, &url, &sample.params);
     let pipeline = webhook_pipeline::Pipeline::new(
         twilio_webhook::Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        Arc::new(crate::memory::MemoryStore::default()),
-        Arc::new(crate::memory::MemoryQueue::default()),
+        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
+            Arc::new(crate::memory::MemoryStore::default()),
+            Arc::new(crate::memory::MemoryQueue::default()),
+        )),
         webhook_pipeline::ReplyPolicy::default(),
         webhook_pipeline::Settings::default(),
     )

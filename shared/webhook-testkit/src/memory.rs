@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 
 use webhook_pipeline::consent::ConsentLedger;
+use webhook_pipeline::lifecycle::{self, Params, RecordFields};
 use webhook_pipeline::replay::{Candidate, ReplayFilter, ReplaySource};
 use webhook_pipeline::state::StateRecord;
 use webhook_pipeline::store::{
-    Claim, ClaimTimes, EventRecord, EventStore, Job, Processing, RecordTimes, Stale, StaleEvent,
-    StoreError, WorkQueue,
+    Claim, ClaimTimes, ConsentStore, EventLog, EventRecord, Job, Leases, PortError, Processing,
+    Stale, StateStore, WorkQueue,
 };
 
 #[derive(Debug, Clone)]
@@ -23,6 +24,39 @@ struct Row {
     processed: bool,
     lease_until_ms: i64,
     sweeps: u32,
+}
+
+impl Row {
+    fn fields(&self) -> RecordFields<'_> {
+        RecordFields {
+            processed: self.processed,
+            lock_until_ms: self.lock_until_ms,
+            lease_until_ms: self.lease_until_ms,
+            expires_at_s: self.expires_at_s,
+            attempt: &self.attempt,
+            lease_owner: None,
+            sweeps: self.sweeps,
+        }
+    }
+}
+
+/// Whether `rule` allows the transition on the record under `key` (the one rule of
+/// [`lifecycle`]), and the record if so.
+fn allowed<'a>(
+    rows: &'a mut HashMap<String, Row>,
+    key: &str,
+    rule: lifecycle::Cond,
+    p: &Params<'_>,
+) -> Option<&'a mut Row> {
+    rows.get_mut(key)
+        .filter(|r| rule.holds(Some(&r.fields()), p))
+}
+
+fn at(now_ms: i64) -> Params<'static> {
+    Params {
+        now_ms,
+        ..Params::default()
+    }
 }
 
 #[derive(Default)]
@@ -43,11 +77,11 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    fn check_fail(&self) -> Result<(), StoreError> {
+    fn check_fail(&self) -> Result<(), PortError> {
         let n = self.fail_next.load(Ordering::SeqCst);
         if n > 0 {
             self.fail_next.store(n - 1, Ordering::SeqCst);
-            return Err(StoreError("injected store failure".into()));
+            return Err(PortError::retryable("injected store failure"));
         }
         Ok(())
     }
@@ -71,29 +105,27 @@ impl MemoryStore {
 }
 
 #[async_trait]
-impl EventStore for MemoryStore {
+impl EventLog for MemoryStore {
     async fn claim(
         &self,
         event: &EventRecord,
         attempt: &str,
         t: ClaimTimes,
-    ) -> Result<Claim, StoreError> {
+    ) -> Result<Claim, PortError> {
         self.check_fail()?;
         let mut g = self.lock();
-        if let Some(row) = g.rows.get(&event.key) {
-            let times = RecordTimes {
-                processed: row.processed,
-                lock_until_ms: row.lock_until_ms,
-                lease_until_ms: row.lease_until_ms,
-                expires_at_s: row.expires_at_s,
-            };
-            let own = row.attempt == attempt && !row.processed && row.lease_until_ms <= t.now_ms;
-            if times.is_live(t.now_ms) && !own {
-                return Ok(Claim::Duplicate {
-                    reply: row.event.reply.clone(),
-                    processed: row.processed,
-                });
-            }
+        let p = Params {
+            now_ms: t.now_ms,
+            attempt,
+            ..Params::default()
+        };
+        let row = g.rows.get(&event.key);
+        let claim = lifecycle::claim_outcome(row.map(Row::fields).as_ref(), &p, || {
+            row.map(|r| r.event.reply.clone())
+                .ok_or_else(|| PortError::permanent("no record to reply from"))
+        })?;
+        if claim != Claim::New {
+            return Ok(claim);
         }
         g.rows.insert(
             event.key.clone(),
@@ -111,59 +143,21 @@ impl EventStore for MemoryStore {
         let lost = self.lose_next_answer.load(Ordering::SeqCst);
         if lost > 0 {
             self.lose_next_answer.store(lost - 1, Ordering::SeqCst);
-            return Err(StoreError(
-                "injected lost answer (the write took effect)".into(),
+            return Err(PortError::retryable(
+                "injected lost answer (the write took effect)",
             ));
         }
         Ok(Claim::New)
     }
 
-    async fn release(&self, key: &str, attempt: &str) -> Result<(), StoreError> {
+    async fn release(&self, key: &str, attempt: &str) -> Result<(), PortError> {
         self.check_fail()?;
-        if let Some(row) = self
-            .lock()
-            .rows
-            .get_mut(key)
-            .filter(|r| r.attempt == attempt)
-        {
-            row.lock_until_ms = 0;
-        }
-        Ok(())
-    }
-
-    async fn begin_processing(
-        &self,
-        key: &str,
-        now_ms: i64,
-        lease_until_ms: i64,
-    ) -> Result<Processing, StoreError> {
-        self.check_fail()?;
-        let mut g = self.lock();
-        let Some(row) = g.rows.get_mut(key) else {
-            return Ok(Processing::Missing);
+        let p = Params {
+            attempt,
+            ..Params::default()
         };
-        if row.processed {
-            return Ok(Processing::AlreadyDone);
-        }
-        if row.lease_until_ms > now_ms {
-            return Ok(Processing::Busy);
-        }
-        row.lease_until_ms = lease_until_ms;
-        Ok(Processing::Ready)
-    }
-
-    async fn finish_processing(&self, key: &str, _now_ms: i64) -> Result<(), StoreError> {
-        self.check_fail()?;
-        if let Some(row) = self.lock().rows.get_mut(key) {
-            row.processed = true;
-        }
-        Ok(())
-    }
-
-    async fn abandon_processing(&self, key: &str) -> Result<(), StoreError> {
-        self.check_fail()?;
-        if let Some(row) = self.lock().rows.get_mut(key) {
-            row.lease_until_ms = 0;
+        if let Some(row) = allowed(&mut self.lock().rows, key, lifecycle::RELEASE, &p) {
+            row.lock_until_ms = 0;
         }
         Ok(())
     }
@@ -172,7 +166,7 @@ impl EventStore for MemoryStore {
         &self,
         lock_before_ms: i64,
         limit: usize,
-    ) -> Result<Vec<Stale>, StoreError> {
+    ) -> Result<Vec<Stale>, PortError> {
         self.check_fail()?;
         let g = self.lock();
         let mut rows: Vec<&Row> = g
@@ -187,7 +181,7 @@ impl EventStore for MemoryStore {
             .map(|r| Stale {
                 key: r.event.key.clone(),
                 sweeps: r.sweeps,
-                event: StaleEvent::Readable(Box::new(r.event.clone())),
+                event: Ok(Box::new(r.event.clone())),
             })
             .collect())
     }
@@ -197,21 +191,59 @@ impl EventStore for MemoryStore {
         key: &str,
         lock_until_ms: i64,
         sweeps_read: u32,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), PortError> {
         self.check_fail()?;
-        if let Some(row) = self
-            .lock()
-            .rows
-            .get_mut(key)
-            .filter(|r| !r.processed && r.sweeps == sweeps_read)
-        {
+        let p = Params {
+            sweeps_read,
+            ..Params::default()
+        };
+        if let Some(row) = allowed(&mut self.lock().rows, key, lifecycle::EXTEND_LOCK, &p) {
             row.lock_until_ms = lock_until_ms;
             row.sweeps += 1;
         }
         Ok(())
     }
+}
 
-    async fn load_state(&self, id: &str) -> Result<Option<(StateRecord, u64)>, StoreError> {
+#[async_trait]
+impl Leases for MemoryStore {
+    async fn begin_processing(
+        &self,
+        key: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Processing, PortError> {
+        self.check_fail()?;
+        let mut g = self.lock();
+        let row = g.rows.get_mut(key);
+        let outcome =
+            lifecycle::lease_outcome(row.as_ref().map(|r| r.fields()).as_ref(), &at(now_ms));
+        if let (Processing::Ready, Some(row)) = (&outcome, row) {
+            row.lease_until_ms = lease_until_ms;
+        }
+        Ok(outcome)
+    }
+
+    async fn finish_processing(&self, key: &str, now_ms: i64) -> Result<(), PortError> {
+        self.check_fail()?;
+        if let Some(row) = allowed(&mut self.lock().rows, key, lifecycle::FINISH, &at(now_ms)) {
+            row.processed = true;
+        }
+        Ok(())
+    }
+
+    async fn abandon_processing(&self, key: &str) -> Result<(), PortError> {
+        self.check_fail()?;
+        if let Some(row) = allowed(&mut self.lock().rows, key, lifecycle::ABANDON, &at(0)) {
+            row.lease_until_ms = 0;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StateStore for MemoryStore {
+    async fn load_state(&self, id: &str) -> Result<Option<(StateRecord, u64)>, PortError> {
         self.check_fail()?;
         Ok(self.lock().states.get(id).cloned())
     }
@@ -222,7 +254,7 @@ impl EventStore for MemoryStore {
         state: &StateRecord,
         expected: Option<u64>,
         _expires_at_s: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, PortError> {
         self.check_fail()?;
         let mut g = self.lock();
         let current = g.states.get(id).map(|(_, v)| *v);
@@ -233,11 +265,14 @@ impl EventStore for MemoryStore {
             .insert(id.to_owned(), (state.clone(), expected.unwrap_or(0) + 1));
         Ok(true)
     }
+}
 
+#[async_trait]
+impl ConsentStore for MemoryStore {
     async fn load_consent(
         &self,
         subscriber: &str,
-    ) -> Result<Option<(ConsentLedger, u64)>, StoreError> {
+    ) -> Result<Option<(ConsentLedger, u64)>, PortError> {
         self.check_fail()?;
         Ok(self.lock().consents.get(subscriber).cloned())
     }
@@ -247,7 +282,7 @@ impl EventStore for MemoryStore {
         subscriber: &str,
         ledger: &ConsentLedger,
         expected: Option<u64>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, PortError> {
         self.check_fail()?;
         let mut g = self.lock();
         let current = g.consents.get(subscriber).map(|(_, v)| *v);
@@ -268,7 +303,7 @@ impl ReplaySource for MemoryStore {
         &self,
         filter: &ReplayFilter,
         now_ms: i64,
-    ) -> Result<(Vec<Candidate>, usize), StoreError> {
+    ) -> Result<(Vec<Candidate>, usize), PortError> {
         self.check_fail()?;
         let g = self.lock();
         let mut out: Vec<Candidate> = g
@@ -284,13 +319,10 @@ impl ReplaySource for MemoryStore {
         Ok((out, 0))
     }
 
-    async fn reopen(&self, key: &str, now_ms: i64, lock_until_ms: i64) -> Result<bool, StoreError> {
+    async fn reopen(&self, key: &str, now_ms: i64, lock_until_ms: i64) -> Result<bool, PortError> {
         self.check_fail()?;
         let mut g = self.lock();
-        let Some(row) = g.rows.get_mut(key).filter(|r| {
-            r.expires_at_s.saturating_mul(1000) > now_ms
-                && (r.processed || r.lease_until_ms <= now_ms)
-        }) else {
+        let Some(row) = allowed(&mut g.rows, key, lifecycle::REOPEN, &at(now_ms)) else {
             return Ok(false);
         };
         row.processed = false;
@@ -330,11 +362,11 @@ impl MemoryQueue {
 
 #[async_trait]
 impl WorkQueue for MemoryQueue {
-    async fn enqueue(&self, job: &Job) -> Result<(), StoreError> {
+    async fn enqueue(&self, job: &Job) -> Result<(), PortError> {
         let n = self.fail_next.load(Ordering::SeqCst);
         if n > 0 {
             self.fail_next.store(n - 1, Ordering::SeqCst);
-            return Err(StoreError("injected queue failure".into()));
+            return Err(PortError::retryable("injected queue failure"));
         }
         self.jobs
             .lock()
