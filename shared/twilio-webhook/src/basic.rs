@@ -26,6 +26,7 @@ pub enum BasicAuthError {
     /// No `Authorization: Basic` header: Twilio's first try, answered with the challenge.
     #[error("no Basic credentials (Twilio sends them after a 401 challenge)")]
     Missing,
+    /// Credentials present but not the configured ones (or not decodable).
     #[error("wrong Basic credentials")]
     Wrong,
 }
@@ -33,15 +34,19 @@ pub enum BasicAuthError {
 /// A username or password that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BadCredentials {
+    /// The username is empty or only whitespace.
     #[error("the Basic auth username is empty or blank")]
     BlankUsername,
+    /// The password is empty or only whitespace.
     #[error("the Basic auth password is empty or blank")]
     BlankPassword,
+    /// A colon in the username would split `user:pass` in the wrong place.
     #[error("the Basic auth username cannot contain ':'")]
     ColonInUsername,
 }
 
 impl BasicAuth {
+    /// Credentials compared exactly as given; blank ones and a username with `:` are refused.
     pub fn new(username: &str, password: &str) -> Result<Self, BadCredentials> {
         // Compared exactly as configured (a space may be part of a password); blank ones
         // are refused.
@@ -67,6 +72,7 @@ impl BasicAuth {
         Self::new(user, pass)
     }
 
+    /// The configured username.
     pub fn username(&self) -> &str {
         &self.username
     }

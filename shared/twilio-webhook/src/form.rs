@@ -3,12 +3,16 @@
 /// Largest body accepted (Twilio bodies are a few KB; a 1600-char SMS with 10 media URLs fits easily).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Why a form body is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FormError {
+    /// The body's length in bytes, over [`MAX_BODY_BYTES`].
     #[error("form body is {0} bytes, larger than the {MAX_BODY_BYTES}-byte limit")]
     TooLarge(usize),
     #[error("malformed percent-escape at byte {0}")]
+    /// A `%` not followed by two hex digits, at this byte offset of the body.
     BadEscape(usize),
+    /// The decoded bytes, or one key or value of them, are not UTF-8 (decoded byte offset).
     #[error("form body is not valid UTF-8 after decoding (at decoded byte {0})")]
     InvalidUtf8(usize),
 }
@@ -134,6 +138,7 @@ impl FormParams {
         Ok(Self { buf, spans })
     }
 
+    /// Parameters from already decoded pairs, in order (no size limit).
     pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
@@ -158,6 +163,7 @@ impl FormParams {
         self.iter().filter(move |(k, _)| *k == key).map(|(_, v)| v)
     }
 
+    /// Every `(key, value)`, in arrival order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.spans.iter().map(|&(s, k, e)| {
             (
@@ -175,10 +181,12 @@ impl FormParams {
         (&buf[s as usize..k as usize], &buf[s as usize..e as usize])
     }
 
+    /// The number of parameters, duplicates counted.
     pub fn len(&self) -> usize {
         self.spans.len()
     }
 
+    /// True when there are no parameters.
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }
@@ -198,10 +206,12 @@ impl FormParams {
 pub mod as_body {
     use super::FormParams;
 
+    /// Writes the parameters as one form body string.
     pub fn serialize<S: serde::Serializer>(p: &FormParams, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&p.encode())
     }
 
+    /// Reads a form body string or a list of `[key, value]` pairs.
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<FormParams, D::Error> {
         #[derive(serde::Deserialize)]
         #[serde(untagged)]

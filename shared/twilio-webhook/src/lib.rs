@@ -8,6 +8,8 @@
 //! - [`twiml`]: TwiML builders for replies.
 //! - [`basic`]: HTTP Basic authentication, Twilio's optional second factor.
 
+#![warn(missing_docs)]
+
 pub mod basic;
 pub mod form;
 pub mod payload;

@@ -14,12 +14,19 @@ use serde::{Deserialize, Serialize};
 use crate::form::FormParams;
 use crate::signature::VerifiedRequest;
 
+/// Why a verified request's parameters do not make the expected payload.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PayloadError {
+    /// This required parameter is absent or empty.
     #[error("required parameter {0} is missing or empty")]
     Missing(&'static str),
+    /// A parameter is present but not a valid sid or number.
     #[error("parameter {name} has an invalid value")]
-    Invalid { name: &'static str },
+    Invalid {
+        /// The parameter's name.
+        name: &'static str,
+    },
+    /// A request at the status endpoint that matches no known callback kind.
     #[error(
         "status callback of an unknown kind (no MessageStatus, CallStatus, RecordingStatus or StatusCallbackEvent)"
     )]
@@ -41,6 +48,7 @@ macro_rules! sid {
                 ok.then(|| Self(s.to_owned()))
             }
 
+            /// The sid as Twilio sent it.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -74,10 +82,12 @@ sid!(/// `MG...`: a messaging service.
 pub struct PhoneNumber(String);
 
 impl PhoneNumber {
+    /// Wraps a number or address as given; nothing is checked or normalised.
     pub fn new(s: impl Into<String>) -> Self {
         Self(s.into())
     }
 
+    /// The full, unredacted value.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -100,6 +110,7 @@ impl fmt::Debug for PhoneNumber {
 pub struct MessageBody(String);
 
 impl MessageBody {
+    /// The full text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -128,11 +139,16 @@ macro_rules! wire_enum {
         #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(from = "String", into = "String")]
         pub enum $name {
-            $($variant,)+
+            $(
+                #[doc = concat!("`", $wire, "`")]
+                $variant,
+            )+
+            /// A value not listed here, kept as Twilio sent it.
             Other(String),
         }
 
         impl $name {
+            /// The value as Twilio sends it.
             pub fn as_str(&self) -> &str {
                 match self {
                     $(Self::$variant => $wire,)+
@@ -225,130 +241,200 @@ OptOutType {
 /// City/state/zip/country Twilio derives from a number.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Geo {
+    /// `FromCity` / `ToCity`.
     pub city: Option<String>,
+    /// `FromState` / `ToState`.
     pub state: Option<String>,
+    /// `FromZip` / `ToZip`.
     pub zip: Option<String>,
+    /// `FromCountry` / `ToCountry` (ISO 3166-1 alpha-2).
     pub country: Option<String>,
 }
 
 /// One MMS attachment (`MediaUrl{N}` / `MediaContentType{N}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Media {
+    /// `MediaUrl{N}`: where Twilio serves the file.
     pub url: String,
+    /// `MediaContentType{N}`, e.g. `image/jpeg`.
     pub content_type: Option<String>,
 }
 
 /// Messaging "A message comes in" (SMS, MMS, WhatsApp...).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboundMessage {
+    /// `MessageSid` (or the deprecated `SmsMessageSid` / `SmsSid`).
     pub message_sid: MessageSid,
+    /// `AccountSid`.
     pub account_sid: AccountSid,
+    /// `MessagingServiceSid`, when the number belongs to a messaging service.
     pub messaging_service_sid: Option<MessagingServiceSid>,
+    /// `From`: the sender.
     pub from: PhoneNumber,
+    /// `To`: the receiving number.
     pub to: PhoneNumber,
+    /// `Body`; empty for a media-only message.
     pub body: MessageBody,
+    /// `NumMedia`; 0 when absent.
     pub num_media: u32,
+    /// `NumSegments`: SMS segments the text took.
     pub num_segments: Option<u32>,
+    /// `MediaUrl{N}` / `MediaContentType{N}`, from index 0 up to the first gap.
     pub media: Vec<Media>,
+    /// `FromCity`, `FromState`, `FromZip`, `FromCountry`.
     pub from_geo: Geo,
+    /// `ToCity`, `ToState`, `ToZip`, `ToCountry`.
     pub to_geo: Geo,
     /// WhatsApp sender's profile name.
     pub profile_name: Option<String>,
     /// WhatsApp id of the sender.
     pub wa_id: Option<PhoneNumber>,
+    /// `OptOutType`: set when the text is a `STOP`, `START` or `HELP` keyword.
     pub opt_out_type: Option<OptOutType>,
+    /// Every parameter Twilio sent, unknown ones included.
     pub raw: FormParams,
 }
 
 /// Voice "A call comes in".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboundCall {
+    /// `CallSid`.
     pub call_sid: CallSid,
+    /// `AccountSid`.
     pub account_sid: AccountSid,
+    /// `From`: the caller; empty when absent.
     pub from: PhoneNumber,
+    /// `To`: the called number; empty when absent.
     pub to: PhoneNumber,
+    /// `CallStatus`; `ringing` when absent.
     pub call_status: CallStatus,
+    /// `Direction`.
     pub direction: Option<Direction>,
+    /// `ApiVersion`, e.g. `2010-04-01`.
     pub api_version: Option<String>,
+    /// `ForwardedFrom`: the number that forwarded the call, when the carrier says.
     pub forwarded_from: Option<PhoneNumber>,
+    /// `CallerName` (CNAM lookup, when enabled).
     pub caller_name: Option<String>,
+    /// `ParentCallSid`: the call that dialed this one.
     pub parent_call_sid: Option<CallSid>,
+    /// `FromCity`, `FromState`, `FromZip`, `FromCountry`.
     pub from_geo: Geo,
+    /// `ToCity`, `ToState`, `ToZip`, `ToCountry`.
     pub to_geo: Geo,
+    /// Every parameter Twilio sent, unknown ones included.
     pub raw: FormParams,
 }
 
 /// Message status callback.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageStatusCallback {
+    /// `MessageSid` (or the deprecated `SmsSid`).
     pub message_sid: MessageSid,
+    /// `AccountSid`.
     pub account_sid: Option<AccountSid>,
+    /// `MessageStatus` (or the deprecated `SmsStatus`).
     pub message_status: MessageStatus,
+    /// `ErrorCode`, on `failed` and `undelivered`.
     pub error_code: Option<u32>,
+    /// `From`.
     pub from: Option<PhoneNumber>,
+    /// `To`.
     pub to: Option<PhoneNumber>,
     /// `YYMMDDhhmm` from the carrier's delivery receipt.
     pub raw_dlr_done_date: Option<String>,
+    /// Every parameter Twilio sent, unknown ones included.
     pub raw: FormParams,
 }
 
 /// Call status callback (`statusCallback` of a call, with `StatusCallbackEvent`s).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallStatusCallback {
+    /// `CallSid`.
     pub call_sid: CallSid,
+    /// `AccountSid`.
     pub account_sid: Option<AccountSid>,
+    /// `CallStatus`.
     pub call_status: CallStatus,
     /// Order of callbacks for this call, from 0; arrival order is not guaranteed.
     pub sequence_number: Option<u32>,
+    /// `CallDuration`: seconds, on `completed`.
     pub call_duration: Option<u32>,
+    /// `Duration`: billed minutes, on `completed`.
     pub duration: Option<u32>,
     /// RFC 2822 time of the event.
     pub timestamp: Option<String>,
+    /// `CallbackSource`, e.g. `call-progress-events`.
     pub callback_source: Option<String>,
+    /// `SipResponseCode`: the call's final SIP response code.
     pub sip_response_code: Option<u32>,
+    /// Every parameter Twilio sent, unknown ones included.
     pub raw: FormParams,
 }
 
 /// Recording status callback.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordingStatusCallback {
+    /// `RecordingSid`.
     pub recording_sid: RecordingSid,
+    /// `RecordingStatus`.
     pub recording_status: RecordingStatus,
+    /// `RecordingUrl`: where the audio can be fetched.
     pub recording_url: Option<String>,
+    /// `RecordingDuration`: seconds.
     pub recording_duration: Option<u32>,
+    /// `RecordingChannels`: 1 or 2.
     pub recording_channels: Option<u32>,
+    /// `RecordingStartTime` (RFC 2822).
     pub recording_start_time: Option<String>,
+    /// `RecordingSource`, e.g. `RecordVerb` or `DialVerb`.
     pub recording_source: Option<String>,
+    /// `CallSid` of the recorded call.
     pub call_sid: Option<CallSid>,
+    /// `AccountSid`.
     pub account_sid: Option<AccountSid>,
+    /// `ErrorCode`, when the recording failed.
     pub error_code: Option<u32>,
+    /// Every parameter Twilio sent, unknown ones included.
     pub raw: FormParams,
 }
 
 /// Conference status callback.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConferenceStatusCallback {
+    /// `ConferenceSid`.
     pub conference_sid: ConferenceSid,
+    /// `StatusCallbackEvent`, e.g. `participant-join`.
     pub status_callback_event: String,
+    /// `FriendlyName`: the name given in `<Conference>`.
     pub friendly_name: Option<String>,
+    /// `SequenceNumber`: order of callbacks for this conference.
     pub sequence_number: Option<u32>,
+    /// `CallSid` of the participant, for participant events.
     pub call_sid: Option<CallSid>,
+    /// `Timestamp` (RFC 2822).
     pub timestamp: Option<String>,
+    /// Every parameter Twilio sent, unknown ones included.
     pub raw: FormParams,
 }
 
 /// What the fallback URL received: the original webhook plus Twilio's error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fallback {
+    /// `ErrorCode`: why the primary URL failed, e.g. 11200.
     pub error_code: Option<u32>,
+    /// `ErrorUrl`: the primary URL that failed.
     pub error_url: Option<String>,
+    /// The webhook as it was sent to the primary URL.
     pub original: FallbackOriginal,
 }
 
 /// The webhook the primary URL failed to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FallbackOriginal {
+    /// An incoming message (no `CallSid`).
     Message(InboundMessage),
+    /// An incoming call.
     Call(InboundCall),
 }
 
@@ -356,15 +442,21 @@ pub enum FallbackOriginal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Endpoint {
+    /// Incoming messages.
     Sms,
+    /// Incoming calls.
     Voice,
+    /// Message, call, recording and conference status callbacks.
     Status,
+    /// Twilio's fallback URL, called when the primary URL failed.
     Fallback,
 }
 
 impl Endpoint {
+    /// Every endpoint.
     pub const ALL: [Endpoint; 4] = [Self::Sms, Self::Voice, Self::Status, Self::Fallback];
 
+    /// `sms`, `voice`, `status` or `fallback`, as serde writes it too.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Sms => "sms",
@@ -378,12 +470,19 @@ impl Endpoint {
 /// Any webhook this project handles.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Webhook {
+    /// An incoming message.
     InboundMessage(InboundMessage),
+    /// An incoming call.
     InboundCall(InboundCall),
+    /// A message status callback.
     MessageStatus(MessageStatusCallback),
+    /// A call status callback.
     CallStatus(CallStatusCallback),
+    /// A recording status callback.
     RecordingStatus(RecordingStatusCallback),
+    /// A conference status callback.
     ConferenceStatus(ConferenceStatusCallback),
+    /// A request at the fallback URL.
     Fallback(Fallback),
 }
 

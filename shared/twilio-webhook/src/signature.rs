@@ -78,7 +78,9 @@ impl std::str::FromStr for AuthToken {
 /// HMAC algorithm of a signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algorithm {
+    /// HMAC-SHA1: auth tokens, and SharedKeys by default.
     HmacSha1,
+    /// HMAC-SHA256, SharedKeys only.
     HmacSha256,
 }
 
@@ -92,6 +94,7 @@ impl Algorithm {
         }
     }
 
+    /// The `algorithm=` value in the settings header: `HMAC_SHA1` or `HMAC_SHA256`.
     pub fn header_value(self) -> &'static str {
         match self {
             Self::HmacSha1 => "HMAC_SHA1",
@@ -103,8 +106,11 @@ impl Algorithm {
 /// Which configured secret accepted a request (logged, useful during rotation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyUsed {
+    /// The current auth token.
     Primary,
+    /// The secondary auth token, kept while a rotation is under way.
     Secondary,
+    /// The SharedKey with this id.
     SharedKey(String),
 }
 
@@ -112,26 +118,37 @@ pub enum KeyUsed {
 /// [`SignatureError::is_malformed`] decide the HTTP status in the pipeline.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SignatureError {
+    /// No `X-Twilio-Signature` header.
     #[error("missing X-Twilio-Signature header")]
     MissingSignature,
+    /// No configured secret produces this signature for this URL and body.
     #[error("X-Twilio-Signature does not match the request")]
     InvalidSignature,
+    /// A JSON body, but no `bodySHA256` query parameter to check it with.
     #[error("JSON body without bodySHA256 in the URL")]
     MissingBodyHash,
+    /// The JSON body is not the one `bodySHA256` names.
     #[error("bodySHA256 does not match the body")]
     BodyHashMismatch,
+    /// The settings header names an algorithm other than `HMAC_SHA1` / `HMAC_SHA256`.
     #[error("unsupported signature algorithm {0:?}")]
     UnsupportedAlgorithm(String),
+    /// The settings header has no `key=`.
     #[error("malformed X-Twilio-Webhooks-Signature-Settings header")]
     MalformedSettings,
+    /// The settings header names a SharedKey id that is not configured.
     #[error("request signed with unknown shared key {0:?}")]
     UnknownSharedKey(String),
+    /// A SharedKey-signed request, and no SharedKeys configured (a server error).
     #[error("request signed with a shared key, but no shared keys are configured")]
     SharedKeysNotConfigured,
+    /// An HTTP method other than GET, HEAD or POST.
     #[error("unsupported method {0}: only GET and POST webhooks can be validated")]
     UnsupportedMethod(String),
+    /// A POST body that is neither form-encoded nor JSON.
     #[error("unsupported content type {0:?}")]
     UnsupportedContentType(String),
+    /// The form body cannot be parsed.
     #[error("malformed form body: {0}")]
     Form(#[from] FormError),
     /// The request names an account with no token of its own, and there is no default token.
@@ -164,10 +181,13 @@ impl SignatureError {
 /// The parts of an HTTP request that the signature covers.
 #[derive(Debug, Clone, Copy)]
 pub struct SignedRequest<'a> {
+    /// The HTTP method (`POST`, or `GET` with parameters in the query string).
     pub method: &'a str,
     /// The URL Twilio requested, as reconstructed by [`crate::url`].
     pub url: &'a str,
+    /// The `Content-Type` header, parameters (`; charset=...`) included.
     pub content_type: Option<&'a str>,
+    /// The body exactly as received.
     pub body: &'a [u8],
     /// `X-Twilio-Signature`.
     pub signature: Option<&'a str>,
@@ -202,6 +222,7 @@ impl VerifiedRequest {
         self.json_body.as_deref()
     }
 
+    /// The secret that accepted the request.
     pub fn key_used(&self) -> &KeyUsed {
         &self.key
     }

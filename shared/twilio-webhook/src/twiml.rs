@@ -31,12 +31,15 @@ pub const CONTENT_TYPE: &str = "text/xml";
 const DECLARATION: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
 
 /// Builder setters that store their argument as the attribute's value: `name: text` takes
-/// `impl Into<String>`, `name: u32` and `name: bool` take the value. Doc comments carry over.
+/// `impl Into<String>`, `name: u32` and `name: bool` take the value. Each setter's doc starts
+/// with "Sets `name`." (the field, whose XML spelling may differ); doc comments given here
+/// follow it.
 macro_rules! setters {
     ($($(#[$doc:meta])* $name:ident: $kind:ident,)*) => {
         $( setters!(@one $(#[$doc])* $name $kind); )*
     };
     (@one $(#[$doc:meta])* $name:ident text) => {
+        #[doc = concat!("Sets `", stringify!($name), "`.")]
         $(#[$doc])*
         pub fn $name(mut self, value: impl Into<String>) -> Self {
             self.$name = Some(value.into());
@@ -44,6 +47,7 @@ macro_rules! setters {
         }
     };
     (@one $(#[$doc:meta])* $name:ident $ty:ident) => {
+        #[doc = concat!("Sets `", stringify!($name), "`.")]
         $(#[$doc])*
         pub fn $name(mut self, value: $ty) -> Self {
             self.$name = Some(value);
@@ -170,6 +174,7 @@ pub struct Redirect {
 }
 
 impl Redirect {
+    /// Redirect to `url`.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -282,11 +287,13 @@ impl MessagingResponse {
         Self::default()
     }
 
+    /// Add a `<Message>`.
     pub fn message(mut self, message: Message) -> Self {
         self.verbs.push(MessagingVerb::Message(message));
         self
     }
 
+    /// Add a `<Redirect>`; verbs after it never run.
     pub fn redirect(mut self, redirect: Redirect) -> Self {
         self.verbs.push(MessagingVerb::Redirect(redirect));
         self
@@ -326,6 +333,7 @@ pub struct Say {
 }
 
 impl Say {
+    /// Speak `text`.
     pub fn new(text: impl Into<String>) -> Self {
         Self {
             text: text.into(),
@@ -364,6 +372,7 @@ pub struct Play {
 }
 
 impl Play {
+    /// Play the audio at `url`.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -395,6 +404,7 @@ pub struct Pause {
 }
 
 impl Pause {
+    /// A pause of Twilio's default length.
     pub fn new() -> Self {
         Self::default()
     }
@@ -442,6 +452,7 @@ pub struct Gather {
 }
 
 impl Gather {
+    /// A `<Gather>` with Twilio's defaults and no prompt.
     pub fn new() -> Self {
         Self::default()
     }
@@ -466,16 +477,19 @@ impl Gather {
         action_on_empty_result: bool,
     }
 
+    /// Add a `<Say>` prompt, heard while input is gathered.
     pub fn say(mut self, say: Say) -> Self {
         self.prompts.push(GatherVerb::Say(say));
         self
     }
 
+    /// Add a `<Play>` prompt.
     pub fn play(mut self, play: Play) -> Self {
         self.prompts.push(GatherVerb::Play(play));
         self
     }
 
+    /// Add a `<Pause>` between prompts.
     pub fn pause(mut self, pause: Pause) -> Self {
         self.prompts.push(GatherVerb::Pause(pause));
         self
@@ -532,6 +546,7 @@ pub struct Record {
 }
 
 impl Record {
+    /// A `<Record>` with Twilio's defaults.
     pub fn new() -> Self {
         Self::default()
     }
@@ -768,6 +783,7 @@ pub struct Reject {
 }
 
 impl Reject {
+    /// A `<Reject>` with Twilio's default reason.
     pub fn new() -> Self {
         Self::default()
     }
@@ -814,26 +830,31 @@ impl VoiceResponse {
         Self::default()
     }
 
+    /// Add a `<Say>`.
     pub fn say(mut self, say: Say) -> Self {
         self.verbs.push(VoiceVerb::Say(say));
         self
     }
 
+    /// Add a `<Play>`.
     pub fn play(mut self, play: Play) -> Self {
         self.verbs.push(VoiceVerb::Play(play));
         self
     }
 
+    /// Add a `<Gather>`.
     pub fn gather(mut self, gather: Gather) -> Self {
         self.verbs.push(VoiceVerb::Gather(gather));
         self
     }
 
+    /// Add a `<Record>`.
     pub fn record(mut self, record: Record) -> Self {
         self.verbs.push(VoiceVerb::Record(record));
         self
     }
 
+    /// Add a `<Dial>`.
     pub fn dial(mut self, dial: Dial) -> Self {
         self.verbs.push(VoiceVerb::Dial(dial));
         self
@@ -845,16 +866,19 @@ impl VoiceResponse {
         self
     }
 
+    /// Add a `<Redirect>`; verbs after it never run.
     pub fn redirect(mut self, redirect: Redirect) -> Self {
         self.verbs.push(VoiceVerb::Redirect(redirect));
         self
     }
 
+    /// Add a `<Pause>`.
     pub fn pause(mut self, pause: Pause) -> Self {
         self.verbs.push(VoiceVerb::Pause(pause));
         self
     }
 
+    /// Add a `<Reject>`.
     pub fn reject(mut self, reject: Reject) -> Self {
         self.verbs.push(VoiceVerb::Reject(reject));
         self

@@ -7,14 +7,19 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// Why the signed URL cannot be rebuilt, or a base URL is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UrlError {
+    /// The configured base URL is not `http(s)://host[/path]`.
     #[error("public base URL must start with http:// or https:// and have a host: {0:?}")]
     BadBaseUrl(String),
+    /// The configured base URL has a `?` or `#`: the request's own query is appended to it.
     #[error("public base URL must not carry a query string or fragment: {0:?}")]
     BaseUrlWithQuery(String),
+    /// No `Host` header and no configured base URL.
     #[error("request has no Host header, so the signed URL cannot be rebuilt")]
     MissingHost,
+    /// The runtime's event lost the exact query string Twilio signed; the text says how.
     #[error(
         "the query string of this request cannot be recovered byte for byte ({0}); \
          use an HTTP API / Function URL, or a webhook URL without a query string"
@@ -54,6 +59,7 @@ impl fmt::Display for PublicBaseUrl {
 }
 
 impl PublicBaseUrl {
+    /// The base URL, without a trailing `/`.
     pub fn as_str(&self) -> &str {
         &self.0
     }

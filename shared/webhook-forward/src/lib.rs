@@ -1,6 +1,8 @@
 //! The default slow work: POST each processed event's normalized JSON to `FORWARD_URL` (a CRM,
 //! an API...). Its own crate so that only the worker and `serve` link an HTTP client.
 
+#![warn(missing_docs)]
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,6 +38,7 @@ impl HttpForwarder {
         std::sync::Arc::new(Self::new(url))
     }
 
+    /// A forwarder to `url`, with the timeout and attempts of `webhook_pipeline::forward`.
     pub fn new(url: String) -> Self {
         let client = reqwest::Client::builder()
             .timeout(FORWARD_TIMEOUT)

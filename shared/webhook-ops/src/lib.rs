@@ -3,6 +3,8 @@
 //! crate makes, and the functions never scan the table or read the DLQ. These run with the
 //! operator's credentials.
 
+#![warn(missing_docs)]
+
 pub mod redrive;
 
 use std::collections::HashMap;
@@ -34,6 +36,7 @@ pub struct DynamoReplay {
 }
 
 impl DynamoReplay {
+    /// The event table named `table`, read with `client`.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,

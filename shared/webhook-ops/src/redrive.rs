@@ -16,10 +16,14 @@ use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName
 /// A redrive step that failed for the whole run.
 #[derive(Debug, thiserror::Error)]
 pub enum RedriveError {
+    /// An SQS call failed.
     #[error("SQS {call} on {queue}: {message}")]
     Sqs {
+        /// The SQS API action, e.g. `ReceiveMessage`.
         call: &'static str,
+        /// The URL of the queue it was made on.
         queue: String,
+        /// The SDK error with its cause chain.
         message: String,
     },
 }
