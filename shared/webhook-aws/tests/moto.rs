@@ -1062,3 +1062,54 @@ async fn queue_first_a_record_whose_send_failed_is_sent_once_by_the_sweeper() {
         serde_json::from_str(state["state"].as_s().unwrap()).unwrap();
     assert_eq!(state.events, 1);
 }
+
+/// Failures carry a kind the callers act on: a missing table or queue is `NotFound` (a
+/// deployment error), an unreachable endpoint is `Retryable`, a stored event that cannot be
+/// decoded is `Permanent` (the sweeper parks it instead of retrying it forever).
+#[tokio::test]
+async fn adapter_errors_say_what_kind_they_are() {
+    use webhook_pipeline::{ErrorKind, WorkQueue};
+    let aws = setup(5).await;
+    let moto = sdk(webhook_testkit::moto::endpoint()).await;
+    let event = webhook_testkit::contract::sample_event("kinds");
+    let t = webhook_pipeline::store::ClaimTimes {
+        now_ms: 1_800_000_000_000,
+        lock_until_ms: 1_800_000_030_000,
+        expires_at_s: 1_800_003_600,
+    };
+    let no_table = DynamoStore::new(aws_sdk_dynamodb::Client::new(&moto), "no-such-table");
+    let e = no_table.claim(&event, "a", t).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    let no_queue = webhook_aws::sqs::SqsQueue::new(
+        aws_sdk_sqs::Client::new(&moto),
+        format!("{}-missing", aws.queue_url),
+    );
+    let job = webhook_pipeline::Job {
+        event: event.clone(),
+    };
+    let e = no_queue.enqueue(&job).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    let dead = sdk(&format!("http://127.0.0.1:{}", free_port())).await;
+    let e = DynamoStore::new(aws_sdk_dynamodb::Client::new(&dead), &aws.table)
+        .claim(&event, "a", t)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Retryable, "{e}");
+    // A record whose event JSON is not an event: listed by the sweeper as permanent.
+    aws.ddb
+        .put_item()
+        .table_name(&aws.table)
+        .item("pk", AttributeValue::S(event.key.clone()))
+        .item("event", AttributeValue::S("{\"not\":\"an event\"}".into()))
+        .item("pending", AttributeValue::S("1".into()))
+        .item("lock_until", AttributeValue::N("0".into()))
+        .item("expires_at", AttributeValue::N("9999999999".into()))
+        .send()
+        .await
+        .unwrap();
+    let stale = aws.store().stale_pending(1, 100).await.unwrap();
+    let found = stale.iter().find(|s| s.key == event.key).expect("listed");
+    let e = found.event.as_ref().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Permanent, "{e}");
+    assert!(!e.to_string().contains("an event"), "no stored data quoted: {e}");
+}
