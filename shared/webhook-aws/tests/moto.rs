@@ -1111,5 +1111,8 @@ async fn adapter_errors_say_what_kind_they_are() {
     let found = stale.iter().find(|s| s.key == event.key).expect("listed");
     let e = found.event.as_ref().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Permanent, "{e}");
-    assert!(!e.to_string().contains("an event"), "no stored data quoted: {e}");
+    assert!(
+        !e.to_string().contains("an event"),
+        "no stored data quoted: {e}"
+    );
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 use webhook_pipeline::consent::{ConsentLedger, ConsentUpdate};
-use webhook_pipeline::lifecycle::{self, Params, RecordFields};
+use webhook_pipeline::lifecycle::{self, Params, RecordFields, RecordState};
 use webhook_pipeline::replay::{Candidate, ReplayFilter, ReplaySource};
 use webhook_pipeline::state::{StateRecord, StateUpdate};
 use webhook_pipeline::store::{ClaimTimes, Stale};
@@ -181,7 +181,7 @@ impl ClaimRow {
             let reply: String = c
                 .prepare_cached("SELECT reply FROM events WHERE rowid = ?1")?
                 .query_row([found.rowid], |r| r.get(0))?;
-            return Ok(Some((reply, found.processed)));
+            return Ok(Some((reply, found.rec.processed)));
         }
         c.prepare_cached(
             "UPDATE events SET
@@ -208,25 +208,12 @@ impl ClaimRow {
 /// second walk of the key index).
 pub(crate) struct StoredRecord {
     rowid: i64,
-    processed: bool,
-    lock_until_ms: i64,
-    lease_until_ms: i64,
-    expires_at_s: i64,
-    attempt: String,
-    sweeps: u32,
+    rec: RecordState,
 }
 
 impl StoredRecord {
     fn fields(&self) -> RecordFields<'_> {
-        RecordFields {
-            processed: self.processed,
-            lock_until_ms: self.lock_until_ms,
-            lease_until_ms: self.lease_until_ms,
-            expires_at_s: self.expires_at_s,
-            attempt: &self.attempt,
-            lease_owner: None,
-            sweeps: self.sweeps,
-        }
+        self.rec.fields()
     }
 }
 
@@ -239,12 +226,14 @@ fn read_record(c: &rusqlite::Connection, key: &str) -> Result<Option<StoredRecor
     .query_row([key], |r| {
         Ok(StoredRecord {
             rowid: r.get(0)?,
-            processed: r.get(1)?,
-            lock_until_ms: r.get(2)?,
-            lease_until_ms: r.get(3)?,
-            expires_at_s: r.get(4)?,
-            attempt: r.get(5)?,
-            sweeps: r.get(6)?,
+            rec: RecordState {
+                processed: r.get(1)?,
+                lock_until_ms: r.get(2)?,
+                lease_until_ms: r.get(3)?,
+                expires_at_s: r.get(4)?,
+                attempt: r.get(5)?,
+                sweeps: r.get(6)?,
+            },
         })
     })
     .optional()?)

@@ -92,6 +92,49 @@ pub struct RecordFields<'a> {
     pub sweeps: u32,
 }
 
+/// The same fields, owned: what an adapter that reads records into memory keeps (memory,
+/// SQLite). DynamoDB reads [`RecordFields`] straight from an item.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordState {
+    /// A worker finished it.
+    pub processed: bool,
+    /// Until when the attempt that wrote it owns it (unix ms).
+    pub lock_until_ms: i64,
+    /// Until when a worker holds it (unix ms; 0: nobody).
+    pub lease_until_ms: i64,
+    /// Unix seconds; the record no longer counts after it.
+    pub expires_at_s: i64,
+    /// The attempt that wrote it.
+    pub attempt: String,
+    /// How many times the sweeper re-sent it.
+    pub sweeps: u32,
+}
+
+impl RecordState {
+    /// A record just written by `attempt` with the claim's times.
+    pub fn claimed(attempt: &str, t: &crate::store::ClaimTimes) -> Self {
+        Self {
+            lock_until_ms: t.lock_until_ms,
+            expires_at_s: t.expires_at_s,
+            attempt: attempt.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// The fields the rules read (these adapters name no lease owner).
+    pub fn fields(&self) -> RecordFields<'_> {
+        RecordFields {
+            processed: self.processed,
+            lock_until_ms: self.lock_until_ms,
+            lease_until_ms: self.lease_until_ms,
+            expires_at_s: self.expires_at_s,
+            attempt: &self.attempt,
+            lease_owner: None,
+            sweeps: self.sweeps,
+        }
+    }
+}
+
 /// What a transition is compared with, all from the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Params<'a> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use twilio_webhook::payload::Endpoint;
 
 use webhook_pipeline::consent::{ConsentAction, ConsentLedger, ConsentUpdate, ConsentVia};
-use webhook_pipeline::lifecycle::{self, Params, RecordFields};
+use webhook_pipeline::lifecycle::{self, Params, RecordState};
 use webhook_pipeline::reply::Reply;
 use webhook_pipeline::state::{StateRecord, StateUpdate};
 use webhook_pipeline::store::{Claim, ClaimTimes, EventRecord, Processing, Stale, Store};
@@ -449,18 +449,10 @@ enum Built {
 const LOCK: i64 = 30_000;
 const LEASE: i64 = 60_000;
 
-async fn build(store: &dyn Store, state: Built, tag: &str) -> (EventRecord, RecordFields<'static>) {
+async fn build(store: &dyn Store, state: Built, tag: &str) -> (EventRecord, RecordState) {
     let e = sample_event(tag);
     assert_eq!(store.claim(&e, "a1", times(NOW)).await.unwrap(), Claim::New);
-    let mut f = RecordFields {
-        processed: false,
-        lock_until_ms: NOW + LOCK,
-        lease_until_ms: 0,
-        expires_at_s: NOW / 1000 + 3600,
-        attempt: "a1",
-        lease_owner: None,
-        sweeps: 0,
-    };
+    let mut f = RecordState::claimed("a1", &times(NOW));
     match state {
         Built::Locked => {}
         Built::Released => {
@@ -517,9 +509,10 @@ pub async fn transitions_follow_the_rules(store: &dyn Store) {
                     attempt,
                     ..Params::default()
                 };
-                let expected =
-                    lifecycle::claim_outcome(Some(&f), &p, || Ok::<_, ()>(e.reply.clone()))
-                        .unwrap();
+                let expected = lifecycle::claim_outcome(Some(&f.fields()), &p, || {
+                    Ok::<_, ()>(e.reply.clone())
+                })
+                .unwrap();
                 let got = store.claim(&e, attempt, times(at)).await.unwrap();
                 assert_eq!(
                     got,
@@ -530,7 +523,7 @@ pub async fn transitions_follow_the_rules(store: &dyn Store) {
             }
             let (e, f) = build(store, state, "rules-lease").await;
             let expected = lifecycle::lease_outcome(
-                Some(&f),
+                Some(&f.fields()),
                 &Params {
                     now_ms: at,
                     ..Params::default()

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 
 use webhook_pipeline::consent::ConsentLedger;
-use webhook_pipeline::lifecycle::{self, Params, RecordFields};
+use webhook_pipeline::lifecycle::{self, Params, RecordFields, RecordState};
 use webhook_pipeline::replay::{Candidate, ReplayFilter, ReplaySource};
 use webhook_pipeline::state::StateRecord;
 use webhook_pipeline::store::{
@@ -18,25 +18,12 @@ use webhook_pipeline::store::{
 #[derive(Debug, Clone)]
 struct Row {
     event: EventRecord,
-    attempt: String,
-    lock_until_ms: i64,
-    expires_at_s: i64,
-    processed: bool,
-    lease_until_ms: i64,
-    sweeps: u32,
+    rec: RecordState,
 }
 
 impl Row {
     fn fields(&self) -> RecordFields<'_> {
-        RecordFields {
-            processed: self.processed,
-            lock_until_ms: self.lock_until_ms,
-            lease_until_ms: self.lease_until_ms,
-            expires_at_s: self.expires_at_s,
-            attempt: &self.attempt,
-            lease_owner: None,
-            sweeps: self.sweeps,
-        }
+        self.rec.fields()
     }
 }
 
@@ -100,7 +87,7 @@ impl MemoryStore {
     }
 
     pub fn is_processed(&self, key: &str) -> Option<bool> {
-        self.lock().rows.get(key).map(|r| r.processed)
+        self.lock().rows.get(key).map(|r| r.rec.processed)
     }
 }
 
@@ -131,12 +118,7 @@ impl EventLog for MemoryStore {
             event.key.clone(),
             Row {
                 event: event.clone(),
-                attempt: attempt.to_owned(),
-                lock_until_ms: t.lock_until_ms,
-                expires_at_s: t.expires_at_s,
-                processed: false,
-                lease_until_ms: 0,
-                sweeps: 0,
+                rec: RecordState::claimed(attempt, &t),
             },
         );
         drop(g);
@@ -157,7 +139,7 @@ impl EventLog for MemoryStore {
             ..Params::default()
         };
         if let Some(row) = allowed(&mut self.lock().rows, key, lifecycle::RELEASE, &p) {
-            row.lock_until_ms = 0;
+            row.rec.lock_until_ms = 0;
         }
         Ok(())
     }
@@ -172,15 +154,15 @@ impl EventLog for MemoryStore {
         let mut rows: Vec<&Row> = g
             .rows
             .values()
-            .filter(|r| !r.processed && r.lock_until_ms < lock_before_ms)
+            .filter(|r| !r.rec.processed && r.rec.lock_until_ms < lock_before_ms)
             .collect();
-        rows.sort_by_key(|r| r.lock_until_ms);
+        rows.sort_by_key(|r| r.rec.lock_until_ms);
         Ok(rows
             .into_iter()
             .take(limit)
             .map(|r| Stale {
                 key: r.event.key.clone(),
-                sweeps: r.sweeps,
+                sweeps: r.rec.sweeps,
                 event: Ok(Box::new(r.event.clone())),
             })
             .collect())
@@ -198,8 +180,8 @@ impl EventLog for MemoryStore {
             ..Params::default()
         };
         if let Some(row) = allowed(&mut self.lock().rows, key, lifecycle::EXTEND_LOCK, &p) {
-            row.lock_until_ms = lock_until_ms;
-            row.sweeps += 1;
+            row.rec.lock_until_ms = lock_until_ms;
+            row.rec.sweeps += 1;
         }
         Ok(())
     }
@@ -219,7 +201,7 @@ impl Leases for MemoryStore {
         let outcome =
             lifecycle::lease_outcome(row.as_ref().map(|r| r.fields()).as_ref(), &at(now_ms));
         if let (Processing::Ready, Some(row)) = (&outcome, row) {
-            row.lease_until_ms = lease_until_ms;
+            row.rec.lease_until_ms = lease_until_ms;
         }
         Ok(outcome)
     }
@@ -227,7 +209,7 @@ impl Leases for MemoryStore {
     async fn finish_processing(&self, key: &str, now_ms: i64) -> Result<(), PortError> {
         self.check_fail()?;
         if let Some(row) = allowed(&mut self.lock().rows, key, lifecycle::FINISH, &at(now_ms)) {
-            row.processed = true;
+            row.rec.processed = true;
         }
         Ok(())
     }
@@ -235,7 +217,7 @@ impl Leases for MemoryStore {
     async fn abandon_processing(&self, key: &str) -> Result<(), PortError> {
         self.check_fail()?;
         if let Some(row) = allowed(&mut self.lock().rows, key, lifecycle::ABANDON, &at(0)) {
-            row.lease_until_ms = 0;
+            row.rec.lease_until_ms = 0;
         }
         Ok(())
     }
@@ -309,10 +291,12 @@ impl ReplaySource for MemoryStore {
         let mut out: Vec<Candidate> = g
             .rows
             .values()
-            .filter(|r| r.expires_at_s.saturating_mul(1000) > now_ms && filter.matches(&r.event))
+            .filter(|r| {
+                r.rec.expires_at_s.saturating_mul(1000) > now_ms && filter.matches(&r.event)
+            })
             .map(|r| Candidate {
                 event: r.event.clone(),
-                processed: r.processed,
+                processed: r.rec.processed,
             })
             .collect();
         out.sort_by_key(|c| c.event.received_at);
@@ -325,10 +309,10 @@ impl ReplaySource for MemoryStore {
         let Some(row) = allowed(&mut g.rows, key, lifecycle::REOPEN, &at(now_ms)) else {
             return Ok(false);
         };
-        row.processed = false;
-        row.lease_until_ms = 0;
-        row.sweeps = 0;
-        row.lock_until_ms = lock_until_ms;
+        row.rec.processed = false;
+        row.rec.lease_until_ms = 0;
+        row.rec.sweeps = 0;
+        row.rec.lock_until_ms = lock_until_ms;
         Ok(true)
     }
 }
