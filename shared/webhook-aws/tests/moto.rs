@@ -796,10 +796,12 @@ async fn a_token_rotated_mid_stream_is_picked_up_and_forgeries_cost_one_read_per
 
     let twilio_token = Arc::new(Mutex::new(OLD_TOKEN));
     let stop = Arc::new(AtomicBool::new(false));
+    let sent_total = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     // Twilio: one webhook every 10 ms, each with a new MessageSid.
     let stream = {
         let (pipeline, token, stop) = (pipeline.clone(), twilio_token.clone(), stop.clone());
+        let sent_total = sent_total.clone();
         tokio::spawn(async move {
             let mut sent = Vec::new();
             for n in 0u64.. {
@@ -810,6 +812,7 @@ async fn a_token_rotated_mid_stream_is_picked_up_and_forgeries_cost_one_read_per
                 let req = sms_signed_with(*token.lock().unwrap(), &format!("SM{n:032}"));
                 let status = pipeline.handle(Endpoint::Sms, &req).await.status;
                 sent.push((at, status));
+                sent_total.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             sent
@@ -856,7 +859,13 @@ async fn a_token_rotated_mid_stream_is_picked_up_and_forgeries_cost_one_read_per
     // 2. All at once: the secret and Twilio switch together.
     put_secret(&sdk, &arn, &format!(r#"{{"auth_token":"{NEWER_TOKEN}"}}"#)).await;
     *twilio_token.lock().unwrap() = NEWER_TOKEN;
-    pause(window.as_millis() as u64 * 5 / 2).await;
+    // Past the window, then at least 30 more webhooks, however slow a busy machine is.
+    pause(window.as_millis() as u64 + 100).await;
+    let base = sent_total.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sent_total.load(Ordering::SeqCst) < base + 30 && Instant::now() < deadline {
+        pause(20).await;
+    }
 
     stop.store(true, Ordering::SeqCst);
     let sent = stream.await.unwrap();
