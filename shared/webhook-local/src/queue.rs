@@ -20,6 +20,7 @@ use crate::store::{ClaimRow, Folded, claim_outcome, fold_in_tx};
 /// Row id of a job in the `jobs` table.
 pub type JobId = i64;
 
+/// Redelivery and dead-letter settings of the local queue.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueSettings {
     /// Receives before a job is dead-lettered (SQS `maxReceiveCount`).
@@ -43,6 +44,7 @@ impl Default for QueueSettings {
     }
 }
 
+/// The [`WorkQueue`] on SQLite (see the module docs).
 pub struct SqliteQueue {
     db: Database,
     notify: Notify,
@@ -52,6 +54,7 @@ pub struct SqliteQueue {
 }
 
 impl SqliteQueue {
+    /// A queue in `db`, with default settings.
     pub fn new(db: Database) -> Self {
         Self {
             db,
@@ -73,16 +76,19 @@ impl SqliteQueue {
         self
     }
 
+    /// Use these settings instead of the defaults.
     pub fn with_settings(mut self, settings: QueueSettings) -> Self {
         self.settings = settings;
         self
     }
 
+    /// Use `clock` instead of the wall clock (tests).
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
     }
 
+    /// Its settings.
     pub fn settings(&self) -> &QueueSettings {
         &self.settings
     }
@@ -448,9 +454,12 @@ impl SqliteQueue {
     }
 }
 
+/// What [`SqliteQueue::counts`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueCounts {
+    /// Jobs in the `jobs` table not yet acknowledged.
     pub pending: i64,
+    /// Jobs in `dead_jobs`.
     pub dead: i64,
 }
 
