@@ -6,7 +6,7 @@
 //! an answer still means "on disk" (as far as `synchronous = NORMAL` goes, see
 //! [`Database::open`]), and under load one WAL commit covers hundreds of calls instead of one.
 //! A call that fails must undo only its own writes: then the whole transaction is rolled back
-//! and every call of it runs again, each in a transaction of its own (see [`run_and_answer`]).
+//! and every call of it runs again, each in a transaction of its own (see `run_and_answer`).
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};

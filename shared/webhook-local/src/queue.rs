@@ -159,7 +159,7 @@ impl SqliteQueue {
     }
 
     /// The worker's whole job for up to `limit` visible jobs whose only work is the state fold,
-    /// in one database call: each job's event is folded as [`FoldInOne::process_in_one`] does
+    /// in one database call: each job's event is folded as [`Worker::process`] folds it
     /// and the job acknowledged (or, if another worker holds its record, put back for
     /// `busy_delay`; if it cannot be read or used up its receives, dead-lettered), all in one
     /// transaction. That spares each job the receive, the trip of its event through the
@@ -170,7 +170,7 @@ impl SqliteQueue {
     /// takes them one by one with [`SqliteQueue::receive`], which retries and dead-letters
     /// each on its own.
     ///
-    /// [`FoldInOne::process_in_one`]: webhook_pipeline::FoldInOne::process_in_one
+    /// [`Worker::process`]: webhook_pipeline::Worker::process
     pub async fn fold_ready(
         &self,
         limit: usize,
