@@ -1,7 +1,7 @@
 //! Signed sample API Gateway events: the `events/` files (`sam local invoke -e`, the Lambda
 //! console's test events, the handler tests).
 //!
-//! Every sample of [`webhook_testkit::samples::all`] becomes two files:
+//! Every sample of [`crate::samples::all`] becomes two files:
 //! - `<name>.http-api.json`: API Gateway HTTP API payload 2.0 (the shape Function URLs use too),
 //!   `$default` stage, lower-case headers, base64 body;
 //! - `<name>.rest-api.json`: REST API (v1) proxy event, stage `prod`, Mixed-Case headers as REST
