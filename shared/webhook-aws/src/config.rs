@@ -5,8 +5,12 @@ use twilio_webhook::url::PublicBaseUrl;
 use twilio_webhook::{AuthToken, Validator};
 use webhook_pipeline::config::{ConfigError, Secret, var};
 
+/// The DynamoDB table of event, state and consent records.
 pub const EVENT_TABLE: &str = "EVENT_TABLE";
+/// The SQS work queue (the webhook functions and the sweeper send to it).
 pub const WORK_QUEUE_URL: &str = "WORK_QUEUE_URL";
+/// The public base URL when Twilio calls a custom domain or proxy: the signed URL is this +
+/// the route path + the raw query string.
 pub const PUBLIC_BASE_URL: &str = "PUBLIC_BASE_URL";
 /// Secrets Manager secret: the bare auth token, or
 /// `{"auth_token": ..., "secondary_auth_token": ..., "accounts": {"AC...": {"auth_token": ...,
@@ -20,6 +24,7 @@ pub const SECRET_REFRESH_SECONDS: &str = "SECRET_REFRESH_SECONDS";
 pub const MAX_SECRET_REFRESH_SECONDS: u64 = 24 * 3600;
 /// For local runs (`cargo lambda watch`) only; production reads the secret.
 pub const TWILIO_AUTH_TOKEN: &str = "TWILIO_AUTH_TOKEN";
+/// The secondary token during a rotation, beside `TWILIO_AUTH_TOKEN` (local runs only).
 pub const TWILIO_SECONDARY_AUTH_TOKEN: &str = "TWILIO_SECONDARY_AUTH_TOKEN";
 /// EventBridge bus the worker sends each processed event to (unset = off); see `eventbridge`.
 pub const EVENT_BUS_NAME: &str = "EVENT_BUS_NAME";
@@ -46,10 +51,13 @@ pub const AMAZON_ROOTS_PEM: &[u8] = include_bytes!("../certs/amazon-trust-servic
 /// Which roots the SDK's HTTPS client trusts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrustStore {
+    /// The OS bundle (`system`, the default).
     System,
+    /// The Amazon Trust Services roots built in ([`AMAZON_ROOTS_PEM`]; `amazon`).
     Amazon,
 }
 
+/// `TLS_TRUST_STORE`: `system` when unset, anything but `system`/`amazon` an error.
 pub fn trust_store() -> Result<TrustStore, ConfigError> {
     match var(TLS_TRUST_STORE).as_deref() {
         None | Some("system") => Ok(TrustStore::System),
@@ -61,6 +69,7 @@ pub fn trust_store() -> Result<TrustStore, ConfigError> {
     }
 }
 
+/// The value of `name`; unset or blank is an error.
 pub fn required(name: &'static str) -> Result<String, ConfigError> {
     var(name).ok_or(ConfigError {
         name,
@@ -68,6 +77,7 @@ pub fn required(name: &'static str) -> Result<String, ConfigError> {
     })
 }
 
+/// `PUBLIC_BASE_URL`, parsed; `None` when unset.
 pub fn public_base_url() -> Result<Option<PublicBaseUrl>, ConfigError> {
     var(PUBLIC_BASE_URL)
         .map(|v| {

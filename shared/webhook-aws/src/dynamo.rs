@@ -24,14 +24,20 @@ use webhook_pipeline::store::{
     StateStore,
 };
 
+/// The table's partition key attribute.
 pub const PK: &str = "pk";
+/// The TTL attribute (unix seconds).
 pub const TTL_ATTRIBUTE: &str = "expires_at";
+/// The sparse GSI of unprocessed events, which the sweeper queries.
 pub const PENDING_INDEX: &str = "pending-index";
+/// The attribute that puts an event in `pending-index` ("1" until processed).
 pub const PENDING: &str = "pending";
+/// Until when the writing attempt owns an event (unix ms); `pending-index`'s sort key.
 pub const LOCK_UNTIL: &str = "lock_until";
 
 type Item = HashMap<String, AttributeValue>;
 
+/// The DynamoDB adapter of the event log, leases, state and consent ports: one table.
 pub struct DynamoStore {
     client: Client,
     table: String,
@@ -54,6 +60,7 @@ impl DynamoStore {
         Ok(r.item.filter(|item| item.contains_key("pending")))
     }
 
+    /// The store in `table`.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,

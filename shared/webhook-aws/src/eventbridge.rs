@@ -80,6 +80,7 @@ impl EventBridge {
         Self::with_client(Client::from_conf(conf), bus)
     }
 
+    /// Puts events on `bus` with a client built by the caller.
     pub fn with_client(client: Client, bus: impl Into<String>) -> Self {
         Self {
             client,
@@ -98,6 +99,7 @@ impl EventBridge {
             .build()
     }
 
+    /// The EventBridge client.
     pub fn client(&self) -> &Client {
         &self.client
     }

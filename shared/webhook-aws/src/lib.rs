@@ -3,6 +3,8 @@
 //! Everything slow (config, secrets, SDK clients, the HMAC key schedule) happens once at cold
 //! start; a request then costs one conditional PutItem and one SendMessage.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod dynamo;
 pub mod eventbridge;
@@ -196,6 +198,7 @@ pub struct SecretsManagerSource {
 }
 
 impl SecretsManagerSource {
+    /// Reads the secret `arn` with the SDK settings `sdk`.
     pub fn new(sdk: &SdkConfig, arn: impl Into<String>) -> Self {
         Self {
             client: aws_sdk_secretsmanager::Client::new(sdk),
@@ -243,11 +246,15 @@ impl SecretSource for SecretsManagerSource {
 
 /// Everything a webhook function needs, built once.
 pub struct WebhookApp {
+    /// The pipeline, with its store, queue, credentials and reply policy.
     pub pipeline: Pipeline,
+    /// `PUBLIC_BASE_URL`, when set: what the signed URL is rebuilt from instead of the request's
+    /// host and stage.
     pub base: Option<PublicBaseUrl>,
 }
 
 impl WebhookApp {
+    /// Everything from the environment and, when its ARN is set, the secret (cold start).
     pub async fn from_env(sdk: &SdkConfig) -> Result<Self, Error> {
         let queue_first = webhook_pipeline::config::queue_first()?;
         let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), required(EVENT_TABLE)?)
@@ -284,6 +291,7 @@ impl WebhookApp {
         })
     }
 
+    /// Answer one request to `endpoint`.
     pub async fn handle(&self, endpoint: Endpoint, req: Request) -> Response<Body> {
         let started = std::time::Instant::now();
         // Read before `incoming` takes the request: its summary line needs it either way.
@@ -371,10 +379,12 @@ pub type Forwarder = fn(String) -> Arc<dyn SlowWork>;
 
 /// The worker function: SQS batches and the scheduled sweep.
 pub struct WorkerApp {
+    /// The worker, with its store, queue and slow work.
     pub worker: Worker,
 }
 
 impl WorkerApp {
+    /// Everything from the environment; `forwarder` builds the `FORWARD_URL` slow work.
     pub async fn from_env(sdk: &SdkConfig, forwarder: Forwarder) -> Result<Self, Error> {
         let queue_first = webhook_pipeline::config::queue_first()?;
         for slow in [FORWARD_URL, config::EVENT_BUS_NAME] {

@@ -26,6 +26,7 @@ use tracing_subscriber::{Layer, Registry};
 
 use crate::config::{AWS_LAMBDA_LOG_FORMAT, AWS_LAMBDA_LOG_LEVEL, LOG_FORMAT, RUST_LOG};
 
+/// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     /// One JSON object per line, in Lambda's shape ([`LambdaJson`]).
@@ -37,11 +38,14 @@ pub enum LogFormat {
 /// The format and filter, from the environment.
 #[derive(Debug, Clone)]
 pub struct LogSettings {
+    /// `LOG_FORMAT`, else `AWS_LAMBDA_LOG_FORMAT`, else JSON.
     pub format: LogFormat,
+    /// `RUST_LOG`, else `AWS_LAMBDA_LOG_LEVEL`, else INFO.
     pub filter: Targets,
 }
 
 impl LogSettings {
+    /// From the process environment.
     pub fn from_env() -> Self {
         Self::from_vars(webhook_pipeline::config::var)
     }

@@ -5,12 +5,14 @@ use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use webhook_pipeline::store::{Job, PortError, WorkQueue};
 
+/// The SQS adapter of the work queue port.
 pub struct SqsQueue {
     client: Client,
     url: String,
 }
 
 impl SqsQueue {
+    /// Sends to the queue at `url`.
     pub fn new(client: Client, url: impl Into<String>) -> Self {
         Self {
             client,

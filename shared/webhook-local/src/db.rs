@@ -6,7 +6,7 @@
 //! an answer still means "on disk" (as far as `synchronous = NORMAL` goes, see
 //! [`Database::open`]), and under load one WAL commit covers hundreds of calls instead of one.
 //! A call that fails must undo only its own writes: then the whole transaction is rolled back
-//! and every call of it runs again, each in a transaction of its own (see [`run_and_answer`]).
+//! and every call of it runs again, each in a transaction of its own (see `run_and_answer`).
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -77,18 +77,23 @@ CREATE TABLE IF NOT EXISTS dead_jobs (
 /// Everything that can go wrong inside the database layer.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// SQLite refused or failed the call (busy, full, I/O, an unreadable column...).
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A stored JSON column cannot be read: permanent.
     #[error("corrupt row: {0}")]
     Json(#[from] serde_json::Error),
+    /// A row contradicts itself (a record holding another key's event): permanent.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A database call panicked.
     #[error("database task failed: {0}")]
     Join(String),
     /// The transaction the call ran in could not be committed (or was rolled back by SQLite):
     /// none of its writes were kept.
     #[error("transaction not committed: {0}")]
     Commit(String),
+    /// The database thread has stopped.
     #[error("the database thread has stopped")]
     Closed,
     /// A row the same transaction saw a moment ago is gone (cannot happen inside one
@@ -130,18 +135,26 @@ impl From<DbError> for PortError {
 /// Opening a data directory failed; the message names the path.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
+    /// The data directory cannot be created or used.
     #[error("cannot use data directory {path}: {source}")]
     Dir {
+        /// The directory.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The database (or lock) file cannot be opened.
     #[error("cannot open database {path}: {source}")]
     Db {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: rusqlite::Error,
     },
+    /// No `webhooks.db` in the directory (`inspect` creates nothing).
     #[error("no local data in {0} (start `twilio-webhooks serve --data {0}` first)")]
     Missing(PathBuf),
+    /// Another `serve` holds the directory's lock.
     #[error(
         "data directory {0} is in use by another `twilio-webhooks serve`; stop it or pick another --data"
     )]
@@ -284,6 +297,7 @@ impl Database {
         })
     }
 
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -395,12 +409,16 @@ impl Database {
 /// What [`Database::recover`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Recovery {
+    /// Jobs received but not acknowledged, visible again.
     pub jobs_made_visible: usize,
+    /// Worker leases dropped.
     pub leases_dropped: usize,
+    /// Records accepted but never enqueued, now with a job.
     pub orphans_enqueued: usize,
 }
 
 impl Recovery {
+    /// Whether there was nothing to recover.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
@@ -413,6 +431,8 @@ pub struct DirLock {
 }
 
 impl DirLock {
+    /// Take the directory's lock, creating the directory; [`OpenError::InUse`] if another
+    /// `serve` holds it.
     pub fn acquire(dir: &Path) -> Result<Self, OpenError> {
         std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
             path: dir.to_owned(),

@@ -9,10 +9,13 @@ use webhook_pipeline::state::StateRecord;
 
 use crate::db::{Database, DbError, OpenError};
 
+/// Why [`inspect`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
+    /// The data directory cannot be opened (or holds no data).
     #[error(transparent)]
     Open(#[from] OpenError),
+    /// Reading the snapshot failed.
     #[error("cannot read the local data: {0}")]
     Read(#[from] DbError),
 }

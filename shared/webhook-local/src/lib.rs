@@ -1,4 +1,4 @@
-//! Run the whole product locally: an SQLite [`EventStore`](webhook_pipeline::EventStore) and
+//! Run the whole product locally: an SQLite [`Store`](webhook_pipeline::Store) and
 //! [`WorkQueue`](webhook_pipeline::WorkQueue) in one file (`<data>/webhooks.db`, WAL mode), the
 //! worker loop, and the axum server with the four webhook endpoints, all behind the same
 //! [`webhook_pipeline::Pipeline`] as the Lambda functions.
@@ -6,6 +6,8 @@
 //! Crash safety: an accepted event is a committed row before Twilio gets its reply; a job
 //! received but not acknowledged comes back (after its visibility timeout, or at once at the
 //! next start, see [`Database::recover`]); a job received 5 times goes to `dead_jobs`.
+
+#![warn(missing_docs)]
 
 pub mod db;
 pub mod inspect;

@@ -20,6 +20,7 @@ use crate::store::{ClaimRow, Folded, claim_outcome, fold_in_tx};
 /// Row id of a job in the `jobs` table.
 pub type JobId = i64;
 
+/// Redelivery and dead-letter settings of the local queue.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueSettings {
     /// Receives before a job is dead-lettered (SQS `maxReceiveCount`).
@@ -43,6 +44,7 @@ impl Default for QueueSettings {
     }
 }
 
+/// The [`WorkQueue`] on SQLite (see the module docs).
 pub struct SqliteQueue {
     db: Database,
     notify: Notify,
@@ -52,6 +54,7 @@ pub struct SqliteQueue {
 }
 
 impl SqliteQueue {
+    /// A queue in `db`, with default settings.
     pub fn new(db: Database) -> Self {
         Self {
             db,
@@ -73,16 +76,19 @@ impl SqliteQueue {
         self
     }
 
+    /// Use these settings instead of the defaults.
     pub fn with_settings(mut self, settings: QueueSettings) -> Self {
         self.settings = settings;
         self
     }
 
+    /// Use `clock` instead of the wall clock (tests).
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
     }
 
+    /// Its settings.
     pub fn settings(&self) -> &QueueSettings {
         &self.settings
     }
@@ -153,7 +159,7 @@ impl SqliteQueue {
     }
 
     /// The worker's whole job for up to `limit` visible jobs whose only work is the state fold,
-    /// in one database call: each job's event is folded as [`FoldInOne::process_in_one`] does
+    /// in one database call: each job's event is folded as [`Worker::process`] folds it
     /// and the job acknowledged (or, if another worker holds its record, put back for
     /// `busy_delay`; if it cannot be read or used up its receives, dead-lettered), all in one
     /// transaction. That spares each job the receive, the trip of its event through the
@@ -164,7 +170,7 @@ impl SqliteQueue {
     /// takes them one by one with [`SqliteQueue::receive`], which retries and dead-letters
     /// each on its own.
     ///
-    /// [`FoldInOne::process_in_one`]: webhook_pipeline::FoldInOne::process_in_one
+    /// [`Worker::process`]: webhook_pipeline::Worker::process
     pub async fn fold_ready(
         &self,
         limit: usize,
@@ -448,9 +454,12 @@ impl SqliteQueue {
     }
 }
 
+/// What [`SqliteQueue::counts`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueCounts {
+    /// Jobs in the `jobs` table not yet acknowledged.
     pub pending: i64,
+    /// Jobs in `dead_jobs`.
     pub dead: i64,
 }
 

@@ -36,16 +36,23 @@ pub const BODY_LIMIT: usize = twilio_webhook::form::MAX_BODY_BYTES;
 
 /// Everything `serve` needs.
 pub struct ServeConfig {
+    /// Where to listen (`--addr`).
     pub addr: SocketAddr,
+    /// The data directory (`--data`): the SQLite file and its lock.
     pub data_dir: PathBuf,
     /// The URL Twilio calls, when it is not `http://<Host header>` (a tunnel, a proxy).
     pub public_url: Option<PublicBaseUrl>,
     /// Tokens, shared keys and optional Basic credentials (the Lambda secret's JSON).
     pub secret: Secret,
+    /// What each endpoint answers.
     pub policy: ReplyPolicy,
+    /// Dedup timing (TTL, lock).
     pub settings: Settings,
+    /// Lease and sweep settings of the worker.
     pub worker: WorkerSettings,
+    /// Batching, concurrency and polling of the worker loop.
     pub worker_loop: LoopSettings,
+    /// Redelivery and dead-letter settings of the queue.
     pub queue: QueueSettings,
     /// Accept the published test token on a listener reachable from outside (a non-loopback
     /// address or a public URL). Off by default: anyone can sign with that token.
@@ -64,6 +71,7 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// Defaults everywhere, with one auth token.
     pub fn new(addr: SocketAddr, data_dir: PathBuf, auth_token: AuthToken) -> Self {
         Self {
             addr,
@@ -92,25 +100,40 @@ impl ServeConfig {
 /// Why `serve` could not start or stopped; each message is one line naming the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The data directory cannot be opened or is in use.
     #[error(transparent)]
     Data(#[from] OpenError),
+    /// Putting back what an earlier run left in flight failed ([`crate::Database::recover`]).
     #[error("cannot recover the local data: {0}")]
     Recover(String),
+    /// The address is taken.
     #[error(
         "cannot listen on {addr}: address already in use (another server running? pick another port with --addr)"
     )]
-    AddrInUse { addr: SocketAddr },
+    AddrInUse {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+    /// Listening failed for another reason.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why.
         source: std::io::Error,
     },
+    /// The published test token on a listener reachable from outside, without
+    /// `insecure_public_test_token`.
     #[error(
         "refusing to serve {addr} with the public test token: anyone can sign requests with it. \
          Give your auth token (--auth-token or TWILIO_AUTH_TOKEN), listen on 127.0.0.1 without \
          --public-base-url, or pass --insecure-public-test-token"
     )]
-    PublicTestToken { addr: SocketAddr },
+    PublicTestToken {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+    /// Serving failed.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -219,6 +242,7 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// The database it serves from.
     pub fn database(&self) -> &Database {
         &self.db
     }

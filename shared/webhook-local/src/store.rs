@@ -28,6 +28,7 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// The store in `db`.
     pub fn new(db: Database) -> Self {
         Self {
             db,
@@ -40,6 +41,7 @@ impl SqliteStore {
         Database::open(path).map(Self::new)
     }
 
+    /// Its database.
     pub fn database(&self) -> &Database {
         &self.db
     }

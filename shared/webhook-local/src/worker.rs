@@ -15,6 +15,7 @@ use webhook_pipeline::worker::WorkerError;
 use crate::queue::{JobId, SqliteQueue};
 use crate::store::SqliteStore;
 
+/// How the worker loop batches, polls and sweeps.
 #[derive(Debug, Clone, Copy)]
 pub struct LoopSettings {
     /// Jobs taken per receive. Large, because each job's calls wait for the request lane
@@ -63,6 +64,7 @@ pub struct WorkerLoop {
 }
 
 impl WorkerLoop {
+    /// Runs `worker` on the jobs of `queue`, with default settings.
     pub fn new(worker: Arc<Worker>, queue: Arc<SqliteQueue>) -> Self {
         Self {
             worker,
@@ -88,6 +90,7 @@ impl WorkerLoop {
         self
     }
 
+    /// Use these settings instead of the defaults.
     pub fn with_settings(mut self, settings: LoopSettings) -> Self {
         self.settings = settings;
         self

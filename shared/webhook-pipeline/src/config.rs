@@ -7,14 +7,24 @@ use twilio_webhook::basic::BasicAuth;
 use twilio_webhook::signature::is_account_sid;
 use twilio_webhook::{AuthToken, Validator};
 
+/// How long a record (and so dedup) lives, in seconds (default 7 days, from an hour to a year).
 pub const EVENT_TTL_SECONDS: &str = "EVENT_TTL_SECONDS";
+/// How long an attempt owns a new record before another copy may redo it (default 30).
 pub const LOCK_SECONDS: &str = "LOCK_SECONDS";
+/// The SMS auto-reply text (none when unset; never sent to STOP/START/HELP).
 pub const SMS_AUTO_REPLY: &str = "SMS_AUTO_REPLY";
+/// Said first on every call.
 pub const VOICE_GREETING: &str = "VOICE_GREETING";
+/// Forward calls to this number; unset: voicemail.
 pub const VOICE_FORWARD_TO: &str = "VOICE_FORWARD_TO";
+/// Where voicemail recording callbacks go (default: the request URL with `/voice` replaced by
+/// `/status`).
 pub const STATUS_CALLBACK_URL: &str = "STATUS_CALLBACK_URL";
+/// Said by the fallback before hanging up when the primary voice URL failed.
 pub const FALLBACK_VOICE_MESSAGE: &str = "FALLBACK_VOICE_MESSAGE";
+/// The worker POSTs each processed event's normalized JSON here (the default slow work).
 pub const FORWARD_URL: &str = "FORWARD_URL";
+/// `true` lets personal data into logs (the query values of a refused request's URL).
 pub const LOG_PII: &str = "LOG_PII";
 /// `QUEUE_FIRST=true`: the queue holds every accepted event, the record is only the reply
 /// cache and the state record the processed mark (see [`queue_first`]).
@@ -26,10 +36,13 @@ pub const SWEEP_GRACE_SECONDS: &str = "SWEEP_GRACE_SECONDS";
 /// The CloudWatch namespace of the EMF metrics (default `TwilioWebhooks`).
 pub const METRICS_NAMESPACE: &str = "METRICS_NAMESPACE";
 
+/// A missing or invalid setting: the function refuses to start.
 #[derive(Debug, thiserror::Error)]
 #[error("environment variable {name}: {reason}")]
 pub struct ConfigError {
+    /// The environment variable at fault (for a bad secret, the one that names it).
     pub name: &'static str,
+    /// What is wrong with it.
     pub reason: String,
 }
 
@@ -71,6 +84,8 @@ pub const MIN_EVENT_TTL_SECONDS: u64 = 3600;
 pub const MAX_LOCK_SECONDS: u64 = 24 * 3600;
 
 impl Settings {
+    /// From `EVENT_TTL_SECONDS` and `LOCK_SECONDS`, defaults when unset; the lock must be
+    /// shorter than the TTL.
     pub fn from_env() -> Result<Self, ConfigError> {
         let d = Self::default();
         let settings = Self {
@@ -123,7 +138,9 @@ pub fn secs(
 /// credentials Twilio must send.
 #[derive(Debug)]
 pub struct Secret {
+    /// Verifies `X-Twilio-Signature` with every key of the secret.
     pub validator: Validator,
+    /// The HTTP Basic credentials Twilio must send, if the secret has them.
     pub basic_auth: Option<BasicAuth>,
     /// Every key the validator holds (to refuse a publicly known one where it matters).
     pub keys: Vec<AuthToken>,

@@ -52,8 +52,11 @@ pub const HELP_KEYWORDS: [&str; 2] = ["HELP", "INFO"];
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConsentAction {
+    /// An opt-out keyword (STOP...): message them no more.
     OptOut,
+    /// An opt-in keyword (START...): messages are welcome again.
     OptIn,
+    /// A help keyword (HELP, INFO): changes no consent.
     Help,
 }
 
@@ -112,7 +115,9 @@ pub struct ConsentUpdate {
     pub ours: String,
     /// The subscriber's number.
     pub subscriber: String,
+    /// What the subscriber said.
     pub action: ConsentAction,
+    /// How that is known.
     pub via: ConsentVia,
     /// Unix ms of the event.
     pub at_ms: i64,
@@ -188,7 +193,9 @@ impl ConsentUpdate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConsentStatus {
+    /// The latest word was an opt-out: do not message them.
     OptedOut,
+    /// The latest word was an opt-in.
     OptedIn,
 }
 
@@ -201,9 +208,11 @@ pub struct ConsentEntry {
     pub changed_at_ms: Option<i64>,
     /// Its MessageSid.
     pub source_message_sid: Option<String>,
+    /// How the action that set `status` was known.
     pub via: Option<ConsentVia>,
     /// Unix ms of the latest HELP (it changes no consent).
     pub last_help_at_ms: Option<i64>,
+    /// The MessageSid of the latest HELP.
     pub last_help_message_sid: Option<String>,
 }
 
@@ -217,6 +226,7 @@ impl ConsentEntry {
 /// Every pair of one subscriber, keyed by our number or Messaging Service Sid.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsentLedger {
+    /// The consent of each pair, by our number or Messaging Service Sid.
     pub pairs: BTreeMap<String, ConsentEntry>,
 }
 
@@ -268,6 +278,7 @@ pub struct Consents {
 }
 
 impl Consents {
+    /// Reads from `store`.
     pub fn new(store: Arc<dyn ConsentStore>) -> Self {
         Self { store }
     }

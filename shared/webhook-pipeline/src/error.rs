@@ -16,21 +16,29 @@ use crate::intake::IntakeError;
 use crate::reply::Reply;
 use crate::store::PortError;
 
+/// Why the pipeline refused or failed a request; [`PipelineError::status`] is its HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
+    /// The `X-Twilio-Signature` check failed: 403 (400 for an unreadable request, 500 when our
+    /// configuration cannot check it).
     #[error(transparent)]
     Signature(#[from] SignatureError),
     /// HTTP Basic credentials missing or wrong (when configured): 401 with the challenge.
     #[error(transparent)]
     Unauthorized(#[from] BasicAuthError),
+    /// The URL Twilio signed cannot be rebuilt: 403 (400 without a host).
     #[error("cannot rebuild the signed URL: {0}")]
     Url(#[from] UrlError),
+    /// The verified parameters are not a valid payload of the endpoint: 400.
     #[error("bad payload: {0}")]
     Payload(#[from] PayloadError),
+    /// The request body cannot be read: 400.
     #[error("request body is not valid: {0}")]
     BadRequest(String),
+    /// The event store failed: 503, so Twilio retries or calls the fallback.
     #[error("event store failed: {0}")]
     Store(PortError),
+    /// The work queue failed: 503, so Twilio retries or calls the fallback.
     #[error("work queue failed: {0}")]
     Queue(PortError),
     /// The function's configuration cannot check requests (logged once at cold start).
@@ -48,6 +56,7 @@ impl From<IntakeError> for PipelineError {
 }
 
 impl PipelineError {
+    /// The HTTP status of the answer (see the module docs).
     pub fn status(&self) -> u16 {
         match self {
             Self::Signature(e) if e.is_server_error() => 500,

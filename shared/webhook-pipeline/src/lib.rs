@@ -4,6 +4,8 @@
 //! one call), the record lifecycle written once ([`lifecycle`]), and the worker that does the
 //! slow work.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod consent;
 pub mod error;

@@ -32,7 +32,9 @@ pub type Sink = Arc<dyn Fn(String) + Send + Sync>;
 /// A CloudWatch unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
+    /// A number of things (events, records).
     Count,
+    /// A duration.
     Milliseconds,
 }
 

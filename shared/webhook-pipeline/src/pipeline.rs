@@ -36,6 +36,7 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// [`now_ms`] as a [`Clock`]: the clock outside tests.
 pub fn system_clock() -> Clock {
     Arc::new(now_ms)
 }
@@ -87,13 +88,16 @@ fn newer_secret_may_help(e: &PipelineError) -> bool {
 /// A request as the runtime adapter hands it over: the signed URL already rebuilt.
 #[derive(Debug, Clone)]
 pub struct IncomingRequest {
+    /// The HTTP method (Twilio sends POST, or GET when so configured).
     pub method: http::Method,
     /// The URL Twilio signed (see `twilio_webhook::url`).
     pub url: String,
     /// Other spellings Twilio may have signed when the adapter cannot know which (a REST API
     /// event's decoded query): tried in turn if `url` does not verify. Usually empty.
     pub other_urls: Vec<String>,
+    /// The request headers (`X-Twilio-Signature`, `I-Twilio-Idempotency-Token`...).
     pub headers: HeaderMap,
+    /// The raw body, as Twilio sent and signed it.
     pub body: Bytes,
 }
 

@@ -57,6 +57,7 @@ pub struct ReplayReport {
 /// A stored event a replay may enqueue again.
 #[derive(Debug, Clone)]
 pub struct Candidate {
+    /// The stored event.
     pub event: EventRecord,
     /// Whether the worker already processed it.
     pub processed: bool,

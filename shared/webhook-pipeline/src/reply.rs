@@ -16,11 +16,13 @@ use crate::config::{
 /// without the usual status (200) and content type (TwiML's), to keep the record small.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
+    /// The HTTP status (stored only when not 200).
     #[serde(default = "ok", skip_serializing_if = "is_ok")]
     pub status: u16,
     /// `None` is stored as `null`; only TwiML's type is left out.
     #[serde(default = "twiml_type", skip_serializing_if = "is_twiml_type")]
     pub content_type: Option<String>,
+    /// The body: TwiML, or a short text.
     pub body: String,
     /// `WWW-Authenticate` of a 401 (the Basic auth challenge); never stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -44,6 +46,7 @@ fn is_twiml_type(t: &Option<String>) -> bool {
 }
 
 impl Reply {
+    /// A 200 with a TwiML document.
     pub fn twiml(doc: &impl Twiml) -> Self {
         Self {
             status: 200,
@@ -53,6 +56,7 @@ impl Reply {
         }
     }
 
+    /// A plain-text reply with this status.
     pub fn text(status: u16, body: &str) -> Self {
         Self {
             status,
@@ -84,6 +88,7 @@ const DEFAULT_FALLBACK_MESSAGE: &str =
     "Sorry, we cannot take your call right now. Please try again later.";
 
 impl ReplyPolicy {
+    /// From the environment variables named on each field; unset ones are `None`.
     pub fn from_env() -> Self {
         Self {
             sms_auto_reply: var(SMS_AUTO_REPLY),

@@ -26,7 +26,9 @@ pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// What checks a request: the signature validator and the Basic credentials, replaced together.
 #[derive(Clone)]
 pub struct Credentials {
+    /// Verifies `X-Twilio-Signature`.
     pub validator: Validator,
+    /// The HTTP Basic credentials Twilio must send, if configured.
     pub basic_auth: Option<BasicAuth>,
 }
 
@@ -53,6 +55,7 @@ pub enum SecretSourceError {
 /// Where the secret comes from (Secrets Manager in Lambda): read again on a refused signature.
 #[async_trait]
 pub trait SecretSource: Send + Sync {
+    /// Read the secret now.
     async fn read(&self) -> Result<Secret, SecretSourceError>;
 }
 

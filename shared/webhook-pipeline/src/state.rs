@@ -16,10 +16,13 @@ use twilio_webhook::payload::{CallStatus, FallbackOriginal, MessageStatus, Webho
 /// One status seen for a message or call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineEntry {
+    /// The status (`delivered`, `in-progress`, `recording-completed`, `conference-end`...).
     pub status: String,
+    /// Twilio's `SequenceNumber`, when it sends one (calls, conferences).
     pub sequence: Option<u32>,
     /// Stage of `status` (see [`message_rank`], [`call_rank`]).
     pub stage: u8,
+    /// Twilio's `ErrorCode`, if any.
     pub error_code: Option<u32>,
     /// Unix ms when we received it.
     pub received_at: i64,
@@ -30,11 +33,15 @@ pub struct TimelineEntry {
 /// The state record of one message (`msg#SM...`), call (`call#CA...`) or conference (`conf#CF...`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateRecord {
+    /// Its key: `msg#SM...`, `call#CA...`, `conf#CF...` (or `recording#RE...`).
     pub id: String,
+    /// The status of the highest rank seen (stage-0 entries, recordings, never count).
     pub latest_status: String,
     /// Stage of `latest_status`, then sequence number: the order statuses never go back in.
     pub latest_rank: (u8, i64),
+    /// The latest `ErrorCode` seen.
     pub error_code: Option<u32>,
+    /// What that code means, when it is one we know ([`error_meaning`]).
     pub error_meaning: Option<String>,
     /// The last [`TIMELINE_LIMIT`] entries, in event order.
     pub timeline: Vec<TimelineEntry>,
@@ -70,6 +77,7 @@ impl AppliedKeys {
         out
     }
 
+    /// Whether the event `key` was applied (among the last [`APPLIED_LIMIT`]).
     pub fn contains(&self, key: &str) -> bool {
         let d = Self::digest(key);
         self.0.contains(&d)
@@ -82,10 +90,12 @@ impl AppliedKeys {
         self.0.push_back(Self::digest(key));
     }
 
+    /// How many keys are remembered.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Whether no key is remembered.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -119,11 +129,16 @@ impl<'de> Deserialize<'de> for AppliedKeys {
 /// What a webhook contributes to a state record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateUpdate {
+    /// The state record it changes (see [`StateRecord::id`]).
     pub id: String,
+    /// The status it reports (as in [`TimelineEntry::status`]).
     pub status: String,
+    /// Its stage, then its sequence number: compared with [`StateRecord::latest_rank`].
     pub rank: (u8, i64),
+    /// Twilio's `SequenceNumber`, when it sends one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence: Option<u32>,
+    /// Twilio's `ErrorCode`, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<u32>,
 }

@@ -92,6 +92,7 @@ pub struct EventRecord {
     pub key: String,
     /// Payload kind (`inbound_message`, `call_status`...).
     pub kind: String,
+    /// The endpoint that accepted it.
     pub endpoint: Endpoint,
     /// The URL Twilio signed.
     pub url: String,
@@ -118,6 +119,7 @@ pub struct EventRecord {
 /// What the worker receives from the queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
+    /// The event to process.
     pub event: EventRecord,
 }
 
@@ -127,7 +129,12 @@ pub enum Claim {
     /// The record was written by this attempt, which must now enqueue it.
     New,
     /// A live record exists; answer with its reply and do not enqueue.
-    Duplicate { reply: Reply, processed: bool },
+    Duplicate {
+        /// The live record's reply.
+        reply: Reply,
+        /// Whether a worker already processed it.
+        processed: bool,
+    },
 }
 
 /// Outcome of [`Leases::begin_processing`].

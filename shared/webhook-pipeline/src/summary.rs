@@ -26,13 +26,16 @@ pub fn sid_of_key(key: &str) -> Option<&str> {
 /// What the summary line says about a verified, parsed webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventFacts {
+    /// The payload kind (`inbound_message`, `call_status`...).
     pub kind: &'static str,
+    /// The Sid of its dedup key.
     pub sid: Option<String>,
     /// `ErrorCode` of a message status callback whose status is failed or undelivered.
     pub error_code: Option<u32>,
 }
 
 impl EventFacts {
+    /// The facts of `webhook`, whose dedup key is `key`.
     pub fn of(webhook: &Webhook, key: &str) -> Self {
         let error_code = match webhook {
             Webhook::MessageStatus(s)
@@ -97,15 +100,19 @@ impl Outcome {
 /// The summary of one webhook request.
 #[derive(Clone, Copy)]
 pub struct RequestSummary<'a> {
+    /// The endpoint called.
     pub endpoint: Endpoint,
+    /// What became of the request.
     pub outcome: Outcome,
     /// The HTTP status answered.
     pub status: u16,
+    /// How long the pipeline took.
     pub duration_ms: f64,
     /// Known once the request is verified and parsed.
     pub facts: Option<&'a EventFacts>,
     /// `I-Twilio-Idempotency-Token`, when sent.
     pub idempotency_token: Option<&'a str>,
+    /// Why it failed or was refused, if it did.
     pub error: Option<&'a dyn Display>,
     /// The URL the signature was checked against, already redacted for logs.
     pub url: Option<&'a str>,
@@ -135,6 +142,7 @@ macro_rules! request_event {
 }
 
 impl RequestSummary<'_> {
+    /// Emit the line, at the outcome's level (failures ERROR, refusals WARN).
     pub fn log(&self) {
         match self.outcome.level() {
             Level::ERROR => request_event!(Level::ERROR, self),
@@ -148,6 +156,7 @@ impl RequestSummary<'_> {
 /// What became of one worker record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobOutcome {
+    /// Done: folded into its state (and consent) record, slow work run.
     Processed,
     /// Already processed (a redelivery) or expired: acknowledged without effect.
     Skipped,
@@ -162,6 +171,7 @@ pub enum JobOutcome {
 }
 
 impl JobOutcome {
+    /// The outcome of a [`crate::Worker::process`] result.
     pub fn of(result: &Result<worker::Outcome, WorkerError>) -> Self {
         match result {
             Ok(worker::Outcome::Processed) => Self::Processed,
@@ -171,6 +181,7 @@ impl JobOutcome {
         }
     }
 
+    /// The `outcome` field of the summary line.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Processed => "processed",
@@ -205,9 +216,11 @@ impl JobOutcome {
 /// The summary of one worker record.
 #[derive(Clone, Copy)]
 pub struct JobSummary<'a> {
+    /// What became of the record.
     pub outcome: JobOutcome,
     /// The event's dedup key (its Sid is logged too), once the job is read.
     pub key: Option<&'a str>,
+    /// The payload kind, once the job is read.
     pub kind: Option<&'a str>,
     /// Deliveries of this job so far, this one included (SQS `ApproximateReceiveCount`).
     pub attempts: Option<u32>,
@@ -215,6 +228,7 @@ pub struct JobSummary<'a> {
     pub forward_ms: Option<f64>,
     /// The queue's id of the message.
     pub message_id: Option<&'a str>,
+    /// Why it failed, if it did.
     pub error: Option<&'a dyn Display>,
 }
 
@@ -238,6 +252,7 @@ macro_rules! job_event {
 }
 
 impl JobSummary<'_> {
+    /// Emit the line, at the outcome's level (failures ERROR, busy and deferred WARN).
     pub fn log(&self) {
         match self.outcome.level() {
             Level::ERROR => job_event!(Level::ERROR, self),

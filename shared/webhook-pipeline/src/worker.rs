@@ -17,7 +17,10 @@ use crate::store::{ErrorKind, EventRecord, Job, PortError, Processing, Stale, St
 /// error to have the job retried (and, after the queue's max receives, dead-lettered).
 #[async_trait]
 pub trait SlowWork: Send + Sync {
+    /// Its name in logs and metrics (the `Work` dimension).
     fn name(&self) -> &'static str;
+    /// Do the work for one event; it may run again for the same event (a redelivery), so
+    /// receivers should deduplicate by its key.
     async fn run(&self, event: &EventRecord) -> Result<(), WorkError>;
     /// The longest one `run` can take (its timeouts and retries): a Lambda batch starts a
     /// record only if this much time is left before the invocation's deadline.
@@ -31,23 +34,32 @@ pub trait SlowWork: Send + Sync {
 /// the SDK's timeouts, and the lease keeps a second worker away meanwhile.
 pub const STORE_ALLOWANCE: Duration = Duration::from_secs(2);
 
+/// A failed [`SlowWork::run`]: why, in words that may be logged (no personal data).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct WorkError(pub String);
 
+/// Why a job failed: the queue delivers it again (see [`WorkerError::is_permanent`]).
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    /// A store call failed.
     #[error("store: {0}")]
     Store(#[from] PortError),
+    /// Another worker holds the record's lease: not a failure of the job.
     #[error("another worker is processing {0}")]
     Busy(String),
+    /// A slow work failed.
     #[error("{work} failed: {error}")]
     Work {
+        /// Its [`SlowWork::name`].
         work: &'static str,
+        /// Its error.
         error: WorkError,
     },
+    /// The state or consent record (named) kept changing under the fold: retry later.
     #[error("state record {0} kept changing under us")]
     Contention(String),
+    /// Queue first and slow work together (refused: see [`Worker::with_queue_first`]).
     #[error("QUEUE_FIRST with slow work: the slow work needs a lease and a processed mark")]
     QueueFirstWithSlowWork,
 }
@@ -70,11 +82,13 @@ pub struct JobReport {
 /// What happened to a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// Done: folded into its state (and consent) record, slow work run.
     Processed,
     /// Already processed (a redelivery) or expired: acknowledged without effect.
     Skipped,
 }
 
+/// Lease, sweep and lifetime settings of the worker.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerSettings {
     /// How long one processing attempt owns a record; must cover the slow work.
@@ -83,6 +97,8 @@ pub struct WorkerSettings {
     pub sweep_grace: Duration,
     /// After this many re-sends the sweeper parks a record (it is in the DLQ by then).
     pub max_sweeps: u32,
+    /// How long records live (`EVENT_TTL_SECONDS`): state records, parked records, and
+    /// the age past which a queue-first job is dropped.
     pub event_ttl: Duration,
 }
 
@@ -112,6 +128,7 @@ impl Default for WorkerSettings {
     }
 }
 
+/// Processes jobs (state fold, consent, slow work) and sweeps; built once at cold start.
 pub struct Worker {
     store: Arc<dyn Store>,
     queue: Arc<dyn WorkQueue>,
@@ -158,16 +175,19 @@ impl Worker {
         self
     }
 
+    /// Add slow work, run in the order added.
     pub fn with_work(mut self, work: Arc<dyn SlowWork>) -> Self {
         self.work.push(work);
         self
     }
 
+    /// Use `clock` instead of the wall clock (tests).
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
     }
 
+    /// Its settings.
     pub fn settings(&self) -> &WorkerSettings {
         &self.settings
     }

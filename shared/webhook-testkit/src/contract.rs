@@ -74,6 +74,8 @@ pub async fn run_all(store: Arc<dyn Store>) {
     concurrent_claims_make_one_winner(store.clone()).await;
 }
 
+/// A key is claimed once; a duplicate gets the first reply byte for byte, and the
+/// stored event reads back exactly (unicode, blanks, repeated keys).
 pub async fn claim_is_once_and_duplicates_get_the_stored_reply(store: &dyn Store) {
     let e = sample_event("once");
     assert_eq!(store.claim(&e, "a1", times(NOW)).await.unwrap(), Claim::New);
@@ -103,6 +105,7 @@ pub async fn claim_is_once_and_duplicates_get_the_stored_reply(store: &dyn Store
     assert_eq!(found.sweeps, 0);
 }
 
+/// A record past its expiry no longer counts for dedup, even before the store deletes it.
 pub async fn expired_records_do_not_block(store: &dyn Store) {
     let e = sample_event("expiry");
     let t = ClaimTimes {
@@ -130,6 +133,8 @@ pub async fn expired_records_do_not_block(store: &dyn Store) {
     );
 }
 
+/// A claim whose lock ended unprocessed (a crashed attempt) may be redone; once
+/// processed it may not.
 pub async fn abandoned_claims_can_be_redone(store: &dyn Store) {
     let e = sample_event("abandon");
     assert_eq!(store.claim(&e, "a1", times(NOW)).await.unwrap(), Claim::New);
@@ -154,6 +159,7 @@ pub async fn abandoned_claims_can_be_redone(store: &dyn Store) {
     }
 }
 
+/// Only the attempt that wrote a record can release it.
 pub async fn release_only_by_owner(store: &dyn Store) {
     let e = sample_event("release");
     store.claim(&e, "owner", times(NOW)).await.unwrap();
@@ -169,6 +175,8 @@ pub async fn release_only_by_owner(store: &dyn Store) {
     );
 }
 
+/// A lease is Missing without a record, Ready once, Busy while held, Ready again after
+/// an abandon, and AlreadyDone once processed.
 pub async fn processing_lease(store: &dyn Store) {
     let e = sample_event("lease");
     assert_eq!(
@@ -277,6 +285,8 @@ pub async fn a_retried_claim_recognises_its_own_record(store: &dyn Store) {
     ));
 }
 
+/// The sweeper sees an unprocessed record once its lock ends, counts each sweep once
+/// (a repeated `extend_lock` too), and no longer sees it once processed.
 pub async fn sweeper_view(store: &dyn Store) {
     let e = sample_event("sweep");
     store.claim(&e, "a", times(NOW)).await.unwrap();
@@ -317,6 +327,7 @@ pub async fn sweeper_view(store: &dyn Store) {
     );
 }
 
+/// A state record is saved only at the version read (created only if absent).
 pub async fn state_is_optimistic(store: &dyn Store) {
     let id = format!("msg#SM{}", uuid::Uuid::new_v4().simple());
     assert!(store.load_state(&id).await.unwrap().is_none());
@@ -366,6 +377,7 @@ pub async fn state_is_optimistic(store: &dyn Store) {
     );
 }
 
+/// A consent ledger is saved only at the version read (created only if absent).
 pub async fn consent_is_optimistic(store: &dyn Store) {
     let subscriber = format!("+1555{}", uuid::Uuid::new_v4().as_u128() % 10_000_000);
     assert!(store.load_consent(&subscriber).await.unwrap().is_none());
@@ -410,6 +422,7 @@ pub async fn consent_is_optimistic(store: &dyn Store) {
     );
 }
 
+/// Of 20 concurrent claims of one key, exactly one is new.
 pub async fn concurrent_claims_make_one_winner(store: Arc<dyn Store>) {
     let e = sample_event("race");
     let tasks: Vec<_> = (0..20)

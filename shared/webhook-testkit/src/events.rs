@@ -1,7 +1,7 @@
 //! Signed sample API Gateway events: the `events/` files (`sam local invoke -e`, the Lambda
 //! console's test events, the handler tests).
 //!
-//! Every sample of [`webhook_testkit::samples::all`] becomes two files:
+//! Every sample of [`crate::samples::all`] becomes two files:
 //! - `<name>.http-api.json`: API Gateway HTTP API payload 2.0 (the shape Function URLs use too),
 //!   `$default` stage, lower-case headers, base64 body;
 //! - `<name>.rest-api.json`: REST API (v1) proxy event, stage `prod`, Mixed-Case headers as REST
@@ -21,14 +21,21 @@ use serde_json::{Map, Value, json};
 use twilio_webhook::payload::Endpoint;
 use twilio_webhook::{AuthToken, FormParams, sign};
 
+/// The AWS account id in the events' request contexts.
 pub const ACCOUNT_ID: &str = "123456789012";
+/// The HTTP API's id.
 pub const HTTP_API_ID: &str = "abc123";
+/// The HTTP API's default host, which the HTTP API events are signed for.
 pub const HTTP_API_HOST: &str = "abc123.execute-api.us-east-1.amazonaws.com";
+/// The REST API's id.
 pub const REST_API_ID: &str = "def456";
+/// The REST API's default host, which the REST API events are signed for.
 pub const REST_API_HOST: &str = "def456.execute-api.us-east-1.amazonaws.com";
+/// The REST API's stage (part of the signed path).
 pub const REST_API_STAGE: &str = "prod";
 /// A Function URL's id is 32 lower-case letters and digits.
 pub const FUNCTION_URL_ID: &str = "ghi789ghi789ghi789ghi789ghi789gh";
+/// The Function URL's host.
 pub const FUNCTION_URL_HOST: &str = "ghi789ghi789ghi789ghi789ghi789gh.lambda-url.us-east-1.on.aws";
 /// What Twilio is given for a Function URL (the stack's output): its root.
 pub const FUNCTION_URL: &str =

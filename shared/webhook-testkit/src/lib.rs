@@ -7,6 +7,8 @@
 //! - [`events`]: the signed API Gateway / Function URL / SQS events of `events/`;
 //! - [`moto`]: the AWS emulator the moto-backed tests share.
 
+#![warn(missing_docs)]
+
 pub mod contract;
 pub mod events;
 pub mod memory;

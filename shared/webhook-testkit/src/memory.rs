@@ -82,10 +82,12 @@ impl MemoryStore {
         self.lock().rows.len()
     }
 
+    /// Whether no event record is stored.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Whether the record under `key` is processed; `None` without one.
     pub fn is_processed(&self, key: &str) -> Option<bool> {
         self.lock().rows.get(key).map(|r| r.rec.processed)
     }
@@ -328,6 +330,7 @@ pub struct MemoryQueue {
 }
 
 impl MemoryQueue {
+    /// Take the oldest job.
     pub fn pop(&self) -> Option<Job> {
         self.jobs
             .lock()
@@ -335,10 +338,12 @@ impl MemoryQueue {
             .pop_front()
     }
 
+    /// Number of jobs waiting.
     pub fn len(&self) -> usize {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// Whether no job is waiting.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -11,16 +11,24 @@ use webhook_pipeline::pipeline::IncomingRequest;
 
 pub use webhook_pipeline::config::TEST_AUTH_TOKEN;
 
+/// The AccountSid of every sample.
 pub const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
+/// The MessageSid of the message samples.
 pub const MESSAGE_SID: &str = "SM11111111111111111111111111111111";
+/// The CallSid of the call samples.
 pub const CALL_SID: &str = "CA22222222222222222222222222222222";
+/// The RecordingSid of the recording sample.
 pub const RECORDING_SID: &str = "RE33333333333333333333333333333333";
+/// The ConferenceSid of the conference sample.
 pub const CONFERENCE_SID: &str = "CF44444444444444444444444444444444";
 
 /// A named sample: which endpoint it goes to and its parameters.
 pub struct Sample {
+    /// Its name (the `events/` file names start with it).
     pub name: &'static str,
+    /// The endpoint it goes to.
     pub endpoint: Endpoint,
+    /// Its form parameters, in the order sent.
     pub params: Vec<(&'static str, String)>,
 }
 
@@ -54,6 +62,7 @@ pub fn inbound_sms(message_sid: &str, body: &str) -> Vec<(&'static str, String)>
     ])
 }
 
+/// An inbound call like Twilio sends it (`CallStatus` ringing).
 pub fn inbound_call(call_sid: &str) -> Vec<(&'static str, String)> {
     p(&[
         ("AccountSid", ACCOUNT_SID),
@@ -73,6 +82,7 @@ pub fn inbound_call(call_sid: &str) -> Vec<(&'static str, String)> {
     ])
 }
 
+/// A message status callback, with `ErrorCode` when given.
 pub fn message_status(
     message_sid: &str,
     status: &str,
@@ -94,6 +104,7 @@ pub fn message_status(
     v
 }
 
+/// A call status callback with its `SequenceNumber`.
 pub fn call_status(call_sid: &str, status: &str, sequence: u32) -> Vec<(&'static str, String)> {
     let mut v = p(&[
         ("AccountSid", ACCOUNT_SID),
