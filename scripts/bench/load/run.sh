@@ -228,7 +228,7 @@ stop_rc=0
 wait "$serve_pid" || stop_rc=$?
 echo "$stop_rc" >"$work/serve.stop_rc"
 log "serve: stopped (exit $stop_rc); verifying with inspect"
-"$serve_bin" inspect --data "$data" >"$work/inspect.jsonl"
+"$serve_bin" inspect --json --data "$data" >"$work/inspect.jsonl"
 
 # --- report ------------------------------------------------------------------------------------
 $PYTHON - "$work" "$here/results.json" "$duration" "$warmup" "$connections" "$log_level" "$rounds" <<'EOF'
