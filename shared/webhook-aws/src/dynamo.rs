@@ -69,7 +69,18 @@ impl DynamoStore {
         }
     }
 
-    /// Queue first (`QUEUE_FIRST`, `Pipeline::with_queue_first`): a claim writes the event, its
+    /// An UpdateItem of the item under `key`.
+    fn update(
+        &self,
+        key: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, s(key))
+    }
+
+    /// Queue first (`QUEUE_FIRST`, `ClaimThenSend::queue_first`): a claim writes the event, its
     /// reply, `attempt` and `expires_at`, and nothing for a sweeper or a worker: no `pending`
     /// (so no `pending-index` entry, a write unit when written and another when removed), no
     /// lock, no sweep count. Such a record is live until it expires (the claim rule's
@@ -341,10 +352,7 @@ impl EventLog for DynamoStore {
             // wrote it. A copy that claims it meanwhile rewrites it without `pending` and
             // sends its own job; the sweeper's re-send of the stored event is folded once.
             let r = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .key(PK, s(key))
+                .update(key)
                 .update_expression("SET pending = :p, lock_until = :zero, sweeps = :zero")
                 .condition_expression("attribute_exists(pk) AND attribute_not_exists(pending)")
                 .expression_attribute_values(":p", s("1"))
@@ -358,10 +366,7 @@ impl EventLog for DynamoStore {
             ..Params::default()
         };
         let update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(PK, s(key))
+            .update(key)
             .update_expression("SET lock_until = :zero")
             .expression_attribute_values(":zero", n(0));
         let r = with_rule!(update, lifecycle::RELEASE, &p).send().await;
@@ -434,10 +439,7 @@ impl EventLog for DynamoStore {
             ..Params::default()
         };
         let update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(PK, s(key))
+            .update(key)
             .update_expression("SET lock_until = :l, sweeps = :next")
             .expression_attribute_values(":l", n(lock_until_ms))
             .expression_attribute_values(":next", n(u64::from(sweeps_read) + 1));
@@ -463,10 +465,7 @@ impl Leases for DynamoStore {
             ..Params::default()
         };
         let update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(PK, s(key))
+            .update(key)
             .update_expression("SET lease_until = :until, lease_owner = :lease_owner")
             .expression_attribute_values(":until", n(lease_until_ms));
         let r = with_rule!(update, lifecycle::TAKE_LEASE, &p)
@@ -484,10 +483,7 @@ impl Leases for DynamoStore {
 
     async fn finish_processing(&self, key: &str, now_ms: i64) -> Result<(), PortError> {
         let update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(PK, s(key))
+            .update(key)
             .update_expression("SET processed_at = :processed_at REMOVE pending, lease_until")
             .expression_attribute_values(":processed_at", n(now_ms));
         let r = with_rule!(update, lifecycle::FINISH, &Params::default())
@@ -498,10 +494,7 @@ impl Leases for DynamoStore {
 
     async fn abandon_processing(&self, key: &str) -> Result<(), PortError> {
         let update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(PK, s(key))
+            .update(key)
             .update_expression("SET lease_until = :zero")
             .expression_attribute_values(":zero", n(0));
         let r = with_rule!(update, lifecycle::ABANDON, &Params::default())

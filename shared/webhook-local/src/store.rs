@@ -150,8 +150,8 @@ impl ClaimRow {
         let t = self.t;
         // One statement for a new event (most claims); the record in the way, if any, is
         // read and judged by the rule, and replaced if the rule allows.
-        let inserted = c
-            .prepare_cached(
+        let insert = || -> Result<usize, DbError> {
+            Ok(c.prepare_cached(
                 "INSERT INTO events
                  (key, kind, received_at, event, reply, attempt, lock_until_ms, expires_at_s,
                   processed, processed_at_ms, lease_until_ms, sweeps)
@@ -167,8 +167,9 @@ impl ClaimRow {
                 self.attempt,
                 t.lock_until_ms,
                 t.expires_at_s,
-            ])?;
-        if inserted == 1 {
+            ])?)
+        };
+        if insert()? == 1 {
             return Ok(None);
         }
         let Some(found) = read_record(c, &self.key)? else {
@@ -185,23 +186,10 @@ impl ClaimRow {
                 .query_row([found.rowid], |r| r.get(0))?;
             return Ok(Some((reply, found.rec.processed)));
         }
-        c.prepare_cached(
-            "UPDATE events SET
-                 kind = ?2, received_at = ?3, event = ?4, reply = ?5, attempt = ?6,
-                 lock_until_ms = ?7, expires_at_s = ?8, processed = 0, processed_at_ms = NULL,
-                 lease_until_ms = 0, sweeps = 0
-             WHERE rowid = ?1",
-        )?
-        .execute(params![
-            found.rowid,
-            self.kind,
-            self.received_at,
-            self.event_json,
-            self.reply_json,
-            self.attempt,
-            t.lock_until_ms,
-            t.expires_at_s,
-        ])?;
+        // The rule lets this copy take the record's place (rare: a re-claim).
+        c.prepare_cached("DELETE FROM events WHERE rowid = ?1")?
+            .execute([found.rowid])?;
+        insert()?;
         Ok(None)
     }
 }
