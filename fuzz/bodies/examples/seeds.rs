@@ -21,10 +21,10 @@ use sha2::{Digest, Sha256};
 use twilio_webhook::payload::Endpoint;
 use twilio_webhook::signature::{Algorithm, sign_with};
 use twilio_webhook::{AuthToken, FormParams, Validator, sign};
-use webhook_testkit::memory::{MemoryQueue, MemoryStore};
-use webhook_testkit::samples::{self, TEST_AUTH_TOKEN};
 use webhook_pipeline::state::StateRecord;
 use webhook_pipeline::{Pipeline, ReplyPolicy, Settings};
+use webhook_testkit::memory::{MemoryQueue, MemoryStore};
+use webhook_testkit::samples::{self, TEST_AUTH_TOKEN};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -663,6 +663,7 @@ fn records() -> Vec<(webhook_pipeline::EventRecord, StateRecord)> {
 }
 
 fn stored(s: &mut Seeds) {
+    use sqlite_rows::op;
     let recs = records();
     for (i, (rec, state)) in recs.iter().enumerate() {
         let event = serde_json::to_string(rec).unwrap();
@@ -675,37 +676,56 @@ fn stored(s: &mut Seeds) {
             d.extend_from_slice(text.as_bytes());
             s.add("stored_json", d);
         }
-        // SQLite rows: the record as stored, then with odd column types.
-        let ctl: Vec<u8> = if i == 0 {
-            vec![sqlite_rows::op::ALL]
-        } else {
-            let mut c = vec![sqlite_rows::op::ALL ^ (1 << (i % 8))];
-            c.extend((0..16).map(|j| ((i * 7 + j * 3) % 11) as u8));
-            c
-        };
-        s.add(
-            "sqlite_rows",
-            join_fields(
-                [
-                    &ctl[..],
-                    rec.key.as_bytes(),
-                    event.as_bytes(),
-                    reply.as_bytes(),
-                    job.as_bytes(),
-                    state.as_bytes(),
-                ],
-                0,
-            ),
-        );
     }
-    // A row whose event names another key; an outbox job only; corrupt JSON everywhere.
+    // SQLite rows, one operation each: every operation on a record as stored, each record
+    // with odd column types, a row whose event names another key, and corrupt JSON everywhere
+    // for every operation. No control byte is 0 (it would end the field): STALE_PENDING is
+    // written 0x08 (bits 3 to 6 of byte 0 are ignored), and the types' bytes are 1 to 11.
+    // The claimed record is processed (byte 6: 0x80), so that the claim is a duplicate.
+    let ops: [&[u8]; 9] = [
+        &[op::STALE_PENDING | 0x08],
+        &[op::RECEIVE],
+        &[op::RECOVER],
+        &[op::RECOVER | op::RECORDS_ARE_JOBS],
+        &[op::FOLD_READY],
+        &[op::SET_ASIDE],
+        &[op::LOAD_STATE],
+        &[op::CLAIM, 1, 1, 1, 1, 1, 0x80],
+        &[op::INSPECT],
+    ];
+    let row = |ctl: &[u8], rec: &webhook_pipeline::EventRecord, state: &StateRecord| {
+        let event = serde_json::to_string(rec).unwrap();
+        let job = serde_json::to_string(&webhook_pipeline::Job { event: rec.clone() }).unwrap();
+        let reply = serde_json::to_string(&rec.reply).unwrap();
+        let state = serde_json::to_string(state).unwrap();
+        join_fields(
+            [
+                ctl,
+                rec.key.as_bytes(),
+                event.as_bytes(),
+                reply.as_bytes(),
+                job.as_bytes(),
+                state.as_bytes(),
+            ],
+            0,
+        )
+    };
+    for (i, ctl) in ops.iter().enumerate() {
+        let (rec, state) = &recs[i % recs.len()];
+        s.add("sqlite_rows", row(ctl, rec, state));
+    }
+    for (i, (rec, state)) in recs.iter().enumerate().skip(1) {
+        let mut ctl = vec![ops[i % ops.len()][0]];
+        ctl.extend((0..16).map(|j| ((i * 7 + j * 3) % 11 + 1) as u8));
+        s.add("sqlite_rows", row(&ctl, rec, state));
+    }
     let (rec, _) = &recs[0];
     let event = serde_json::to_string(rec).unwrap();
     s.add(
         "sqlite_rows",
         join_fields(
             [
-                &[sqlite_rows::op::FOLD_READY][..],
+                &[op::FOLD_READY][..],
                 b"other#key",
                 event.as_bytes(),
                 b"{}",
@@ -715,20 +735,15 @@ fn stored(s: &mut Seeds) {
             0,
         ),
     );
-    s.add(
-        "sqlite_rows",
-        join_fields(
-            [
-                &[sqlite_rows::op::ALL, 0, 0, 0, 0, 0, 0, 0x80][..],
-                b"k",
-                b"{\"key\":",
-                b"null",
-                b"[1,2",
-                b"{\"id\":1}",
-            ],
-            0,
-        ),
-    );
+    for ctl in ops {
+        s.add(
+            "sqlite_rows",
+            join_fields(
+                [ctl, b"k", b"{\"key\":", b"null", b"[1,2", b"{\"id\":1}"],
+                0,
+            ),
+        );
+    }
 }
 
 fn main() {

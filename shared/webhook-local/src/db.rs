@@ -379,23 +379,25 @@ impl Database {
     /// queue is a job already and gets none. Returns what was done.
     pub async fn recover(&self, now_ms: i64, records_are_jobs: bool) -> Result<Recovery, DbError> {
         self.call(move |tx| {
-            let jobs_made_visible = tx.execute(
-                "UPDATE jobs SET visible_at_ms = ?1 WHERE done = 0 AND visible_at_ms > ?1",
-                [now_ms],
-            )?;
-            let leases_dropped = tx.execute(
-                "UPDATE events SET lease_until_ms = 0 WHERE processed = 0 AND lease_until_ms > 0",
-                [],
-            )?;
-            let orphans_enqueued = tx.execute(
+            let jobs_made_visible = tx
+                .prepare_cached(
+                    "UPDATE jobs SET visible_at_ms = ?1 WHERE done = 0 AND visible_at_ms > ?1",
+                )?
+                .execute([now_ms])?;
+            let leases_dropped = tx
+                .prepare_cached(
+                    "UPDATE events SET lease_until_ms = 0 WHERE processed = 0 AND lease_until_ms > 0",
+                )?
+                .execute([])?;
+            let orphans_enqueued = tx.prepare_cached(
                 "INSERT INTO jobs (key, body, visible_at_ms)
                  SELECT e.key, '{\"event\":' || e.event || '}', ?1 FROM events e
                  WHERE e.processed = 0 AND e.expires_at_s * 1000 > ?1
                    AND NOT (?2 AND e.sweeps = 0)
                    AND e.key NOT IN (SELECT key FROM jobs WHERE done = 0)
                    AND e.key NOT IN (SELECT key FROM dead_jobs)",
-                params![now_ms, records_are_jobs],
-            )?;
+            )?
+            .execute(params![now_ms, records_are_jobs])?;
             Ok(Recovery {
                 jobs_made_visible,
                 leases_dropped,

@@ -590,16 +590,17 @@ fn dead_letter(
     reason: &str,
 ) -> Result<(), DbError> {
     // An outbox job's body is its record's event: the dead letter keeps a copy of it.
-    tx.execute(
+    tx.prepare_cached(
         "INSERT OR REPLACE INTO dead_jobs (id, key, body, receive_count, died_at_ms, reason)
          SELECT j.id, j.key,
                 CASE WHEN j.body = '' THEN COALESCE('{\"event\":' || e.event || '}', '')
                      ELSE j.body END,
                 j.receive_count, ?2, ?3
          FROM jobs j LEFT JOIN events e ON e.key = j.key WHERE j.id = ?1",
-        params![id, now, reason],
-    )?;
-    tx.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
+    )?
+    .execute(params![id, now, reason])?;
+    tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?
+        .execute([id])?;
     Ok(())
 }
 
