@@ -46,8 +46,8 @@ pub struct DynamoStore {
 }
 
 impl DynamoStore {
-    /// The record under `key` if it is still unprocessed (strongly consistent read).
-    async fn pending_record(&self, key: &str) -> Result<Option<Item>, PortError> {
+    /// The item under `key` (strongly consistent read).
+    async fn get(&self, key: &str) -> Result<Option<Item>, PortError> {
         let r = self
             .client
             .get_item()
@@ -57,7 +57,15 @@ impl DynamoStore {
             .send()
             .await
             .map_err(sdk_error)?;
-        Ok(r.item.filter(|item| item.contains_key("pending")))
+        Ok(r.item)
+    }
+
+    /// The record under `key` if it is still unprocessed.
+    async fn pending_record(&self, key: &str) -> Result<Option<Item>, PortError> {
+        Ok(self
+            .get(key)
+            .await?
+            .filter(|item| item.contains_key(PENDING)))
     }
 
     /// The store in `table`.
@@ -112,7 +120,8 @@ fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
 pub fn event_of(item: &Item) -> Result<EventRecord, PortError> {
     let json = get_s(item, "event").ok_or_else(|| PortError::permanent("record without event"))?;
     // Not serde's message: it may quote the stored event (phone numbers, bodies).
-    let mut event: EventRecord = serde_json::from_str(json).map_err(|e| unreadable("event", &e))?;
+    let mut event: EventRecord =
+        serde_json::from_str(json).map_err(|e| PortError::unreadable("event", &e))?;
     // The key is the item's `pk`, not repeated in the stored JSON (see `stored_event`).
     if event.key.is_empty()
         && let Some(pk) = get_s(item, PK)
@@ -120,17 +129,6 @@ pub fn event_of(item: &Item) -> Result<EventRecord, PortError> {
         event.key = pk.to_owned();
     }
     Ok(event)
-}
-
-/// A stored JSON attribute serde cannot read: a permanent failure, described by position only
-/// (serde's message may quote the stored personal data).
-fn unreadable(what: &str, e: &serde_json::Error) -> PortError {
-    PortError::permanent(format!(
-        "unreadable {what} ({:?} error at line {} column {})",
-        e.classify(),
-        e.line(),
-        e.column()
-    ))
 }
 
 /// The event as stored in its item: its JSON without the key, which is the item's `pk` (every
@@ -243,21 +241,12 @@ impl DynamoStore {
         key: String,
         attribute: &str,
     ) -> Result<Option<(T, u64)>, PortError> {
-        let r = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(PK, s(key))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(sdk_error)?;
-        let Some(item) = r.item() else {
+        let Some(item) = self.get(&key).await? else {
             return Ok(None);
         };
-        let value = serde_json::from_str(get_s(item, attribute).unwrap_or("{}"))
-            .map_err(|e| unreadable(attribute, &e))?;
-        Ok(Some((value, get_n(item, "version").unwrap_or(0) as u64)))
+        let value = serde_json::from_str(get_s(&item, attribute).unwrap_or("{}"))
+            .map_err(|e| PortError::unreadable(attribute, &e))?;
+        Ok(Some((value, get_n(&item, "version").unwrap_or(0) as u64)))
     }
 
     /// Writes version `expected + 1` if the stored version is still `expected` (`None`: no

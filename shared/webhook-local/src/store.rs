@@ -337,13 +337,7 @@ impl EventLog for SqliteStore {
                 sweeps,
                 event: match serde_json::from_str(&event) {
                     Ok(event) => Ok(Box::new(event)),
-                    // Not serde's message: it may quote stored personal data.
-                    Err(e) => Err(PortError::permanent(format!(
-                        "unreadable event ({:?} error at line {} column {})",
-                        e.classify(),
-                        e.line(),
-                        e.column()
-                    ))),
+                    Err(e) => Err(PortError::unreadable("event", &e)),
                 },
             })
             .collect())

@@ -72,6 +72,17 @@ impl PortError {
         Self::new(ErrorKind::NotFound, message)
     }
 
+    /// A stored JSON value serde cannot read ([`ErrorKind::Permanent`]), described by its
+    /// position only: serde's message may quote the stored personal data.
+    pub fn unreadable(what: &str, e: &serde_json::Error) -> Self {
+        Self::permanent(format!(
+            "unreadable {what} ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    }
+
     /// What kind of failure it is.
     pub fn kind(&self) -> ErrorKind {
         self.kind
