@@ -25,6 +25,13 @@ struct Rig {
     now: Arc<AtomicI64>,
 }
 
+impl Rig {
+    /// The status of a signed inbound SMS with this MessageSid.
+    async fn sms_status(&self, sid: &str) -> u16 {
+        self.pipeline.handle(Endpoint::Sms, &sms(sid)).await.status
+    }
+}
+
 fn rig(policy: ReplyPolicy) -> Rig {
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::default());
@@ -142,21 +149,9 @@ async fn signature_problems_are_403_and_malformed_bodies_400_and_nothing_is_stor
 async fn store_failure_is_503_with_nothing_half_written() {
     let r = rig(ReplyPolicy::default());
     r.store.fail_next.store(1, Ordering::SeqCst);
-    assert_eq!(
-        r.pipeline
-            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
-            .await
-            .status,
-        503
-    );
+    assert_eq!(r.sms_status(MESSAGE_SID).await, 503);
     assert!(r.store.is_empty() && r.queue.is_empty());
-    assert_eq!(
-        r.pipeline
-            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(r.sms_status(MESSAGE_SID).await, 200);
     assert_eq!(r.queue.len(), 1);
 }
 
@@ -164,30 +159,12 @@ async fn store_failure_is_503_with_nothing_half_written() {
 async fn queue_failure_is_503_and_the_retry_succeeds_at_once() {
     let r = rig(ReplyPolicy::default());
     r.queue.fail_next.store(1, Ordering::SeqCst);
-    assert_eq!(
-        r.pipeline
-            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
-            .await
-            .status,
-        503
-    );
+    assert_eq!(r.sms_status(MESSAGE_SID).await, 503);
     assert_eq!(r.queue.len(), 0);
     // Twilio's retry comes right away: the released claim does not block it.
-    assert_eq!(
-        r.pipeline
-            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(r.sms_status(MESSAGE_SID).await, 200);
     assert_eq!(r.queue.len(), 1);
-    assert_eq!(
-        r.pipeline
-            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(r.sms_status(MESSAGE_SID).await, 200);
     assert_eq!(r.queue.len(), 1);
 }
 
@@ -207,13 +184,7 @@ async fn a_crashed_attempt_is_redone_after_its_lock_or_by_the_sweeper() {
     r.store.claim(&event, "crashed", t).await.unwrap();
     r.queue.fail_next.store(0, Ordering::SeqCst);
     // While the lock lives, a retry gets the reply (the event is durable) and enqueues nothing.
-    assert_eq!(
-        r.pipeline
-            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(r.sms_status(MESSAGE_SID).await, 200);
     assert_eq!(r.queue.len(), 0);
     // Nobody retries: the sweeper re-sends it once the lock and grace have passed.
     r.now.fetch_add(31_000, Ordering::SeqCst);
@@ -283,13 +254,7 @@ async fn a_retry_after_the_lock_expired_redoes_the_enqueue() {
     };
     r.store.claim(&event, "crashed", t).await.unwrap();
     r.now.fetch_add(30_001, Ordering::SeqCst);
-    assert_eq!(
-        r.pipeline
-            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(r.sms_status(MESSAGE_SID).await, 200);
     assert_eq!(r.queue.len(), 1);
 }
 
@@ -617,22 +582,10 @@ async fn an_event_first_accepted_at_the_fallback_updates_state_like_the_primary(
 async fn a_claim_whose_answer_was_lost_is_redone_by_the_retry_at_once() {
     let r = rig(ReplyPolicy::default());
     r.store.lose_next_answer.store(1, Ordering::SeqCst);
-    assert_eq!(
-        r.pipeline
-            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
-            .await
-            .status,
-        503
-    );
+    assert_eq!(r.sms_status(MESSAGE_SID).await, 503);
     assert_eq!(r.store.len(), 1, "the write took effect");
     assert_eq!(r.queue.len(), 0);
-    assert_eq!(
-        r.pipeline
-            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(r.sms_status(MESSAGE_SID).await, 200);
     assert_eq!(r.queue.len(), 1, "the retry enqueued it");
 }
 
@@ -993,13 +946,7 @@ async fn queue_first_a_failed_send_is_503_and_the_retry_sends_its_own_job() {
 async fn queue_first_a_failed_send_nobody_retries_is_sent_once_by_the_sweeper() {
     let r = queue_first_rig(ReplyPolicy::default());
     r.queue.fail_next.store(1, Ordering::SeqCst);
-    assert_eq!(
-        r.pipeline
-            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
-            .await
-            .status,
-        503
-    );
+    assert_eq!(r.sms_status(MESSAGE_SID).await, 503);
     assert!(r.queue.is_empty());
     r.now.fetch_add(
         WorkerSettings::default().sweep_grace.as_millis() as i64 + 1,
@@ -1023,13 +970,7 @@ async fn queue_first_a_failed_claim_is_503_and_its_job_is_still_folded_once() {
     let failed = r.pipeline.handle(Endpoint::Sms, &sms(MESSAGE_SID)).await;
     assert_eq!(failed.status, 503);
     assert_eq!(r.queue.len(), 1, "the send went out with the claim");
-    assert_eq!(
-        r.pipeline
-            .handle(Endpoint::Sms, &sms(MESSAGE_SID))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(r.sms_status(MESSAGE_SID).await, 200);
     // Two jobs of one event (the failed attempt's and the retry's): one fold.
     while let Some(job) = r.queue.pop() {
         r.worker.process(&job).await.unwrap();
