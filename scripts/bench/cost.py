@@ -59,7 +59,7 @@ from lambda_emulator import FunctionPool, http_response_of  # noqa: E402
 from local_aws import create_resources  # noqa: E402
 from receiver import Receiver  # noqa: E402
 import twilio_sender as ts  # noqa: E402
-from run import FUNCTIONS, TABLE, Moto  # noqa: E402
+from run import FUNCTIONS, TABLE, Moto, lambda_env  # noqa: E402
 
 # us-east-1 list prices, as in BENCHMARKS.md.
 PRICES = {
@@ -350,20 +350,8 @@ class Bench:
         self.esm = []  # (phase, op, messages, requests)
         self.invocations = []  # (phase, function, billed ms, cold)
         self.phase = None
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
-            "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_CONFIG_FILE": "/nonexistent/aws-config", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_EXECUTION_ENV": "AWS_Lambda_provided.al2023",
-            "_HANDLER": "bootstrap", "LAMBDA_TASK_ROOT": args.bin_dir,
-            "EVENT_TABLE": TABLE, "WORK_QUEUE_URL": self.queue_url,
-            "TWILIO_AUTH_TOKEN": ts.TEST_TOKEN, "LOCK_SECONDS": "11",
-            "EVENT_TTL_SECONDS": "86400", "TLS_TRUST_STORE": "system",
-            "LOG_FORMAT": "json", "RUST_LOG": "warn", "RUST_BACKTRACE": "0",
-            "QUEUE_FIRST": "false" if args.forward else "true",
-        }
+        env = lambda_env(args.bin_dir, self.queue_url, ts.TEST_TOKEN, 11,
+                         queue_first=not args.forward, log_level="warn")
         if args.record_first:
             env["QUEUE_FIRST"] = "false"
         self.env = env

@@ -149,6 +149,25 @@ def binary_reads(path, name) -> bool:
         return name.encode() in f.read()
 
 
+def lambda_env(bin_dir, queue_url, auth_token, lock_seconds, queue_first, log_level):
+    """The environment every function process gets, as Lambda and template.yaml would set it
+    (moto's endpoint and each function's name are added by the caller)."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
+        "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": "/nonexistent/aws-config", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_EXECUTION_ENV": "AWS_Lambda_provided.al2023",
+        "_HANDLER": "bootstrap", "LAMBDA_TASK_ROOT": bin_dir,
+        "EVENT_TABLE": TABLE, "WORK_QUEUE_URL": queue_url,
+        "TWILIO_AUTH_TOKEN": auth_token, "LOCK_SECONDS": str(lock_seconds),
+        "EVENT_TTL_SECONDS": "86400", "TLS_TRUST_STORE": "system",
+        "LOG_FORMAT": "json", "RUST_LOG": log_level, "RUST_BACKTRACE": "0",
+        "QUEUE_FIRST": "true" if queue_first else "false",
+    }
+
+
 class Moto:
     def __init__(self, run_dir):
         self.port = free_port()
@@ -248,20 +267,8 @@ class Harness:
         self.faults = FaultConfig(a.fault_rate, a.seed)
         moto_port = self.moto.port
 
-        base_env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
-            "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_CONFIG_FILE": "/nonexistent/aws-config", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_EXECUTION_ENV": "AWS_Lambda_provided.al2023",
-            "_HANDLER": "bootstrap", "LAMBDA_TASK_ROOT": bin_dir,
-            "EVENT_TABLE": TABLE, "WORK_QUEUE_URL": self.queue_url,
-            "TWILIO_AUTH_TOKEN": a.auth_token, "LOCK_SECONDS": str(a.lock_seconds),
-            "EVENT_TTL_SECONDS": "86400", "TLS_TRUST_STORE": "system",
-            "LOG_FORMAT": "json", "RUST_LOG": "info", "RUST_BACKTRACE": "0",
-            "QUEUE_FIRST": "true" if a.queue_first else "false",
-        }
+        base_env = lambda_env(bin_dir, self.queue_url, a.auth_token, a.lock_seconds,
+                              queue_first=a.queue_first, log_level="info")
         self.pools = {}
         for name in FUNCTIONS:
             worker = name == "event-worker"
