@@ -11,12 +11,11 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use twilio_webhook::payload::Endpoint;
-use twilio_webhook::{AuthToken, Validator};
 use webhook_aws::eventbridge::{EventBridge, SOURCE};
 use webhook_forward::HttpForwarder;
+use webhook_pipeline::Worker;
 use webhook_pipeline::forward::normalized;
 use webhook_pipeline::worker::{Outcome, WorkerSettings};
-use webhook_pipeline::{Pipeline, ReplyPolicy, Settings, Worker};
 use webhook_testkit::memory::{MemoryQueue, MemoryStore};
 use webhook_testkit::samples::{self, CALL_SID, MESSAGE_SID, TEST_AUTH_TOKEN, signed_request};
 
@@ -173,15 +172,7 @@ async fn put_once_with_forward_url() {
 
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::default());
-    let pipeline = Pipeline::new(
-        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
-            store.clone(),
-            queue.clone(),
-        )),
-        ReplyPolicy::default(),
-        Settings::default(),
-    );
+    let pipeline = webhook_testkit::samples::test_pipeline(store.clone(), queue.clone());
     // As WorkerApp::from_env composes them with FORWARD_URL and EVENT_BUS_NAME.
     let worker = Worker::new(store, queue.clone(), WorkerSettings::default())
         .with_work(Arc::new(HttpForwarder::new(forward_url)))
@@ -252,15 +243,7 @@ async fn refused_entry_fails_the_job() {
     let sdk = sdk().await;
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::default());
-    let pipeline = Pipeline::new(
-        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
-            store.clone(),
-            queue.clone(),
-        )),
-        ReplyPolicy::default(),
-        Settings::default(),
-    );
+    let pipeline = webhook_testkit::samples::test_pipeline(store.clone(), queue.clone());
     // A bus that does not exist: moto answers 200 with FailedEntryCount 1, as EventBridge does.
     let worker = Worker::new(store, queue.clone(), WorkerSettings::default())
         .with_work(Arc::new(EventBridge::new(&sdk, "no-such-bus")));

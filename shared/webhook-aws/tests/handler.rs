@@ -133,15 +133,8 @@ struct Harness {
 
 fn harness() -> Harness {
     let queue = Arc::new(MemoryQueue::default());
-    let pipeline = Pipeline::new(
-        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
-            Arc::new(MemoryStore::default()),
-            queue.clone(),
-        )),
-        ReplyPolicy::default(),
-        Settings::default(),
-    );
+    let pipeline =
+        webhook_testkit::samples::test_pipeline(Arc::new(MemoryStore::default()), queue.clone());
     Harness { pipeline, queue }
 }
 
@@ -735,15 +728,7 @@ async fn a_batch_stops_starting_records_when_the_deadline_is_near() {
 
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::default());
-    let pipeline = Pipeline::new(
-        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
-            store.clone(),
-            queue.clone(),
-        )),
-        ReplyPolicy::default(),
-        Settings::default(),
-    );
+    let pipeline = webhook_testkit::samples::test_pipeline(store.clone(), queue.clone());
     for i in 0..5 {
         let sid = format!("SM{i:032}");
         let req = samples::signed_request(
@@ -924,15 +909,7 @@ async fn a_record_that_outlives_its_budget_is_cut_off_before_the_deadline() {
     }
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::default());
-    let pipeline = Pipeline::new(
-        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
-            store.clone(),
-            queue.clone(),
-        )),
-        ReplyPolicy::default(),
-        Settings::default(),
-    );
+    let pipeline = webhook_testkit::samples::test_pipeline(store.clone(), queue.clone());
     let req = samples::signed_request(
         TEST_AUTH_TOKEN,
         "https://h.example.com/sms",

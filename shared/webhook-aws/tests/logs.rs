@@ -13,12 +13,11 @@ use serde_json::Value;
 use tracing::Instrument;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::prelude::*;
-use twilio_webhook::{AuthToken, Validator};
 use webhook_aws::logging::{LogFormat, LogSettings};
 use webhook_aws::{Endpoint, WebhookApp, WorkerApp};
 use webhook_pipeline::store::{EventRecord, Job};
 use webhook_pipeline::worker::{WorkError, WorkerSettings};
-use webhook_pipeline::{IncomingRequest, Pipeline, ReplyPolicy, Settings, SlowWork, Worker};
+use webhook_pipeline::{IncomingRequest, Pipeline, SlowWork, Worker};
 use webhook_testkit::memory::{MemoryQueue, MemoryStore};
 use webhook_testkit::samples::{self, MESSAGE_SID, TEST_AUTH_TOKEN, signed_request};
 
@@ -126,15 +125,7 @@ struct Harness {
 fn harness() -> Harness {
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::default());
-    let pipeline = Pipeline::new(
-        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
-            store.clone(),
-            queue.clone(),
-        )),
-        ReplyPolicy::default(),
-        Settings::default(),
-    );
+    let pipeline = webhook_testkit::samples::test_pipeline(store.clone(), queue.clone());
     Harness {
         pipeline,
         store,

@@ -8,17 +8,14 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use twilio_webhook::payload::Endpoint;
-use twilio_webhook::{AuthToken, FormParams, Validator, sign};
+use twilio_webhook::{AuthToken, FormParams, sign};
 use webhook_local::{
     Database, DirLock, LoopSettings, OpenError, QueueSettings, ServeConfig, Server, SqliteQueue,
     SqliteStore, WorkerLoop, inspect,
 };
 use webhook_pipeline::store::ClaimTimes;
 use webhook_pipeline::worker::WorkerSettings;
-use webhook_pipeline::{
-    Claim, Clock, EventLog, Job, Leases, Pipeline, ReplyPolicy, Settings, StateStore, WorkQueue,
-    Worker,
-};
+use webhook_pipeline::{Claim, Clock, EventLog, Job, Leases, StateStore, WorkQueue, Worker};
 use webhook_testkit::contract::sample_event;
 use webhook_testkit::samples::{self, TEST_AUTH_TOKEN};
 
@@ -730,15 +727,7 @@ async fn the_worker_loop_processes_what_the_pipeline_accepts_and_stops_cleanly()
     let db = Database::open_dir(&dir.0).unwrap();
     let store = Arc::new(SqliteStore::new(db.clone()));
     let queue = Arc::new(SqliteQueue::new(db));
-    let pipeline = Pipeline::new(
-        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
-            store.clone(),
-            queue.clone(),
-        )),
-        ReplyPolicy::default(),
-        Settings::default(),
-    );
+    let pipeline = webhook_testkit::samples::test_pipeline(store.clone(), queue.clone());
     let worker = Arc::new(Worker::new(
         store.clone(),
         queue.clone(),

@@ -14,7 +14,6 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
 use twilio_webhook::payload::Endpoint;
-use twilio_webhook::{AuthToken, Validator};
 use webhook_aws::dynamo::{DynamoStore, consent_key};
 use webhook_aws::sqs::SqsQueue;
 use webhook_ops::{DynamoReplay, redrive};
@@ -22,7 +21,7 @@ use webhook_pipeline::consent::ConsentStatus;
 use webhook_pipeline::replay::{self, ReplayFilter};
 use webhook_pipeline::store::Job;
 use webhook_pipeline::worker::{Outcome, WorkerSettings};
-use webhook_pipeline::{Clock, ConsentStore, Pipeline, ReplyPolicy, Settings, StateStore, Worker};
+use webhook_pipeline::{Clock, ConsentStore, Pipeline, StateStore, Worker};
 use webhook_testkit::samples::{self, TEST_AUTH_TOKEN, signed_request};
 
 async fn sdk() -> SdkConfig {
@@ -264,16 +263,8 @@ async fn rig() -> Rig {
         let now = now.clone();
         Arc::new(move || now.load(Ordering::SeqCst))
     };
-    let pipeline = Pipeline::new(
-        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
-            store.clone(),
-            queue.clone(),
-        )),
-        ReplyPolicy::default(),
-        Settings::default(),
-    )
-    .with_clock(clock.clone());
+    let pipeline = webhook_testkit::samples::test_pipeline(store.clone(), queue.clone())
+        .with_clock(clock.clone());
     let worker =
         Worker::new(store.clone(), queue.clone(), WorkerSettings::default()).with_clock(clock);
     Rig {

@@ -5,11 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use twilio_webhook::payload::Endpoint;
-use twilio_webhook::{AuthToken, Validator};
 use webhook_pipeline::consent::{ConsentStatus, ConsentVia, Consents};
 use webhook_pipeline::replay::{self, ReplayFilter};
 use webhook_pipeline::worker::{Outcome, WorkError, WorkerSettings};
-use webhook_pipeline::{Clock, EventRecord, Pipeline, ReplyPolicy, Settings, SlowWork, Worker};
+use webhook_pipeline::{Clock, EventRecord, Pipeline, SlowWork, Worker};
 use webhook_testkit::memory::{MemoryQueue, MemoryStore};
 use webhook_testkit::samples::{self, TEST_AUTH_TOKEN, signed_request};
 
@@ -63,16 +62,8 @@ fn rig() -> Rig {
         let now = now.clone();
         Arc::new(move || now.load(Ordering::SeqCst))
     };
-    let pipeline = Pipeline::new(
-        Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
-            store.clone(),
-            queue.clone(),
-        )),
-        ReplyPolicy::default(),
-        Settings::default(),
-    )
-    .with_clock(clock.clone());
+    let pipeline = webhook_testkit::samples::test_pipeline(store.clone(), queue.clone())
+        .with_clock(clock.clone());
     let worker =
         Worker::new(store.clone(), queue.clone(), WorkerSettings::default()).with_clock(clock);
     // A user's slow work gets its read access from the worker it is added to.

@@ -107,14 +107,9 @@ fn worker_sqs_event() -> Value {
         .expect("sms sample");
     let url = http_api_url(sample.endpoint);
     let req = samples::signed_request(TEST_AUTH_TOKEN, &url, &sample.params);
-    let pipeline = webhook_pipeline::Pipeline::new(
-        twilio_webhook::Validator::new(AuthToken::new(TEST_AUTH_TOKEN).unwrap()),
-        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(
-            Arc::new(crate::memory::MemoryStore::default()),
-            Arc::new(crate::memory::MemoryQueue::default()),
-        )),
-        webhook_pipeline::ReplyPolicy::default(),
-        webhook_pipeline::Settings::default(),
+    let pipeline = crate::samples::test_pipeline(
+        Arc::new(crate::memory::MemoryStore::default()),
+        Arc::new(crate::memory::MemoryQueue::default()),
     )
     .with_clock(Arc::new(|| TIME_EPOCH_MS));
     let (_, event) = pipeline

@@ -227,3 +227,17 @@ pub fn signed_request(token: &str, url: &str, params: &[(&str, String)]) -> Inco
         body: Bytes::from(form.encode()),
     }
 }
+
+/// A pipeline checking the public test token, claiming in `log` and sending to `queue`, with
+/// the default reply policy and settings: the one most tests need.
+pub fn test_pipeline(
+    log: std::sync::Arc<dyn webhook_pipeline::EventLog>,
+    queue: std::sync::Arc<dyn webhook_pipeline::WorkQueue>,
+) -> webhook_pipeline::Pipeline {
+    webhook_pipeline::Pipeline::new(
+        twilio_webhook::Validator::new(AuthToken::new(TEST_AUTH_TOKEN).expect("the test token")),
+        std::sync::Arc::new(webhook_pipeline::ClaimThenSend::new(log, queue)),
+        webhook_pipeline::ReplyPolicy::default(),
+        webhook_pipeline::Settings::default(),
+    )
+}
